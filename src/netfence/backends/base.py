@@ -1,0 +1,158 @@
+"""The seam between the policy and the proxies: one interface, one module per backend.
+
+A backend turns a Policy plus a Placement (where things listen, where they forward, the
+state directory) into a ProxySetup: the files to write, the processes to start and the
+environment the workload needs. It is pure: it writes nothing and starts nothing, and it
+knows nothing of namespaces or containers beyond the opaque `netns` path that a Placement
+may attach to a listener (only backends with `listens_in_netns` ever see one).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netfence.policy import Policy
+
+STATE_DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A TCP/UDP address; `netns` names the network namespace file the socket lives in."""
+
+    host: str
+    port: int
+    netns: Path | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the fence's pieces live, decided by the runtime.
+
+    egress_listen: where the egress proxy listens.
+    workload_proxy: host:port of the egress proxy as the workload addresses it.
+    ingress_listen / ingress_upstream: the client-facing listener and the workload's
+        address as the ingress proxy reaches it; both None for stdio workloads.
+    dns_listen: where the DNS server listens. upstream_resolver: the real resolver.
+    """
+
+    state_dir: Path
+    egress_listen: Endpoint
+    workload_proxy: str
+    dns_listen: Endpoint
+    upstream_resolver: Endpoint
+    ingress_listen: Endpoint | None = None
+    ingress_upstream: Endpoint | None = None
+    workload_name: str = "workload"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A file to write before start; `owner` is a user name when not root's."""
+
+    path: Path
+    content: str
+    mode: int = FILE_MODE
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """A process to start and supervise; stdout/stderr go to files in the state dir."""
+
+    name: str
+    argv: tuple[str, ...]
+    ready: tuple[Endpoint, ...]
+    stdout: Path
+    stderr: Path
+
+
+@dataclass(frozen=True)
+class ProxySetup:
+    files: tuple[FileSpec, ...]
+    processes: tuple[ProcessSpec, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Files that hold one line per request decision (access logs), for `netfence logs`.
+    decision_logs: tuple[Path, ...] = ()
+
+    def __add__(self, other: ProxySetup) -> ProxySetup:
+        return ProxySetup(
+            files=self.files + other.files,
+            processes=self.processes + other.processes,
+            env={**self.env, **other.env},
+            decision_logs=self.decision_logs + other.decision_logs,
+        )
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One request's decision, the same fields whichever backend logged it."""
+
+    time: str
+    method: str
+    host: str
+    port: int | None
+    allowed: bool
+    reason: str  # a policy.Reason value, or "allowed"
+    status: int
+    upstream_ip: str | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    duration_ms: int = 0
+
+
+def proxy_env(workload_proxy: str) -> dict[str, str]:
+    """Proxy variables for the workload: both cases, since curl ignores HTTP_PROXY."""
+    url = f"http://{workload_proxy}"
+    no_proxy = "localhost,127.0.0.1,::1"
+    env: dict[str, str] = {}
+    for key, value in (("http_proxy", url), ("https_proxy", url), ("no_proxy", no_proxy)):
+        env[key] = env[key.upper()] = value
+    return env
+
+
+class NetworkProxy(abc.ABC):
+    """A proxy backend: egress forward proxy plus ingress reverse proxy."""
+
+    name: str
+    # Whether its listeners can be created inside another network namespace while the
+    # process itself runs (and dials out) in the host's. Envoy can; Squid cannot.
+    listens_in_netns: bool = False
+
+    @abc.abstractmethod
+    def setup(self, policy: Policy, placement: Placement) -> ProxySetup:
+        """Files, processes and workload environment for this policy and placement."""
+
+    @abc.abstractmethod
+    def validate_command(self, setup: ProxySetup) -> list[tuple[str, ...]]:
+        """Commands that check the generated config with the real binary (exit 0 = valid)."""
+
+    @abc.abstractmethod
+    def parse_decision(self, line: str) -> DecisionRecord | None:
+        """One line of this backend's decision log as a record; None for other lines."""
+
+
+def write_setup(setup: ProxySetup, state_dir: Path) -> None:
+    """Write a setup's files: state dirs 0700, files 0600 (never wider), owners applied."""
+    import pwd
+
+    state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(state_dir, STATE_DIR_MODE)
+    for spec in setup.files:
+        spec.path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        fd = os.open(spec.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, spec.mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(spec.content)
+        os.chmod(spec.path, spec.mode)
+        if spec.owner is not None:
+            pw = pwd.getpwnam(spec.owner)
+            os.chown(spec.path, pw.pw_uid, pw.pw_gid)

@@ -1,0 +1,102 @@
+"""Destinations no profile can open by name: local, private and special-purpose addresses.
+
+Every range belongs to exactly one class (the reason reported), so any backend that checks
+the classes one after another reports the same reason as Policy.decide.
+Sources: IANA IPv4/IPv6 Special-Purpose Address Registries (RFC 6890 and updates).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from netfence.policy.decision import Reason
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DENIED_NAMES: tuple[str, ...] = (
+    "localhost",
+    "host.docker.internal",
+    "gateway.docker.internal",
+    "host.containers.internal",
+)
+# Every subdomain of these is denied too (RFC 6761 reserves all of *.localhost).
+DENIED_SUFFIXES: tuple[str, ...] = ("localhost",)
+
+
+@dataclass(frozen=True)
+class DeniedRange:
+    network: IPNetwork
+    reason: Reason
+    # allow_cidr can open private and special ranges, never loopback/link-local/the host.
+    liftable: bool
+
+
+_V4: tuple[tuple[str, Reason], ...] = (
+    ("0.0.0.0/8", Reason.SPECIAL_ADDRESS),
+    ("10.0.0.0/8", Reason.PRIVATE_ADDRESS),
+    ("100.64.0.0/10", Reason.PRIVATE_ADDRESS),
+    ("127.0.0.0/8", Reason.LOOPBACK_ADDRESS),
+    ("169.254.0.0/16", Reason.LINK_LOCAL_ADDRESS),
+    ("172.16.0.0/12", Reason.PRIVATE_ADDRESS),
+    ("192.0.0.0/24", Reason.SPECIAL_ADDRESS),
+    ("192.0.2.0/24", Reason.SPECIAL_ADDRESS),
+    ("192.88.99.0/24", Reason.SPECIAL_ADDRESS),
+    ("192.168.0.0/16", Reason.PRIVATE_ADDRESS),
+    ("198.18.0.0/15", Reason.SPECIAL_ADDRESS),
+    ("198.51.100.0/24", Reason.SPECIAL_ADDRESS),
+    ("203.0.113.0/24", Reason.SPECIAL_ADDRESS),
+    ("224.0.0.0/4", Reason.SPECIAL_ADDRESS),
+    ("240.0.0.0/4", Reason.SPECIAL_ADDRESS),
+)
+_V6: tuple[tuple[str, Reason], ...] = (
+    ("::/128", Reason.SPECIAL_ADDRESS),
+    ("::1/128", Reason.LOOPBACK_ADDRESS),
+    ("64:ff9b:1::/48", Reason.SPECIAL_ADDRESS),
+    ("100::/64", Reason.SPECIAL_ADDRESS),
+    ("2001::/23", Reason.SPECIAL_ADDRESS),  # includes Teredo 2001::/32
+    ("2001:db8::/32", Reason.SPECIAL_ADDRESS),
+    ("2002::/16", Reason.SPECIAL_ADDRESS),  # 6to4 embeds any IPv4 address
+    ("3fff::/20", Reason.SPECIAL_ADDRESS),
+    ("fc00::/7", Reason.PRIVATE_ADDRESS),
+    ("fe80::/10", Reason.LINK_LOCAL_ADDRESS),
+    ("fec0::/10", Reason.SPECIAL_ADDRESS),
+    ("ff00::/8", Reason.SPECIAL_ADDRESS),
+)
+_UNLIFTABLE = {Reason.LOOPBACK_ADDRESS, Reason.LINK_LOCAL_ADDRESS, Reason.HOST_ADDRESS}
+
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits: a proxy dialing one of
+# them reaches that IPv4 address, so each IPv4 range is denied in these forms too.
+EMBEDDING_PREFIXES: tuple[ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv6Network("::ffff:0:0/96"),  # IPv4-mapped
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64 well-known prefix
+)
+
+
+def embed_v4(net: ipaddress.IPv4Network, prefix: ipaddress.IPv6Network) -> ipaddress.IPv6Network:
+    base = int(prefix.network_address) | int(net.network_address)
+    return ipaddress.IPv6Network((base, 96 + net.prefixlen))
+
+
+def embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if it is one of the embedding forms."""
+    for prefix in EMBEDDING_PREFIXES:
+        if ip in prefix:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def with_embedded_forms(net: IPNetwork) -> tuple[IPNetwork, ...]:
+    """A network plus the IPv6 forms that embed it (for IPv4 networks)."""
+    if isinstance(net, ipaddress.IPv4Network):
+        return (net, *(embed_v4(net, p) for p in EMBEDDING_PREFIXES))
+    return (net,)
+
+
+def denied_ranges() -> tuple[DeniedRange, ...]:
+    """The always-denied ranges, IPv4 ranges also in their IPv6-embedded forms."""
+    out: list[DeniedRange] = []
+    for text, reason in (*_V4, *_V6):
+        for net in with_embedded_forms(ipaddress.ip_network(text)):
+            out.append(DeniedRange(net, reason, reason not in _UNLIFTABLE))
+    return tuple(out)

@@ -1,0 +1,116 @@
+"""Load profiles from files or built-ins; merge command-line overrides into a new profile."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from netfence.errors import ProfileError
+from netfence.profile.model import InboundNetwork, Network, OutboundNetwork, Profile
+
+BUILTIN_PROFILES: dict[str, Profile] = {
+    "none": Profile(name="none"),
+    "network": Profile(
+        name="network", network=Network(outbound=OutboundNetwork(insecure_allow_all=True))
+    ),
+}
+
+
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel]:
+    """The model class that owns the field at `loc` (for suggesting a known key)."""
+    model: type[BaseModel] = Profile
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return model
+
+
+def _describe(source: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [p for p in err["loc"] if p != "__root__"]
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        known = sorted(_model_at(loc[:-1]).model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+        return f"{source}: unknown key '{path}'{hint}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "literal_error" and loc and loc[-1] == "privileged":
+        msg = "privileged workloads cannot be fenced; it must be false"
+    elif err["type"] == "literal_error" and loc and loc[-1] == "mode":
+        msg = "network.mode must be 'bridge' or 'none' (netfence never shares the host network)"
+    return f"{source}: {path} = {json.dumps(value, default=str)}: {msg}"
+
+
+def parse_profile(data: object, source: str) -> Profile:
+    """Validate already-decoded profile data; errors name source, field path and value."""
+    if not isinstance(data, Mapping):
+        raise ProfileError(f"{source}: a profile must be a mapping (JSON object), got {data!r}")
+    try:
+        return Profile.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ProfileError(_describe(source, exc)) from None
+
+
+def load_profile(ref: str) -> Profile:
+    """A built-in profile by name (`none`, `network`) or a JSON/YAML file by path."""
+    if ref in BUILTIN_PROFILES:
+        return BUILTIN_PROFILES[ref]
+    path = Path(ref)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(
+            f"{ref}: no such profile file (built-in profiles: {', '.join(BUILTIN_PROFILES)})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{ref}: cannot read profile: {exc}") from None
+    try:
+        # YAML is a superset of JSON, but JSON errors read better from the JSON parser.
+        data: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        detail = str(exc).splitlines()[0]
+        raise ProfileError(f"{ref}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                           f"{detail}") from None
+    return parse_profile(data, ref)
+
+
+def with_overrides(
+    profile: Profile,
+    *,
+    allow_host: Iterable[str] = (),
+    allow_port: Iterable[int] = (),
+    allow_cidr: Iterable[str] = (),
+    source: str = "command line",
+) -> Profile:
+    """A new profile with extra allow entries; `profile` and the iterables stay untouched."""
+    hosts, ports, cidrs = list(allow_host), list(allow_port), list(allow_cidr)
+    if not (hosts or ports or cidrs):
+        return profile
+    out = profile.network.outbound
+    merged = {
+        "insecure_allow_all": out.insecure_allow_all,
+        "allow_host": [str(p) for p in out.allow_host] + hosts,
+        "allow_port": (list(out.allow_port or ()) + ports) if (ports or out.allow_port) else None,
+        "allow_cidr": [str(c) for c in out.allow_cidr] + cidrs,
+    }
+    try:
+        outbound = OutboundNetwork.model_validate(merged)
+    except ValidationError as exc:
+        raise ProfileError(_describe(source, exc)) from None
+    network = profile.network.model_copy(update={"outbound": outbound})
+    return profile.model_copy(update={"network": network})
+
+
+__all__ = ["BUILTIN_PROFILES", "InboundNetwork", "load_profile", "parse_profile", "with_overrides"]

@@ -1,0 +1,113 @@
+"""The ToolHive permission-profile schema, plus netfence's `network.outbound.allow_cidr`.
+
+Models are frozen: a loaded profile is never mutated, overrides build a new one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from netfence.profile.hosts import HostPattern, parse_host_pattern
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_PORTS: tuple[int, ...] = (80, 443)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _patterns(values: list[str]) -> tuple[HostPattern, ...]:
+    out: list[HostPattern] = []
+    for i, raw in enumerate(values):
+        if not isinstance(raw, str):
+            raise ValueError(f"entry {i} must be a string, got {raw!r}")
+        try:
+            pattern = parse_host_pattern(raw)
+        except ValueError as exc:
+            raise ValueError(f"entry {i} {raw!r}: {exc}") from None
+        if pattern not in out:
+            out.append(pattern)
+    return tuple(out)
+
+
+class OutboundNetwork(_Strict):
+    insecure_allow_all: bool = False
+    allow_host: tuple[HostPattern, ...] = ()
+    # None means "not given": the policy then uses DEFAULT_PORTS.
+    allow_port: tuple[int, ...] | None = None
+    allow_cidr: tuple[IPNetwork, ...] = ()
+
+    @field_validator("allow_host", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        if value is None:
+            return ()
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ValueError("must be a list of host names")
+        return _patterns(list(value))
+
+    @field_validator("allow_port", mode="before")
+    @classmethod
+    def _ports(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a list of port numbers")
+        ports: list[int] = []
+        for i, port in enumerate(value):
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ValueError(f"entry {i} {port!r}: a port is an integer from 1 to 65535")
+            if port not in ports:
+                ports.append(port)
+        return tuple(ports)
+
+    @field_validator("allow_cidr", mode="before")
+    @classmethod
+    def _cidrs(cls, value: object) -> object:
+        if value is None:
+            return ()
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ValueError("must be a list of CIDR networks")
+        nets: list[IPNetwork] = []
+        for i, raw in enumerate(value):
+            try:
+                net = ipaddress.ip_network(str(raw).strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"entry {i} {raw!r}: not an IPv4 or IPv6 network") from None
+            if not isinstance(raw, str) or raw != raw.strip():
+                raise ValueError(f"entry {i} {raw!r}: not an IPv4 or IPv6 network")
+            if net not in nets:
+                nets.append(net)
+        return tuple(nets)
+
+
+class InboundNetwork(_Strict):
+    allow_host: tuple[HostPattern, ...] = ()
+
+    @field_validator("allow_host", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        if value is None:
+            return ()
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ValueError("must be a list of host names")
+        return _patterns(list(value))
+
+
+class Network(_Strict):
+    # "host" would share the host's network: the one thing a fence must never do.
+    mode: Literal["bridge", "none"] = "bridge"
+    outbound: OutboundNetwork = Field(default_factory=OutboundNetwork)
+    inbound: InboundNetwork = Field(default_factory=InboundNetwork)
+
+
+class Profile(_Strict):
+    name: str = "custom"
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    privileged: Literal[False] = False
+    network: Network = Field(default_factory=Network)
