@@ -32,8 +32,10 @@ class DeniedRange:
     liftable: bool
 
 
+# Dialing an unspecified address (0.0.0.0, ::) reaches this host's own listeners on
+# Linux, so those count as loopback: allow_cidr can never open them.
 _V4: tuple[tuple[str, Reason], ...] = (
-    ("0.0.0.0/8", Reason.SPECIAL_ADDRESS),
+    ("0.0.0.0/8", Reason.LOOPBACK_ADDRESS),
     ("10.0.0.0/8", Reason.PRIVATE_ADDRESS),
     ("100.64.0.0/10", Reason.PRIVATE_ADDRESS),
     ("127.0.0.0/8", Reason.LOOPBACK_ADDRESS),
@@ -50,7 +52,7 @@ _V4: tuple[tuple[str, Reason], ...] = (
     ("240.0.0.0/4", Reason.SPECIAL_ADDRESS),
 )
 _V6: tuple[tuple[str, Reason], ...] = (
-    ("::/128", Reason.SPECIAL_ADDRESS),
+    ("::/128", Reason.LOOPBACK_ADDRESS),
     ("::1/128", Reason.LOOPBACK_ADDRESS),
     ("64:ff9b:1::/48", Reason.SPECIAL_ADDRESS),
     ("100::/64", Reason.SPECIAL_ADDRESS),

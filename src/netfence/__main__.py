@@ -1,0 +1,3 @@
+from netfence.cli.main import main
+
+main()

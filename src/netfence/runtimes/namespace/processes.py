@@ -1,0 +1,88 @@
+"""Start, watch and stop the fence's own processes (never anything we did not start)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from netfence.backends import Endpoint, ProcessSpec
+from netfence.errors import NetfenceError
+from netfence.runtimes.namespace.netns import open_socket
+
+PR_SET_PDEATHSIG = 1
+STOP_GRACE = 3.0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_supervisor() -> None:
+    # If the supervisor is killed outright, its proxies must not outlive it.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start(spec: ProcessSpec) -> subprocess.Popen[bytes]:
+    with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
+        try:
+            return subprocess.Popen(
+                spec.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, preexec_fn=_die_with_supervisor, close_fds=True,
+            )
+        except FileNotFoundError:
+            raise NetfenceError(f"{spec.name}: {spec.argv[0]} is not installed",
+                                remedy="run `netfence doctor`") from None
+
+
+def _accepts(at: Endpoint) -> bool:
+    sock = open_socket(at.host, socket.SOCK_STREAM, at.netns)
+    sock.settimeout(0.5)
+    try:
+        sock.connect((at.host, at.port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """Until every ready endpoint accepts connections; a process that exits is an error."""
+    deadline = time.monotonic() + timeout
+    pending = list(spec.ready)
+    while pending:
+        if proc.poll() is not None:
+            raise NetfenceError(
+                f"{spec.name} exited with status {proc.returncode} while starting: "
+                f"{tail(spec.stderr) or tail(spec.stdout) or 'no output'}"
+            )
+        pending = [e for e in pending if not _accepts(e)]
+        if pending and time.monotonic() > deadline:
+            raise NetfenceError(f"{spec.name} did not start listening on "
+                                f"{', '.join(map(str, pending))} within {timeout:.0f} s")
+        if pending:
+            time.sleep(0.02)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -1,0 +1,42 @@
+"""The host's resolver, the default upstream for the fence's DNS and proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from netfence.backends import Endpoint
+from netfence.errors import NetfenceError, UsageError
+
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+def parse_endpoint(text: str, default_port: int = 53) -> Endpoint:
+    """IP, IP:PORT, [IPv6] or [IPv6]:PORT."""
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":")) if rest.startswith(":") else -1
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text) if port_text.isdigit() else -1
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(f"--dns-upstream {text!r}: expected IP[:PORT]") from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--dns-upstream {text!r}: the port must be 1-65535")
+    return Endpoint(str(ip), port)
+
+
+def host_resolver() -> Endpoint:
+    try:
+        lines = RESOLV_CONF.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            return parse_endpoint(parts[1].split("%")[0])
+    raise NetfenceError(f"no nameserver in {RESOLV_CONF}", remedy="pass --dns-upstream IP")

@@ -1,0 +1,100 @@
+"""Per-workload state directories: one 0700 directory each, with a small JSON record."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from netfence.backends.base import STATE_DIR_MODE
+from netfence.errors import UsageError
+
+STATE_ROOT = Path(os.environ.get("NETFENCE_STATE_DIR", "/run/netfence"))
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
+RECORD = "workload.json"
+
+
+def new_name() -> str:
+    return "nf-" + secrets.token_hex(3)
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise UsageError(
+            f"invalid workload name {name!r}: use 1-24 lower-case letters, digits and '-'"
+        )
+    return name
+
+
+@dataclass
+class WorkloadState:
+    """What `ps`, `stop` and `logs` need to know about a running workload."""
+
+    name: str
+    runtime: str
+    proxy: str
+    command: list[str]
+    supervisor_pid: int
+    supervisor_start: str
+    started_at: float
+    state_dir: str
+    url: str | None = None
+    decision_logs: list[str] = field(default_factory=list)
+    workload_log: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return process_start_time(self.supervisor_pid) == self.supervisor_start
+
+
+def process_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: with the PID, it identifies one process (no PID reuse)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def state_dir(name: str) -> Path:
+    return STATE_ROOT / name
+
+
+def claim(name: str) -> Path:
+    """Create the workload's state dir; a live workload of that name is an error."""
+    STATE_ROOT.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    path = state_dir(name)
+    existing = load(name)
+    if existing is not None and existing.alive:
+        raise UsageError(f"a workload named {name!r} is already running (netfence stop {name})")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=STATE_DIR_MODE)
+    return path
+
+
+def save(state: WorkloadState) -> None:
+    path = Path(state.state_dir) / RECORD
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(asdict(state), fh)
+    tmp.replace(path)
+
+
+def load(name: str) -> WorkloadState | None:
+    try:
+        data = json.loads((state_dir(name) / RECORD).read_text())
+        return WorkloadState(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def all_states() -> list[WorkloadState]:
+    if not STATE_ROOT.is_dir():
+        return []
+    states = (load(p.name) for p in sorted(STATE_ROOT.iterdir()) if p.is_dir())
+    return [s for s in states if s is not None]

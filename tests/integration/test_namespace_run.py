@@ -1,0 +1,297 @@
+"""`netfence run` in the namespace runtime, end to end: real namespaces, real Envoy,
+Squid and dnsmasq, a simulated internet; every case runs for both backends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.fence import leftovers, netfence, netfence_argv
+
+pytestmark = pytest.mark.integration
+
+BACKENDS = ("envoy", "squid")
+
+
+@pytest.fixture(params=BACKENDS)
+def proxy(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    before = leftovers()
+    assert before == [], f"leftovers before the test: {before}"
+    yield
+    deadline = time.monotonic() + 5
+    while (after := leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert after == [], f"left behind: {after}"
+
+
+@pytest.fixture
+def net_args(fakenet) -> list[str]:  # type: ignore[no-untyped-def]
+    return ["--dns-upstream", fakenet.dns, "--allow-cidr", fakenet.cidr]
+
+
+def fenced(proxy: str, net_args: list[str], *command: str, allow: tuple[str, ...] = (),
+           extra: tuple[str, ...] = (), input: bytes | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    args = ["run", "--proxy", proxy, *net_args, *extra]
+    for host in allow:
+        args += ["--allow-host", host]
+    return netfence(*args, "--", *command, input=input, timeout=timeout)
+
+
+def curl(*args: str) -> tuple[str, ...]:
+    return ("curl", "-sS", "-m", "10", *args)
+
+
+def status_of(*args: str) -> tuple[str, ...]:
+    return curl("-o", "/dev/stderr", "-w", "%{http_code}", *args)
+
+
+class TestEgressMatrix:
+    def test_allowed_http(self, proxy: str, net_args: list[str], fakenet) -> None:  # type: ignore[no-untyped-def]
+        done = fenced(proxy, net_args, *curl("http://allowed.test/hello"),
+                      allow=("allowed.test",))
+        assert done.returncode == 0, done.stderr
+        assert b"fakenet ok" in done.stdout
+        assert b"host=allowed.test" in done.stdout
+
+    def test_allowed_https_through_connect(self, proxy: str, net_args: list[str], fakenet) -> None:  # type: ignore[no-untyped-def]
+        done = fenced(proxy, net_args, *curl("--cacert", str(fakenet.ca_pem_path),
+                                             "https://www.allowed.test/tls"),
+                      allow=("*.allowed.test",))
+        assert done.returncode == 0, done.stderr
+        assert b"fakenet ok" in done.stdout
+
+    def test_not_allowlisted_gets_403_naming_the_reason(self, proxy: str,
+                                                        net_args: list[str]) -> None:
+        done = fenced(proxy, net_args, *status_of("http://other.test/"),
+                      allow=("allowed.test",))
+        assert done.stdout == b"403", done.stderr
+        assert b"not_allowlisted" in done.stderr
+
+    def test_connect_to_not_allowlisted_is_refused(self, proxy: str,
+                                                   net_args: list[str], fakenet) -> None:  # type: ignore[no-untyped-def]
+        done = fenced(proxy, net_args, *curl("--cacert", str(fakenet.ca_pem_path),
+                                             "https://other.test/"),
+                      allow=("allowed.test",))
+        assert done.returncode != 0
+        assert b"fakenet ok" not in done.stdout
+
+    @pytest.mark.parametrize(("host", "reason"), [
+        ("hostaddr.test", "host_address"),
+        ("loopback.test", "loopback_address"),
+        ("metadata.test", "link_local_address"),
+        ("private.test", "private_address"),
+    ])
+    def test_names_resolving_to_denied_addresses(self, proxy: str, net_args: list[str],
+                                                 host: str, reason: str) -> None:
+        done = fenced(proxy, net_args, *status_of(f"http://{host}/"), allow=(host,))
+        assert done.stdout == b"403", done.stderr
+        assert reason.encode() in done.stderr
+
+    @pytest.mark.parametrize("host", ["localhost", "host.docker.internal",
+                                      "gateway.docker.internal", "x.localhost"])
+    def test_host_names_denied(self, proxy: str, net_args: list[str], host: str) -> None:
+        done = fenced(proxy, net_args, *status_of(f"http://{host}/"),
+                      extra=("--profile", "network"))
+        assert done.stdout == b"403", done.stderr
+        assert b"denied_name" in done.stderr
+
+    def test_host_address_literal_denied(self, proxy: str, net_args: list[str],
+                                         fakenet) -> None:  # type: ignore[no-untyped-def]
+        done = fenced(proxy, net_args, *status_of(f"http://{fakenet.host_ip}/"),
+                      allow=(fakenet.host_ip,))
+        assert done.stdout == b"403", done.stderr
+        assert b"host_address" in done.stderr
+
+    def test_port_not_allowed(self, proxy: str, net_args: list[str]) -> None:
+        done = fenced(proxy, net_args, *status_of("http://allowed.test:8080/"),
+                      allow=("allowed.test",))
+        assert done.stdout == b"403", done.stderr
+        assert b"port_not_allowed" in done.stderr
+        opened = fenced(proxy, net_args, *curl("http://allowed.test:8080/"),
+                        allow=("allowed.test",), extra=("--allow-port", "8080"))
+        assert b"fakenet ok" in opened.stdout, opened.stderr
+
+    def test_direct_connection_ignoring_the_proxy_fails(self, proxy: str,
+                                                        net_args: list[str], fakenet) -> None:  # type: ignore[no-untyped-def]
+        code = (f"import socket\ntry:\n socket.create_connection(('{fakenet.dns}', 80), 3)\n"
+                " print('CONNECTED')\nexcept OSError as e:\n print('refused', e.errno)")
+        done = fenced(proxy, net_args, "python3", "-c", code, allow=("allowed.test",))
+        assert b"refused" in done.stdout, done.stdout + done.stderr
+        done = fenced(proxy, net_args, *curl("--noproxy", "*", "http://allowed.test/"),
+                      allow=("allowed.test",))
+        assert done.returncode != 0
+        assert b"fakenet ok" not in done.stdout
+
+    def test_dns_answers_allowed_names_only(self, proxy: str, net_args: list[str],
+                                            fakenet) -> None:  # type: ignore[no-untyped-def]
+        fakenet.clear_queries()
+        done = fenced(proxy, net_args, "sh", "-c",
+                      "getent hosts allowed.test; echo rc=$?; getent hosts denied.test; "
+                      "echo rc=$?", allow=("allowed.test",))
+        out = done.stdout.decode()
+        assert "10.203.0.2" in out and "allowed.test" in out, out + done.stderr.decode()
+        assert out.strip().endswith("rc=2"), out
+        assert not any("denied.test" in q for q in map(str, fakenet.queries()))
+
+
+class TestContainment:
+    def test_cannot_enter_the_host_network_namespace(self, proxy: str,
+                                                     net_args: list[str]) -> None:
+        code = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "for path in ['/proc/1/ns/net', '/run/netns']:\n"
+                "  try:\n    fd = os.open(path, os.O_RDONLY)\n"
+                "  except OSError as e:\n    print(path, 'unopenable', e.errno); continue\n"
+                "  print(path, 'setns', libc.setns(fd, 0x40000000), ctypes.get_errno())\n")
+        done = fenced(proxy, net_args, "python3", "-c", code)
+        out = done.stdout.decode()
+        assert "/proc/1/ns/net" in out, done.stderr
+        assert "setns 0" not in out, out
+        done = fenced(proxy, net_args, "nsenter", "--net=/proc/1/ns/net", "true")
+        assert done.returncode != 0
+
+    def test_fence_processes_invisible_and_unsignalable(self, proxy: str,
+                                                        net_args: list[str]) -> None:
+        me = os.getpid()
+        code = ("import os\npids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+                "print('pids', pids)\n"
+                f"try:\n os.kill({me}, 0)\n print('SIGNALABLE')\n"
+                "except OSError as e:\n print('kill', e.errno)\n"
+                "print('uid', os.getuid(), 'caps', open('/proc/self/status').read()"
+                ".split('CapEff:')[1].split()[0])")
+        done = fenced(proxy, net_args, "python3", "-c", code)
+        out = done.stdout.decode()
+        assert "SIGNALABLE" not in out and "kill 3" in out, out + done.stderr.decode()
+        assert "uid 0" not in out
+        assert "caps 0000000000000000" in out
+        pids = [int(p) for p in out.split("pids [")[1].split("]")[0].split(", ")]
+        assert max(pids) < 20, out  # its own PID namespace: only the sandbox's processes
+
+    def test_fence_config_cannot_be_read_or_written(self, proxy: str,
+                                                    net_args: list[str]) -> None:
+        script = ("ls -A /run/netfence; echo ls=$?; "
+                  "touch /run/netfence/x 2>/dev/null; echo touch=$?")
+        done = fenced(proxy, net_args, "sh", "-c", script, extra=("--name", "nf-cfgtest"))
+        out = done.stdout.decode()
+        assert "nf-cfgtest" not in out, out
+        assert "touch=0" not in out, out
+
+
+class TestProcessContract:
+    def test_stdio_passthrough_is_byte_exact(self, proxy: str, net_args: list[str]) -> None:
+        data = os.urandom(1 << 20) + bytes(range(256))
+        done = fenced(proxy, net_args, "cat", input=data)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == data
+
+    def test_exit_code_is_the_workloads(self, proxy: str, net_args: list[str]) -> None:
+        assert fenced(proxy, net_args, "sh", "-c", "exit 7").returncode == 7
+
+    def test_crashing_workload_is_cleaned_up(self, proxy: str, net_args: list[str]) -> None:
+        done = fenced(proxy, net_args, "sh", "-c", "kill -SEGV $$")
+        assert done.returncode == 128 + signal.SIGSEGV
+
+    def test_sigterm_reaches_the_workload_then_teardown(self, proxy: str,
+                                                        net_args: list[str]) -> None:
+        code = ("import signal, sys, time\n"
+                "signal.signal(signal.SIGTERM, lambda *a: (print('got TERM', flush=True),"
+                " sys.exit(3)))\nprint('ready', flush=True)\ntime.sleep(60)")
+        proc = subprocess.Popen(netfence_argv("run", "--proxy", proxy, *net_args, "--",
+                                              "python3", "-c", code),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"ready\n"
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert b"got TERM" in out
+        assert proc.returncode == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str, host: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_ingress_reaches_an_http_server_inside(proxy: str, net_args: list[str],
+                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    port = _free_port()
+    served = tmp_path_factory.mktemp("www")
+    served.chmod(0o755)
+    (served / "index.html").write_text("inside the fence\n")
+    (served / "index.html").chmod(0o644)
+    proc = subprocess.Popen(
+        netfence_argv("run", "--proxy", proxy, *net_args, "--transport", "streamable-http",
+                      "--target-port", "8000", "--port", str(port), "--", "python3", "-m",
+                      "http.server", "8000", "--bind", "127.0.0.1", "--directory", str(served)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        status, body = 0, b""
+        while time.monotonic() < deadline:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/index.html")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert status == 200 and body == b"inside the fence\n", (status, body)
+        status, _ = _get(f"http://127.0.0.1:{port}/index.html", host="evil.example")
+        assert status == 403
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/mcp".encode() in err
+
+
+def test_detach_ps_logs_stop(proxy: str, net_args: list[str]) -> None:
+    name = f"nf-detach-{proxy}"
+    started = netfence("run", "--proxy", proxy, *net_args, "--allow-host", "allowed.test",
+                       "--name", name, "--detach", "--", "sh", "-c",
+                       "curl -s -m 5 http://allowed.test/ >/dev/null; "
+                       "curl -s -m 5 http://other.test/ >/dev/null; sleep 60")
+    assert started.returncode == 0, started.stderr
+    try:
+        listed = netfence("ps", "--json")
+        assert name in listed.stdout.decode()
+        deadline = time.monotonic() + 20
+        lines: list[str] = []
+        while time.monotonic() < deadline and len(lines) < 2:
+            lines = netfence("logs", name, "--json").stdout.decode().splitlines()
+            time.sleep(0.3)
+        text = "\n".join(lines)
+        assert "allowed.test" in text and "other.test" in text, text
+        denied = netfence("logs", name, "--denied", "--json").stdout.decode()
+        assert "other.test" in denied and "allowed.test" not in denied, denied
+    finally:
+        stopped = netfence("stop", name)
+    assert stopped.returncode == 0, stopped.stderr
+    assert name not in netfence("ps", "--json").stdout.decode()
