@@ -1,0 +1,447 @@
+"""The Squid backend: an egress forward proxy and an ingress accelerator, one process each.
+
+Squid cannot listen inside another network namespace, so a runtime relays into the
+workload's namespace for it; nothing here knows about namespaces.
+
+Egress decisions follow the order of Policy.decide, which is also the order that leaks
+nothing: `http_access` lines are evaluated top to bottom and a `dst` ACL resolves the name,
+so every name check (`dstdomain -n`, no lookups) and the port check come before the first
+address check. Each deny line ends in its own ACL so that `deny_info` names the reason:
+the error page file is ERR_<REASON>, it is what `%err_code` logs and parse_decision reads.
+
+Squid starts as root, reads its config, then drops to the `proxy` user before it opens
+logs and error pages. The state dir stays 0700 root, so:
+- logs go to `/dev/stdout` and `/dev/stderr`: reopening them goes through /proc/self/fd and
+  checks only the file itself, which is pre-created owned by `proxy` (FileSpec owner);
+- error pages are read through `/proc/self/cwd`: a small `sh` wrapper, still root, hands
+  the page directory to `proxy` and makes it Squid's working directory. The directory can
+  only be reached through that magic link, never by walking through the state dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from urllib.parse import unquote
+
+from netfence.backends.base import (
+    DecisionRecord,
+    Endpoint,
+    FileSpec,
+    NetworkProxy,
+    Placement,
+    ProcessSpec,
+    ProxySetup,
+    proxy_env,
+)
+from netfence.errors import UsageError
+from netfence.policy import DENIED_NAMES, Policy, Reason
+from netfence.policy.decision import REMEDIES
+from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork
+from netfence.profile import HostPattern
+
+SQUID_USER = "proxy"
+LOG_FORMAT_TAG = "nf1"
+# Squid's own built-in error page names: we render each one, so no request ever shows a
+# page from outside the generated directory and Squid does not complain at start.
+SQUID_ERROR_PAGES: tuple[str, ...] = (
+    "ERR_ACCESS_DENIED", "ERR_ACL_TIME_QUOTA_EXCEEDED", "ERR_AGENT_CONFIGURE",
+    "ERR_AGENT_WPAD", "ERR_CACHE_ACCESS_DENIED", "ERR_CACHE_MGR_ACCESS_DENIED",
+    "ERR_CANNOT_FORWARD", "ERR_CONFLICT_HOST", "ERR_CONNECT_FAIL", "ERR_DIR_LISTING",
+    "ERR_DNS_FAIL", "ERR_ESI", "ERR_FORWARDING_DENIED", "ERR_FTP_DISABLED",
+    "ERR_FTP_FAILURE", "ERR_FTP_FORBIDDEN", "ERR_FTP_NOT_FOUND", "ERR_FTP_PUT_CREATED",
+    "ERR_FTP_PUT_ERROR", "ERR_FTP_PUT_MODIFIED", "ERR_FTP_UNAVAILABLE",
+    "ERR_GATEWAY_FAILURE", "ERR_ICAP_FAILURE", "ERR_INVALID_REQ", "ERR_INVALID_RESP",
+    "ERR_INVALID_URL", "ERR_LIFETIME_EXP", "ERR_NO_RELAY", "ERR_ONLY_IF_CACHED_MISS",
+    "ERR_PRECONDITION_FAILED", "ERR_PROTOCOL_UNKNOWN", "ERR_READ_ERROR",
+    "ERR_READ_TIMEOUT", "ERR_SECURE_CONNECT_FAIL", "ERR_SHUTTING_DOWN",
+    "ERR_SOCKET_FAILURE", "ERR_TOO_BIG", "ERR_UNSUP_HTTPVERSION", "ERR_UNSUP_REQ",
+    "ERR_URN_RESOLVE", "ERR_WRITE_ERROR", "ERR_ZERO_SIZE_OBJECT",
+)
+# Squid's pages for requests it could not even parse: the policy calls those invalid.
+_INVALID_PAGES = frozenset(
+    {"ERR_INVALID_URL", "ERR_INVALID_REQ", "ERR_UNSUP_REQ", "ERR_PROTOCOL_UNKNOWN",
+     "ERR_UNSUP_HTTPVERSION"}
+)
+# The wrapper runs as root: it gives the page directory to the proxy user and enters it.
+_WRAPPER = 'chown "$1" "$2" && cd "$2" && shift 2 && exec "$@"'
+# Long enough for SSE and streamable-HTTP streams that stay quiet for hours.
+_STREAM_TIMEOUTS = (
+    "read_timeout 24 hours",
+    "write_timeout 24 hours",
+    "client_lifetime 7 days",
+    "request_timeout 5 minutes",
+    "connect_timeout 30 seconds",
+)
+_CHUNK = 400  # characters of ACL values per config line; Squid's line buffer is bounded
+
+
+def page_name(reason: Reason) -> str:
+    """The error page (and `%err_code`) for a denial reason: ERR_NOT_ALLOWLISTED etc."""
+    return f"ERR_{reason.value.upper()}"
+
+
+_PAGE_REASONS = {page_name(r): r for r in Reason if r is not Reason.ALLOWED}
+
+
+def _acl(reason: Reason) -> str:
+    return f"nf_{reason.value}"
+
+
+def _listen(endpoint: Endpoint) -> str:
+    if endpoint.netns is not None:
+        raise ValueError("squid cannot listen in another network namespace; relay to it")
+    return str(endpoint)
+
+
+def service_name(placement: Placement, role: str) -> str:
+    """A Squid `-n` name unique per state dir and role (alphanumeric, at most 32)."""
+    digest = hashlib.sha256(f"{placement.state_dir}\0{placement.workload_name}".encode())
+    return f"nf{role[0]}{digest.hexdigest()[:20]}"
+
+
+def _acl_lines(name: str, kind: str, values: Sequence[str]) -> list[str]:
+    """`acl NAME KIND values...` split over several lines (Squid accumulates them)."""
+    lines: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for value in values:
+        if chunk and size + len(value) + 1 > _CHUNK:
+            lines.append(f"acl {name} {kind} {' '.join(chunk)}")
+            chunk, size = [], 0
+        chunk.append(value)
+        size += len(value) + 1
+    if chunk:
+        lines.append(f"acl {name} {kind} {' '.join(chunk)}")
+    return lines
+
+
+def ip_host(text: str) -> str:
+    """An IP literal as Squid spells a URL host before comparing it with dstdomain.
+
+    Verified with Squid 5.7: IPv6 hosts keep their brackets and are compressed ([0:0::1]
+    is [::1]); IPv4-mapped IPv6 and the legacy IPv4 spellings become dotted IPv4.
+    """
+    ip = ipaddress.ip_address(text)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return f"[{ip.compressed}]"
+    return str(ip)
+
+
+def domain_values(patterns: Iterable[HostPattern]) -> list[str]:
+    """dstdomain values: `.name` for name + subdomains, `name` exact, IPs as written.
+
+    Squid rejects or drops entries covered by another in the same ACL, so covered ones are
+    left out: an exact name under a wildcard, or a wildcard under a wider one.
+    """
+    pats = list(dict.fromkeys(patterns))
+    wild = {p.name for p in pats if p.subdomains}
+
+    def covered(name: str, strict: bool) -> bool:
+        labels = name.split(".")
+        start = 1 if strict else 0
+        return any(".".join(labels[i:]) in wild for i in range(start, len(labels)))
+
+    out: list[str] = []
+    # Names first, parents before children; IP literals after, in text order.
+    for p in sorted(pats, key=lambda p: (p.is_ip, 0 if p.is_ip else p.name.count("."), p.name)):
+        if p.is_ip:
+            out.append(ip_host(p.name))
+        elif p.subdomains:
+            if not covered(p.name, strict=True):
+                out.append("." + p.name)
+        elif not covered(p.name, strict=False):
+            out.append(p.name)
+    return list(dict.fromkeys(out))
+
+
+def denied_name_values() -> list[str]:
+    suffixes = set(DENIED_SUFFIXES)
+    names = [n for n in DENIED_NAMES if n not in suffixes]
+    return ["." + s for s in DENIED_SUFFIXES] + names
+
+
+def _minus(nets: Iterable[IPNetwork], holes: Sequence[IPNetwork]) -> list[IPNetwork]:
+    """`nets` without any address in `holes` (so lifted addresses are never denied)."""
+    todo = list(nets)
+    out: list[IPNetwork] = []
+    while todo:
+        net = todo.pop()
+        for hole in holes:
+            if hole.version != net.version or not net.overlaps(hole):
+                continue
+            if hole.supernet_of(net):  # type: ignore[arg-type]
+                break
+            todo.extend(net.address_exclude(hole))  # type: ignore[arg-type]
+            break
+        else:
+            out.append(net)
+    return out
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _squid_form(net: IPNetwork) -> IPNetwork:
+    """Squid stores IPv4 as IPv4-mapped IPv6, so ::ffff:a.b.c.d/N+96 *is* a.b.c.d/N there."""
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        base = ipaddress.IPv4Address(int(net.network_address) & 0xFFFFFFFF)
+        return ipaddress.IPv4Network((base, net.prefixlen - 96))
+    return net
+
+
+def _collapse(nets: Iterable[IPNetwork]) -> list[str]:
+    """Merged, sorted network strings; Squid warns about and drops overlapping entries."""
+    forms = [_squid_form(n) for n in nets]
+    v4 = [n for n in forms if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in forms if isinstance(n, ipaddress.IPv6Network)]
+    merged: list[IPNetwork] = [*ipaddress.collapse_addresses(v4),
+                               *ipaddress.collapse_addresses(v6)]
+    return [str(n) for n in merged]
+
+
+def address_acls(policy: Policy) -> list[tuple[Reason, list[str]]]:
+    """The address classes to deny, in Policy.address_reason's order, lifts applied.
+
+    A liftable range has the lifting CIDRs cut out of it rather than an `!allowed` term on
+    the line: a `dst` ACL matches when any resolved address matches, so a name resolving to
+    one lifted and one denied address must still be refused.
+    """
+    groups: list[tuple[Reason, list[str]]] = []
+    if policy.host_networks:
+        groups.append((Reason.HOST_ADDRESS, _collapse(policy.host_networks)))
+    by_reason: dict[Reason, list[IPNetwork]] = {}
+    for rng in policy.denied:
+        nets = [rng.network]
+        if rng.liftable:
+            nets = _minus(nets, policy.lifting_cidrs)
+        by_reason.setdefault(rng.reason, []).extend(nets)
+    for reason, nets in by_reason.items():
+        values = _collapse(nets)
+        if values:
+            groups.append((reason, values))
+    return groups
+
+
+def _common(placement: Placement, role: str) -> list[str]:
+    """Settings both processes share: no cache, no identity leaks, logs, error pages."""
+    resolver = placement.upstream_resolver
+    if resolver.port != 53:
+        raise UsageError(
+            f"the squid proxy can only use a DNS resolver on port 53, not {resolver}",
+            remedy="pass --dns-upstream with port 53, or use --proxy envoy",
+        )
+    return [
+        f"# Generated by netfence ({role}); edits are overwritten.",
+        f"visible_hostname netfence-{role}",
+        f"cache_effective_user {SQUID_USER}",
+        "pid_filename none",
+        # Names resolve only through the fence's resolver, never /etc/hosts.
+        "hosts_file none",
+        f"dns_nameservers {resolver.host}",
+        "cache deny all",
+        "cache_mem 0 MB",
+        "via off",
+        "forwarded_for delete",
+        "httpd_suppress_version_string on",
+        "shutdown_lifetime 1 seconds",
+        *_STREAM_TIMEOUTS,
+        # Nothing written behind our back: no netdb file, no ICMP helper, no rotation.
+        "netdb_filename none",
+        "pinger_enable off",
+        "logfile_rotate 0",
+        "client_db off",
+        "error_directory /proc/self/cwd",
+        f"logformat netfence {LOG_FORMAT_TAG} %{{%Y-%m-%dT%H:%M:%SZ}}tg %rm %>rd %>rP "
+        "%>Hs %err_code %<a %>st %<st %tr",
+        "access_log stdio:/dev/stdout netfence",
+        "cache_log /dev/stderr",
+        # The cache manager is never reachable from the workload.
+        "http_access deny manager",
+        f"deny_info {page_name(Reason.DENIED_NAME)} manager",
+    ]
+
+
+def render_egress(policy: Policy, placement: Placement) -> str:
+    lines = _common(placement, "egress")
+    lines.append(f"http_port {_listen(placement.egress_listen)}")
+
+    def deny(acl: str, reason: Reason, negate: bool = False) -> None:
+        lines.append(f"http_access deny {'!' if negate else ''}{acl}")
+        lines.append(f"deny_info {page_name(reason)} {acl}")
+
+    # 1. Names, before anything resolves them.
+    lines += _acl_lines(_acl(Reason.DENIED_NAME), "dstdomain -n", denied_name_values())
+    deny(_acl(Reason.DENIED_NAME), Reason.DENIED_NAME)
+    allowlist = _acl(Reason.NOT_ALLOWLISTED)
+    if policy.denies_everything:
+        lines.append(f"acl {allowlist} src all")
+        deny(allowlist, Reason.NOT_ALLOWLISTED)
+        lines.append("http_access deny all")
+        return "\n".join(lines) + "\n"
+    if not policy.allow_all:
+        lines += _acl_lines(allowlist, "dstdomain -n", domain_values(policy.hosts))
+        deny(allowlist, Reason.NOT_ALLOWLISTED, negate=True)
+    # 2. Ports: the URL port, which for CONNECT is the tunnel's port.
+    ports = _acl(Reason.PORT_NOT_ALLOWED)
+    # No port allowed (allow_port: []): port 0 never occurs, so every request is refused.
+    lines += _acl_lines(ports, "port", [str(p) for p in policy.ports] or ["0"])
+    deny(ports, Reason.PORT_NOT_ALLOWED, negate=True)
+    # 3. The addresses the name resolves to (`dst` looks the name up, now allowed).
+    for reason, values in address_acls(policy):
+        lines += _acl_lines(_acl(reason), "dst", values)
+        deny(_acl(reason), reason)
+    lines.append(f"http_access allow {ports}")
+    lines.append("http_access deny all")
+    return "\n".join(lines) + "\n"
+
+
+def inbound_values(policy: Policy) -> list[str]:
+    if not policy.inbound_hosts:
+        return ["localhost", "127.0.0.1", "[::1]"]
+    return domain_values(policy.inbound_hosts)
+
+
+def render_ingress(policy: Policy, placement: Placement) -> str:
+    listen, upstream = placement.ingress_listen, placement.ingress_upstream
+    if listen is None or upstream is None:
+        raise ValueError("ingress needs both ingress_listen and ingress_upstream")
+    if upstream.netns is not None:
+        raise ValueError("squid cannot dial into another network namespace; relay to it")
+    lines = _common(placement, "ingress")
+    hosts = _acl(Reason.NOT_ALLOWLISTED)
+    lines += [
+        # An accelerator: the Host header names the site, the workload serves it.
+        f"http_port {_listen(listen)} accel vhost",
+        f"cache_peer {upstream.host} parent {upstream.port} 0 no-query no-digest "
+        "originserver name=nf_workload",
+        "cache_peer_access nf_workload allow all",
+        # Only ever to the workload, never to the Host a client sent. (Squid still looks an
+        # accepted Host up once for its network database; the answer is unused.)
+        "never_direct allow all",
+        *_acl_lines(hosts, "dstdomain -n", inbound_values(policy)),
+        f"http_access deny !{hosts}",
+        f"deny_info {page_name(Reason.NOT_ALLOWLISTED)} {hosts}",
+        f"http_access allow {hosts}",
+        "http_access deny all",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _page(text: str) -> str:
+    return text + "\n"
+
+
+def error_pages(directory: Path, *, ingress: bool) -> tuple[FileSpec, ...]:
+    """One page per denial reason (one line: the reason and what would lift it)."""
+    specs: list[FileSpec] = []
+    for name in SQUID_ERROR_PAGES:
+        body = _page(f"netfence: proxy error {name} for %U: %E")
+        specs.append(FileSpec(directory / name, body, owner=SQUID_USER))
+    for reason in Reason:
+        if reason is Reason.ALLOWED:
+            continue
+        template = REMEDIES[reason]
+        if ingress and reason is Reason.NOT_ALLOWLISTED:
+            template = "add it to network.inbound.allow_host"
+        # Squid fills in %H (host) and %p (port); the denied address is not known here.
+        remedy = template.format(host="%H", port="%p", ip="ADDRESS") if template else None
+        text = f"netfence: denied: {reason.value}" + (f" ({remedy})" if remedy else "")
+        specs.append(FileSpec(directory / page_name(reason), _page(text), owner=SQUID_USER))
+    return tuple(specs)
+
+
+def _process(placement: Placement, role: str, conf: Path, pages: Path,
+             ready: Endpoint) -> tuple[ProcessSpec, tuple[FileSpec, ...]]:
+    state = placement.state_dir
+    stdout, stderr = state / f"squid-{role}-access.log", state / f"squid-{role}-cache.log"
+    argv = ("/bin/sh", "-c", _WRAPPER, "netfence-squid", SQUID_USER, str(pages),
+            "squid", "-N", "-f", str(conf), "-n", service_name(placement, role))
+    # Pre-created for the proxy user: Squid reopens them as /dev/stdout and /dev/stderr.
+    logs = (FileSpec(stdout, "", owner=SQUID_USER), FileSpec(stderr, "", owner=SQUID_USER))
+    return ProcessSpec(f"squid-{role}", argv, (ready,), stdout, stderr), logs
+
+
+class SquidProxy(NetworkProxy):
+    name = "squid"
+    listens_in_netns = False
+
+    def setup(self, policy: Policy, placement: Placement) -> ProxySetup:
+        state = placement.state_dir
+        files: list[FileSpec] = []
+        processes: list[ProcessSpec] = []
+        roles: list[tuple[str, str, Endpoint]] = [
+            ("egress", render_egress(policy, placement), placement.egress_listen)
+        ]
+        if placement.ingress_listen is not None:
+            roles.append(
+                ("ingress", render_ingress(policy, placement), placement.ingress_listen)
+            )
+        for role, text, ready in roles:
+            conf = state / f"squid-{role}.conf"
+            pages = state / f"squid-{role}-errors"
+            process, logs = _process(placement, role, conf, pages, ready)
+            files += [FileSpec(conf, text), *error_pages(pages, ingress=role == "ingress"),
+                      *logs]
+            processes.append(process)
+        return ProxySetup(
+            files=tuple(files),
+            processes=tuple(processes),
+            env=proxy_env(placement.workload_proxy),
+            decision_logs=(processes[0].stdout,),  # the egress access log
+        )
+
+    def validate_command(self, setup: ProxySetup) -> list[tuple[str, ...]]:
+        confs = [f.path for f in setup.files
+                 if f.path.name.startswith("squid-") and f.path.suffix == ".conf"]
+        return [("squid", "-k", "parse", "-f", str(c)) for c in confs]
+
+    def parse_decision(self, line: str) -> DecisionRecord | None:
+        fields = line.split()
+        if len(fields) != 11 or fields[0] != LOG_FORMAT_TAG:
+            return None
+        _, time, method, host, port, status, err, upstream, up, down, ms = fields
+        try:
+            reason = reason_for_page(err)
+            return DecisionRecord(
+                time=time,
+                method=method,
+                host=_log_host(host),
+                port=None if port == "-" else int(port),
+                allowed=reason is Reason.ALLOWED,
+                reason=reason.value,
+                status=int(status),
+                upstream_ip=None if upstream == "-" else upstream,
+                bytes_up=_count(up),
+                bytes_down=_count(down),
+                duration_ms=_count(ms),
+            )
+        except ValueError:
+            return None
+
+
+def reason_for_page(err_code: str) -> Reason:
+    """The policy reason behind a logged error page; upstream failures were allowed."""
+    if err_code in _PAGE_REASONS:
+        return _PAGE_REASONS[err_code]
+    if err_code in _INVALID_PAGES:
+        return Reason.INVALID_HOST
+    if err_code == "ERR_ACCESS_DENIED":  # the final `deny all`: nothing allowed it
+        return Reason.NOT_ALLOWLISTED
+    return Reason.ALLOWED
+
+
+def _log_host(text: str) -> str:
+    """%>rd percent-encodes IPv6 brackets (%5B::1%5D); the record holds the bare host."""
+    if text == "-":
+        return ""
+    host = unquote(text)
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _count(text: str) -> int:
+    return 0 if text == "-" else max(0, int(text))

@@ -1,0 +1,162 @@
+"""The real dnsmasq: generated configs pass `dnsmasq --test`, and a running dnsmasq forwards
+allowlisted names only. Everything stays on 127.0.0.1: the upstream is a tiny responder
+that records every query it sees.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from netfence.backends.base import Endpoint, Placement, ProxySetup, write_setup
+from netfence.backends.dnsmasq import dns_setup, dns_validate_command
+from netfence.policy import Policy, compile_policy
+from netfence.profile.loader import parse_profile
+from tests.support.tinydns import TinyDNS, query
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed"),
+]
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on loopback (dnsmasq listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((LOOPBACK, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket() as tcp:
+                try:
+                    tcp.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port on loopback")
+
+
+def make_placement(state: Path, upstream_port: int, dns_port: int = 5300) -> Placement:
+    return Placement(
+        state_dir=state,
+        egress_listen=Endpoint(LOOPBACK, 3128),
+        workload_proxy=f"{LOOPBACK}:3128",
+        dns_listen=Endpoint(LOOPBACK, dns_port),
+        upstream_resolver=Endpoint(LOOPBACK, upstream_port),
+    )
+
+
+PROFILES: dict[str, dict[str, object]] = {
+    "empty": {},
+    "allow_all": {"outbound": {"insecure_allow_all": True}},
+    "wildcards": {"outbound": {"allow_host": ["*.example.com", ".example.org", "pypi.org",
+                                             "a.example.com", "*.x.pypi.org"]}},
+    "ports": {"outbound": {"allow_host": ["example.com"], "allow_port": [22, 8443]}},
+    "cidrs": {"outbound": {"allow_host": ["example.com"],
+                           "allow_cidr": ["10.1.0.0/16", "fd00::/8"]}},
+    "ip_literals": {"outbound": {"allow_host": ["192.0.2.1", "[2001:db8::1]", "example.com"]}},
+    "underscore_and_idn": {"outbound": {"allow_host": ["_dmarc.example.com", "bücher.example"]}},
+    "hosts_1000": {"outbound": {"allow_host": [f"h{i}.svc{i % 13}.example" for i in range(1000)]}},
+}
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_dnsmasq_accepts_config(name: str, tmp_path: Path) -> None:
+    policy = compile_policy(parse_profile({"network": PROFILES[name]}, name))
+    state = tmp_path / "state"
+    setup = dns_setup(policy, make_placement(state, 53))
+    write_setup(setup, state)
+    (command,) = dns_validate_command(setup)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_dnsmasq_rejects_a_broken_config(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    setup = dns_setup(Policy(), make_placement(state, 53))
+    write_setup(setup, state)
+    with (state / "dnsmasq.conf").open("a") as fh:
+        fh.write("no-such-option\n")
+    (command,) = dns_validate_command(setup)
+    assert subprocess.run(command, capture_output=True, timeout=30).returncode != 0
+
+
+@contextmanager
+def running(setup: ProxySetup, state: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    write_setup(setup, state)
+    (spec,) = setup.processes
+    with spec.stdout.open("ab") as out, spec.stderr.open("ab") as err:
+        proc = subprocess.Popen(spec.argv, stdout=out, stderr=err)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # ready once it answers (a denied name: answered locally)
+            try:
+                query("ready.invalid", LOOPBACK, port, timeout=0.3)
+                break
+            except (TimeoutError, OSError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(spec.stderr.read_text()) from None
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+ANSWERS = {name: ["192.0.2.10"] for name in (
+    "exact.test", "sub.exact.test", "wild.test", "a.wild.test", "b.a.wild.test",
+    "secret.test", "other.test", "localhost", "x.localhost", "host.docker.internal",
+)}
+
+
+def test_only_allowlisted_names_reach_upstream(tmp_path: Path) -> None:
+    policy = Policy(hosts=tuple(
+        parse_profile({"network": {"outbound": {"allow_host": ["exact.test", "*.wild.test"]}}},
+                      "t").network.outbound.allow_host))
+    port = free_port()
+    state = tmp_path / "state"
+    with TinyDNS(ANSWERS) as upstream:
+        setup = dns_setup(policy, make_placement(state, upstream.port, port))
+        with running(setup, state, port):
+            upstream.queries.clear()  # forget the readiness probe (it is never forwarded)
+
+            def ask(name: str) -> tuple[str, list[str]]:
+                return query(name, LOOPBACK, port)
+
+            assert ask("exact.test") == ("NOERROR", ["192.0.2.10"])
+            assert ask("wild.test") == ("NOERROR", ["192.0.2.10"])
+            assert ask("a.wild.test") == ("NOERROR", ["192.0.2.10"])
+            assert ask("b.a.wild.test") == ("NOERROR", ["192.0.2.10"])
+            for denied in ("sub.exact.test", "secret.test", "localhost", "x.localhost",
+                           "host.docker.internal"):
+                assert ask(denied)[0] == "NXDOMAIN", denied
+            assert query("secret.test", LOOPBACK, port, qtype="TXT")[0] == "NXDOMAIN"
+            seen = upstream.names()
+        log = setup.processes[0].stderr.read_text()
+    assert seen == {"exact.test", "wild.test", "a.wild.test", "b.a.wild.test"}
+    assert "query[A] secret.test" in log  # the query log names what was asked
+
+
+def test_allow_all_forwards_all_but_denied_names(tmp_path: Path) -> None:
+    port = free_port()
+    state = tmp_path / "state"
+    with TinyDNS(ANSWERS) as upstream:
+        setup = dns_setup(Policy(allow_all=True), make_placement(state, upstream.port, port))
+        with running(setup, state, port):
+            upstream.queries.clear()
+            assert query("other.test", LOOPBACK, port) == ("NOERROR", ["192.0.2.10"])
+            for denied in ("localhost", "x.localhost", "host.docker.internal"):
+                assert query(denied, LOOPBACK, port)[0] == "NXDOMAIN", denied
+            seen = upstream.names()
+    assert seen == {"other.test"}

@@ -1,0 +1,129 @@
+"""Shape of the generated dnsmasq config: only allowlisted names are ever forwarded."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from netfence.backends.base import Endpoint, Placement, ProxySetup, write_setup
+from netfence.backends.dnsmasq import dns_setup, dns_validate_command
+from netfence.policy import DENIED_NAMES, Policy
+from netfence.profile import parse_host_pattern
+
+UP = "192.0.2.53#53"
+
+
+def make_placement(state: Path, upstream: Endpoint | None = None) -> Placement:
+    return Placement(
+        state_dir=state,
+        egress_listen=Endpoint("127.0.0.1", 3128),
+        workload_proxy="127.0.0.1:3128",
+        dns_listen=Endpoint("127.0.0.1", 5300),
+        upstream_resolver=upstream or Endpoint("192.0.2.53", 53),
+    )
+
+
+def policy(*raw: str, allow_all: bool = False) -> Policy:
+    return Policy(allow_all=allow_all, hosts=tuple(parse_host_pattern(r) for r in raw))
+
+
+def lines_of(setup: ProxySetup) -> list[str]:
+    (spec,) = setup.files
+    return spec.content.splitlines()
+
+
+def forwarded(lines: list[str]) -> list[str]:
+    """Lines that send queries upstream (a server= with an address)."""
+    return [ln for ln in lines if ln.startswith("server=") and not ln.endswith("/")]
+
+
+def test_base_settings(tmp_path: Path) -> None:
+    lines = lines_of(dns_setup(Policy(), make_placement(tmp_path)))
+    for expected in ("no-resolv", "no-hosts", "listen-address=127.0.0.1", "port=5300",
+                     "bind-interfaces", "log-queries", "log-facility=-", "pid-file"):
+        assert expected in lines
+    assert not [ln for ln in lines if ln.startswith(("resolv-file", "addn-hosts", "interface="))]
+
+
+def test_empty_allowlist_forwards_nothing(tmp_path: Path) -> None:
+    lines = lines_of(dns_setup(Policy(), make_placement(tmp_path)))
+    assert forwarded(lines) == []
+    assert lines[-1] == "address=/#/"
+
+
+def test_exact_name_does_not_open_its_subdomains(tmp_path: Path) -> None:
+    lines = lines_of(dns_setup(policy("api.example.com"), make_placement(tmp_path)))
+    assert forwarded(lines) == [f"server=/api.example.com/{UP}"]
+    assert "server=/*.api.example.com/" in lines
+
+
+def test_wildcard_forwards_name_and_subdomains(tmp_path: Path) -> None:
+    lines = lines_of(dns_setup(policy("*.example.com"), make_placement(tmp_path)))
+    assert forwarded(lines) == [f"server=/example.com/{UP}"]
+    assert "server=/*.example.com/" not in lines
+
+
+def test_exact_name_under_wildcard_adds_no_block(tmp_path: Path) -> None:
+    lines = lines_of(dns_setup(policy("*.example.com", "a.example.com", "b.example.com"),
+                               make_placement(tmp_path)))
+    assert forwarded(lines) == [f"server=/example.com/{UP}"]
+    assert not [ln for ln in lines if ln.startswith("server=/*.")]
+
+
+def test_wildcard_below_exact_name(tmp_path: Path) -> None:
+    lines = lines_of(dns_setup(policy("example.com", "*.api.example.com"),
+                               make_placement(tmp_path)))
+    assert set(forwarded(lines)) == {f"server=/example.com/{UP}",
+                                     f"server=/api.example.com/{UP}"}
+    assert "server=/*.example.com/" in lines
+
+
+def test_denied_names_are_never_forwarded(tmp_path: Path) -> None:
+    lines = lines_of(dns_setup(policy("*.docker.internal", "localhost", "*.app.localhost"),
+                               make_placement(tmp_path)))
+    for name in DENIED_NAMES:
+        assert f"server=/{name}/" in lines
+    assert forwarded(lines) == [f"server=/docker.internal/{UP}"]
+
+
+def test_ip_literals_need_nothing(tmp_path: Path) -> None:
+    lines = lines_of(dns_setup(policy("192.0.2.1", "[2001:db8::1]"), make_placement(tmp_path)))
+    assert forwarded(lines) == []
+
+
+def test_allow_all_forwards_everything_but_denied_names(tmp_path: Path) -> None:
+    lines = lines_of(dns_setup(policy(allow_all=True), make_placement(tmp_path)))
+    assert forwarded(lines) == [f"server={UP}"]
+    assert "address=/#/" not in lines
+    assert "server=/localhost/" in lines
+
+
+def test_ipv6_upstream(tmp_path: Path) -> None:
+    placement = make_placement(tmp_path, Endpoint("2001:db8::53", 5353))
+    lines = lines_of(dns_setup(policy("example.com"), placement))
+    assert "server=/example.com/2001:db8::53#5353" in lines
+
+
+def test_process_and_files(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    placement = make_placement(state)
+    setup = dns_setup(policy("example.com"), placement)
+    (process,) = setup.processes
+    conf = state / "dnsmasq.conf"
+    assert process.argv == ("dnsmasq", "--keep-in-foreground", f"--conf-file={conf}")
+    assert process.ready == (placement.dns_listen,)
+    assert process.stderr.parent == state
+    assert setup.env == {}
+    write_setup(setup, state)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    assert dns_validate_command(setup) == [("dnsmasq", "--test", f"--conf-file={conf}")]
+
+
+@pytest.mark.parametrize("count", [1, 1000])
+def test_one_forward_per_name(tmp_path: Path, count: int) -> None:
+    names = [f"h{i}.example.net" for i in range(count)]
+    lines = lines_of(dns_setup(policy(*names), make_placement(tmp_path)))
+    assert len(forwarded(lines)) == count

@@ -1,0 +1,371 @@
+"""Shape of the generated Squid configs: rule order, files, environment, decision log parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import pytest
+
+from netfence.backends.base import Endpoint, Placement, ProxySetup, write_setup
+from netfence.backends.squid import (
+    LOG_FORMAT_TAG,
+    SquidProxy,
+    address_acls,
+    domain_values,
+    ip_host,
+    page_name,
+    reason_for_page,
+    service_name,
+)
+from netfence.errors import UsageError
+from netfence.policy import Policy, Reason
+from netfence.profile import HostPattern, parse_host_pattern
+
+
+def hosts(*raw: str) -> tuple[HostPattern, ...]:
+    return tuple(parse_host_pattern(r) for r in raw)
+
+
+def make_placement(state: Path, *, ingress: bool = False, resolver_port: int = 53) -> Placement:
+    return Placement(
+        state_dir=state,
+        egress_listen=Endpoint("127.0.0.1", 3128),
+        workload_proxy="127.0.0.1:3128",
+        dns_listen=Endpoint("127.0.0.1", 53),
+        upstream_resolver=Endpoint("10.0.0.53", resolver_port),
+        ingress_listen=Endpoint("127.0.0.1", 8080) if ingress else None,
+        ingress_upstream=Endpoint("127.0.0.1", 9000) if ingress else None,
+        workload_name="demo",
+    )
+
+
+def policy(*raw: str, **kw: object) -> Policy:
+    return Policy(hosts=tuple(parse_host_pattern(r) for r in raw), **kw)  # type: ignore[arg-type]
+
+
+def conf(setup: ProxySetup, role: str = "egress") -> str:
+    return next(f.content for f in setup.files if f.path.name == f"squid-{role}.conf")
+
+
+def access_rules(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("http_access ")]
+
+
+def acl_kinds(text: str) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("acl "):
+            _, name, kind, *_ = line.split()
+            kinds[name] = kind
+    return kinds
+
+
+@pytest.fixture
+def squid() -> SquidProxy:
+    return SquidProxy()
+
+
+def test_identity(squid: SquidProxy) -> None:
+    assert squid.name == "squid"
+    assert squid.listens_in_netns is False
+
+
+def test_empty_allowlist_denies_everything(squid: SquidProxy, tmp_path: Path) -> None:
+    text = conf(squid.setup(Policy(), make_placement(tmp_path)))
+    rules = access_rules(text)
+    assert not [r for r in rules if r.startswith("http_access allow")]
+    assert "acl nf_not_allowlisted src all" in text
+    assert "http_access deny nf_not_allowlisted" in rules
+    assert " dst " not in text  # nothing is ever resolved
+    assert rules[-1] == "http_access deny all"
+
+
+def test_name_checks_come_before_any_address_check(squid: SquidProxy, tmp_path: Path) -> None:
+    pol = policy("example.com", "*.example.org", "192.0.2.7",
+                 host_addresses=(ipaddress.ip_address("198.51.100.9"),))
+    text = conf(squid.setup(pol, make_placement(tmp_path)))
+    kinds = acl_kinds(text)
+    rules = access_rules(text)
+
+    def uses(rule: str, kind: str) -> bool:
+        return any(kinds.get(word.lstrip("!")) == kind for word in rule.split()[2:])
+
+    def deny_rules(kind: str) -> list[int]:
+        return [i for i, r in enumerate(rules) if r.startswith("http_access deny ")
+                and uses(r, kind)]
+
+    name_rules, port_rules, dst_rules = (deny_rules(k) for k in ("dstdomain", "port", "dst"))
+    assert name_rules and port_rules and dst_rules
+    assert max(name_rules) < min(port_rules) <= max(port_rules) < min(dst_rules)
+    # The first rule that resolves a name is the host's own addresses.
+    assert rules[min(dst_rules)] == "http_access deny nf_host_address"
+    allows = [i for i, r in enumerate(rules) if r.startswith("http_access allow")]
+    denies = [i for i, r in enumerate(rules[:-1]) if r.startswith("http_access deny")]
+    assert allows and max(denies) < min(allows)
+    assert rules[-1] == "http_access deny all"
+    assert "acl nf_denied_name dstdomain -n .localhost host.docker.internal" in text
+    assert "http_access deny !nf_not_allowlisted" in rules
+
+
+def test_every_deny_names_its_reason(squid: SquidProxy, tmp_path: Path) -> None:
+    text = conf(squid.setup(policy("example.com"), make_placement(tmp_path)))
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("http_access deny") and line != "http_access deny all":
+            acl = line.split()[-1].lstrip("!")
+            assert any(ln.startswith("deny_info ERR_") and ln.endswith(f" {acl}")
+                       for ln in lines[i:i + 2]), line
+    for reason in (Reason.DENIED_NAME, Reason.NOT_ALLOWLISTED, Reason.PORT_NOT_ALLOWED,
+                   Reason.LOOPBACK_ADDRESS, Reason.PRIVATE_ADDRESS):
+        assert f"deny_info {page_name(reason)} " in text
+
+
+def test_allow_all_keeps_every_rule_but_the_allowlist(squid: SquidProxy, tmp_path: Path) -> None:
+    text = conf(squid.setup(Policy(allow_all=True), make_placement(tmp_path)))
+    rules = access_rules(text)
+    assert "nf_not_allowlisted" not in text
+    assert "http_access deny nf_denied_name" in rules
+    assert "http_access deny !nf_port_not_allowed" in rules
+    assert "http_access deny nf_loopback_address" in rules
+    assert "http_access deny nf_private_address" in rules
+    assert rules[-2:] == ["http_access allow nf_port_not_allowed", "http_access deny all"]
+
+
+def test_port_rule_covers_plain_and_connect(squid: SquidProxy, tmp_path: Path) -> None:
+    text = conf(squid.setup(policy("example.com", ports=(80, 443, 8443)),
+                            make_placement(tmp_path)))
+    assert "acl nf_port_not_allowed port 80 443 8443" in text
+    # One rule for every method: a CONNECT's port is its URL port.
+    assert access_rules(text).count("http_access deny !nf_port_not_allowed") == 1
+
+
+def test_no_allowed_port_refuses_everything(squid: SquidProxy, tmp_path: Path) -> None:
+    text = conf(squid.setup(policy("example.com", ports=()), make_placement(tmp_path)))
+    assert "acl nf_port_not_allowed port 0" in text
+
+
+def test_ip_literal_spelling() -> None:
+    assert ip_host("192.0.2.1") == "192.0.2.1"
+    assert ip_host("2001:db8::1") == "[2001:db8::1]"
+    assert ip_host("::ffff:192.0.2.1") == "192.0.2.1"
+    values = domain_values(hosts("[2001:db8:0:0::1]", "192.0.2.1", "example.com"))
+    assert values == ["example.com", "192.0.2.1", "[2001:db8::1]"]
+
+
+def test_covered_names_are_left_out() -> None:
+    values = domain_values(hosts(
+        "example.com", "*.example.com", "a.example.com", "*.b.example.com", "other.org",
+        "*.deep.other.org",
+    ))
+    assert values == [".example.com", "other.org", ".deep.other.org"]
+
+
+def _squid_reason(groups: list[tuple[Reason, list[str]]], ip: str) -> Reason | None:
+    """What the generated dst rules decide, evaluated the way Squid stores addresses."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    for reason, values in groups:
+        if any(addr in ipaddress.ip_network(v) for v in values):
+            return reason
+    return None
+
+
+@pytest.mark.parametrize("ip", [
+    "10.1.2.3", "10.2.0.1", "10.255.255.255", "127.0.0.1", "169.254.169.254", "192.168.1.1",
+    "8.8.8.8", "198.51.100.9", "::ffff:10.1.0.1", "::ffff:10.9.0.1", "::ffff:127.0.0.1",
+    "64:ff9b::10.1.0.1", "64:ff9b::10.9.0.1", "64:ff9b::8.8.8.8", "::1", "fd00::1",
+    "fe80::1", "2001:db8::1", "2606:4700::1", "100.64.0.1", "0.0.0.0", "224.0.0.1",
+])
+def test_address_rules_agree_with_policy(ip: str) -> None:
+    pol = Policy(
+        hosts=(parse_host_pattern("example.com"),),
+        allowed_cidrs=(ipaddress.ip_network("10.1.0.0/16"),),
+        host_addresses=(ipaddress.ip_address("198.51.100.9"),),
+    )
+    assert _squid_reason(address_acls(pol), ip) == pol.address_reason(ipaddress.ip_address(ip))
+
+
+def test_lifted_ranges_are_cut_out_not_negated(tmp_path: Path) -> None:
+    pol = Policy(hosts=(parse_host_pattern("example.com"),),
+                 allowed_cidrs=(ipaddress.ip_network("10.1.0.0/16"),))
+    text = conf(SquidProxy().setup(pol, make_placement(tmp_path)))
+    # `dst` matches when any resolved address matches: a `!lifted` term could be satisfied
+    # by one lifted address while Squid dials another, denied one.
+    assert "http_access deny nf_private_address" in access_rules(text)
+    assert not [r for r in access_rules(text) if r.count(" ") > 2 and " dst" in r]
+
+
+def test_files_and_modes(squid: SquidProxy, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    setup = squid.setup(policy("example.com"), make_placement(state, ingress=True))
+    write_setup(setup, state)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for spec in setup.files:
+        assert spec.path.is_relative_to(state)
+        assert stat.S_IMODE(spec.path.stat().st_mode) == 0o600, spec.path
+        assert stat.S_IMODE(spec.path.parent.stat().st_mode) == 0o700
+    owned = {f.path for f in setup.files if f.owner == "proxy"}
+    for process in setup.processes:
+        assert process.stdout in owned and process.stderr in owned
+    if os.geteuid() == 0:
+        uid = pwd.getpwnam("proxy").pw_uid
+        assert all(p.stat().st_uid == uid for p in owned)
+    names = {f.path.name for f in setup.files}
+    assert {"squid-egress.conf", "squid-ingress.conf"} <= names
+
+
+def test_error_pages_name_reason_and_remedy(squid: SquidProxy, tmp_path: Path) -> None:
+    setup = squid.setup(policy("example.com"), make_placement(tmp_path, ingress=True))
+    pages = {(f.path.parent.name, f.path.name): f.content for f in setup.files}
+    egress = pages[("squid-egress-errors", "ERR_NOT_ALLOWLISTED")]
+    assert egress == ("netfence: denied: not_allowlisted (add it to network.outbound.allow_host"
+                      " or pass --allow-host %H)\n")
+    assert pages[("squid-egress-errors", "ERR_LOOPBACK_ADDRESS")] == (
+        "netfence: denied: loopback_address\n")
+    assert "network.inbound.allow_host" in pages[("squid-ingress-errors", "ERR_NOT_ALLOWLISTED")]
+    for reason in Reason:
+        if reason is not Reason.ALLOWED:
+            body = pages[("squid-egress-errors", page_name(reason))]
+            assert body.count("\n") == 1 and reason.value in body
+
+
+def test_processes(squid: SquidProxy, tmp_path: Path) -> None:
+    placement = make_placement(tmp_path, ingress=True)
+    setup = squid.setup(policy("example.com"), placement)
+    egress, ingress = setup.processes
+    assert egress.ready == (placement.egress_listen,)
+    assert ingress.ready == (placement.ingress_listen,)
+    for process, role in ((egress, "egress"), (ingress, "ingress")):
+        argv = process.argv
+        squid_at = argv.index("squid")
+        assert argv[squid_at:] == (
+            "squid", "-N", "-f", str(tmp_path / f"squid-{role}.conf"),
+            "-n", service_name(placement, role),
+        )
+        assert argv[0] == "/bin/sh"
+    assert service_name(placement, "egress") != service_name(placement, "ingress")
+    other = make_placement(tmp_path / "other")
+    assert service_name(other, "egress") != service_name(placement, "egress")
+    assert all(len(service_name(placement, r)) <= 32 and service_name(placement, r).isalnum()
+               for r in ("egress", "ingress"))
+    assert setup.decision_logs == (egress.stdout,)
+    assert squid.validate_command(setup) == [
+        ("squid", "-k", "parse", "-f", str(tmp_path / "squid-egress.conf")),
+        ("squid", "-k", "parse", "-f", str(tmp_path / "squid-ingress.conf")),
+    ]
+
+
+def test_no_ingress_without_ingress_listen(squid: SquidProxy, tmp_path: Path) -> None:
+    setup = squid.setup(policy("example.com"), make_placement(tmp_path))
+    assert [p.name for p in setup.processes] == ["squid-egress"]
+
+
+def test_env_sets_both_cases(squid: SquidProxy, tmp_path: Path) -> None:
+    env = squid.setup(Policy(), make_placement(tmp_path)).env
+    for key in ("http_proxy", "https_proxy"):
+        assert env[key] == env[key.upper()] == "http://127.0.0.1:3128"
+    assert env["no_proxy"] == env["NO_PROXY"]
+
+
+def test_common_settings(squid: SquidProxy, tmp_path: Path) -> None:
+    text = conf(squid.setup(policy("example.com"), make_placement(tmp_path)))
+    lines = text.splitlines()
+    for expected in ("http_port 127.0.0.1:3128", "dns_nameservers 10.0.0.53", "hosts_file none",
+                     "cache deny all", "via off", "forwarded_for delete",
+                     "httpd_suppress_version_string on", "pid_filename none",
+                     "access_log stdio:/dev/stdout netfence", "cache_log /dev/stderr",
+                     "error_directory /proc/self/cwd", "read_timeout 24 hours"):
+        assert expected in lines
+    assert any(ln.startswith("shutdown_lifetime 1 ") for ln in lines)
+    assert any(ln.startswith("logformat netfence ") and "%err_code" in ln for ln in lines)
+    assert "netns" not in text
+
+
+def test_resolver_port_must_be_53(squid: SquidProxy, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="port 53"):
+        squid.setup(Policy(), make_placement(tmp_path, resolver_port=5353))
+
+
+def test_netns_listener_is_refused(squid: SquidProxy, tmp_path: Path) -> None:
+    placement = make_placement(tmp_path)
+    netns = dataclasses.replace(
+        placement, egress_listen=Endpoint("127.0.0.1", 3128, Path("/run/netns/x")))
+    with pytest.raises(ValueError, match="namespace"):
+        squid.setup(Policy(), netns)
+
+
+def test_ingress_host_gating(squid: SquidProxy, tmp_path: Path) -> None:
+    text = conf(squid.setup(Policy(), make_placement(tmp_path, ingress=True)), "ingress")
+    assert "http_port 127.0.0.1:8080 accel vhost" in text
+    assert ("cache_peer 127.0.0.1 parent 9000 0 no-query no-digest originserver "
+            "name=nf_workload") in text
+    assert "never_direct allow all" in text
+    assert "acl nf_not_allowlisted dstdomain -n localhost 127.0.0.1 [::1]" in text
+    rules = access_rules(text)
+    assert rules.index("http_access deny !nf_not_allowlisted") < rules.index(
+        "http_access allow nf_not_allowlisted")
+    assert rules[-1] == "http_access deny all"
+
+    pol = Policy(inbound_hosts=tuple(parse_host_pattern(h) for h in ("mcp.example.com",
+                                                                      "*.internal.test")))
+    text = conf(squid.setup(pol, make_placement(tmp_path, ingress=True)), "ingress")
+    assert "acl nf_not_allowlisted dstdomain -n .internal.test mcp.example.com" in text
+    assert "localhost" not in text.split("acl nf_not_allowlisted", 1)[1].splitlines()[0]
+
+
+def test_large_allowlist_lines_stay_short(squid: SquidProxy, tmp_path: Path) -> None:
+    names = [f"host{i}.example{i % 7}.com" for i in range(1000)]
+    text = conf(squid.setup(policy(*names), make_placement(tmp_path)))
+    acl_lines = [ln for ln in text.splitlines() if ln.startswith("acl nf_not_allowlisted")]
+    assert len(acl_lines) > 1 and max(len(ln) for ln in acl_lines) < 600
+    assert sum(len(ln.split()) - 4 for ln in acl_lines) == 1000
+
+
+SAMPLES = {
+    f"{LOG_FORMAT_TAG} 2026-01-02T03:04:05Z GET example.com 80 200 - 93.184.216.34 120 530 14":
+        ("GET", "example.com", 80, True, "allowed", 200, "93.184.216.34", 120, 530, 14),
+    f"{LOG_FORMAT_TAG} 2026-01-02T03:04:05Z GET evil.test 80 403 ERR_NOT_ALLOWLISTED - 131 414 0":
+        ("GET", "evil.test", 80, False, "not_allowlisted", 403, None, 131, 414, 0),
+    f"{LOG_FORMAT_TAG} 2026-01-02T03:04:05Z CONNECT ok.test 22 403 ERR_PORT_NOT_ALLOWED - 1 2 0":
+        ("CONNECT", "ok.test", 22, False, "port_not_allowed", 403, None, 1, 2, 0),
+    f"{LOG_FORMAT_TAG} 2026-01-02T03:04:05Z GET %5B::1%5D 80 403 ERR_LOOPBACK_ADDRESS - 1 2 0":
+        ("GET", "::1", 80, False, "loopback_address", 403, None, 1, 2, 0),
+    f"{LOG_FORMAT_TAG} 2026-01-02T03:04:05Z GET up.test 80 503 ERR_CONNECT_FAIL 192.0.2.1 1 2 3":
+        ("GET", "up.test", 80, True, "allowed", 503, "192.0.2.1", 1, 2, 3),
+    f"{LOG_FORMAT_TAG} 2026-01-02T03:04:05Z NONE - - 400 ERR_INVALID_URL - 10 20 0":
+        ("NONE", "", None, False, "invalid_host", 400, None, 10, 20, 0),
+}
+
+
+@pytest.mark.parametrize("line", list(SAMPLES))
+def test_parse_decision(squid: SquidProxy, line: str) -> None:
+    record = squid.parse_decision(line)
+    assert record is not None
+    assert record.time == "2026-01-02T03:04:05Z"
+    got = (record.method, record.host, record.port, record.allowed, record.reason,
+           record.status, record.upstream_ip, record.bytes_up, record.bytes_down,
+           record.duration_ms)
+    assert got == SAMPLES[line]
+
+
+@pytest.mark.parametrize("line", [
+    "", "2026/01/02 03:04:05| Starting Squid Cache version 5.7",
+    f"{LOG_FORMAT_TAG} too few fields",
+    f"{LOG_FORMAT_TAG} 2026-01-02T03:04:05Z GET h 80 abc - - 1 2 3",
+])
+def test_parse_decision_ignores_other_lines(squid: SquidProxy, line: str) -> None:
+    assert squid.parse_decision(line) is None
+
+
+def test_every_reason_round_trips_through_its_page() -> None:
+    for reason in Reason:
+        if reason is not Reason.ALLOWED:
+            assert reason_for_page(page_name(reason)) is reason
+    assert reason_for_page("-") is Reason.ALLOWED
+    assert reason_for_page("ERR_ACCESS_DENIED") is Reason.NOT_ALLOWLISTED
