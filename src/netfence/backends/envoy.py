@@ -110,7 +110,7 @@ def deny_body(reason: Reason) -> str:
     remedy = REMEDIES.get(reason)
     text = f"netfence: denied: {reason.value}"
     if remedy:
-        text += " (" + remedy.format(host="HOST", port="PORT", ip="IP") + ")"
+        text += " (" + remedy.format(host="HOST", port="PORT", cidr="CIDR") + ")"
     return text + "\n"
 
 

@@ -349,7 +349,7 @@ def error_pages(directory: Path, *, ingress: bool) -> tuple[FileSpec, ...]:
         if ingress and reason is Reason.NOT_ALLOWLISTED:
             template = "add it to network.inbound.allow_host"
         # Squid fills in %H (host) and %p (port); the denied address is not known here.
-        remedy = template.format(host="%H", port="%p", ip="ADDRESS") if template else None
+        remedy = template.format(host="%H", port="%p", cidr="CIDR") if template else None
         text = f"netfence: denied: {reason.value}" + (f" ({remedy})" if remedy else "")
         specs.append(FileSpec(directory / page_name(reason), _page(text), owner=SQUID_USER))
     return tuple(specs)

@@ -24,9 +24,9 @@ REMEDIES: dict[Reason, str | None] = {
     Reason.NOT_ALLOWLISTED: "add it to network.outbound.allow_host or pass --allow-host {host}",
     Reason.PORT_NOT_ALLOWED: "add it to network.outbound.allow_port or pass --allow-port {port}",
     Reason.PRIVATE_ADDRESS: "add its range to network.outbound.allow_cidr or pass "
-    "--allow-cidr {ip}/32",
+    "--allow-cidr {cidr}",
     Reason.SPECIAL_ADDRESS: "add its range to network.outbound.allow_cidr or pass "
-    "--allow-cidr {ip}/32",
+    "--allow-cidr {cidr}",
     Reason.INVALID_HOST: None,
     Reason.DENIED_NAME: None,
     Reason.HOST_ADDRESS: None,
@@ -47,7 +47,11 @@ class Decision:
     @property
     def remedy(self) -> str | None:
         template = REMEDIES[self.reason]
-        return template.format(host=self.host, port=self.port, ip=self.ip) if template else None
+        if not template:
+            return None
+        # One address: /32 in IPv4, /128 in IPv6 (a /32 there would open a vast range).
+        cidr = f"{self.ip}/{128 if self.ip and ':' in self.ip else 32}"
+        return template.format(host=self.host, port=self.port, cidr=cidr)
 
     def describe(self) -> str:
         where = f"{self.host}:{self.port}" + (f" ({self.ip})" if self.ip else "")

@@ -57,18 +57,23 @@ def parse_ip(raw: str) -> IPAddress | None:
     Brackets around IPv6, IPv6 zone ids and the legacy IPv4 spellings are all addresses.
     """
     text = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        pass
     if "%" in text:
+        # A zone id (fe80::1%eth0) picks an interface, not another destination: drop it
+        # before ip_address, which would otherwise keep it in the address.
         try:
             return ipaddress.ip_address(text.split("%", 1)[0])
         except ValueError:
             return None
-    if _LEGACY_IPV4.match(text.lower()):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    # One trailing dot does not make an IPv4 literal a name (URL parsers read 127.0.0.1.
+    # as 127.0.0.1), just as it does not change a name.
+    v4 = text[:-1] if text.endswith(".") else text
+    if _LEGACY_IPV4.match(v4.lower()):
         try:
-            return ipaddress.IPv4Address(socket.inet_aton(text))
+            return ipaddress.IPv4Address(socket.inet_aton(v4))
         except OSError:
             return None
     return None

@@ -102,7 +102,13 @@ def with_overrides(
     merged = {
         "insecure_allow_all": out.insecure_allow_all,
         "allow_host": [str(p) for p in out.allow_host] + hosts,
-        "allow_port": (list(out.allow_port or ()) + ports) if (ports or out.allow_port) else None,
+        # None (absent: 80 and 443) stays None unless ports are added; an explicit [] (no
+        # port at all) must stay [], never fall back to the defaults.
+        "allow_port": (
+            list(out.allow_port or ()) + ports
+            if (ports or out.allow_port is not None)
+            else None
+        ),
         "allow_cidr": [str(c) for c in out.allow_cidr] + cidrs,
     }
     try:
