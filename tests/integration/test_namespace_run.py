@@ -10,9 +10,11 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.fakenet import FakeNet
 from tests.support.fence import leftovers, netfence, netfence_argv
 
 pytestmark = pytest.mark.integration
@@ -37,7 +39,7 @@ def nothing_left_behind() -> Iterator[None]:
 
 
 @pytest.fixture
-def net_args(fakenet) -> list[str]:  # type: ignore[no-untyped-def]
+def net_args(fakenet: FakeNet) -> list[str]:
     return ["--dns-upstream", fakenet.dns, "--allow-cidr", fakenet.cidr]
 
 
@@ -55,18 +57,20 @@ def curl(*args: str) -> tuple[str, ...]:
 
 
 def status_of(*args: str) -> tuple[str, ...]:
-    return curl("-o", "/dev/stderr", "-w", "%{http_code}", *args)
+    """curl printing the body, then the status code on a line of its own."""
+    return curl("-w", "\n%{http_code}", *args)
 
 
 class TestEgressMatrix:
-    def test_allowed_http(self, proxy: str, net_args: list[str], fakenet) -> None:  # type: ignore[no-untyped-def]
+    def test_allowed_http(self, proxy: str, net_args: list[str], fakenet: FakeNet) -> None:
         done = fenced(proxy, net_args, *curl("http://allowed.test/hello"),
                       allow=("allowed.test",))
         assert done.returncode == 0, done.stderr
         assert b"fakenet ok" in done.stdout
         assert b"host=allowed.test" in done.stdout
 
-    def test_allowed_https_through_connect(self, proxy: str, net_args: list[str], fakenet) -> None:  # type: ignore[no-untyped-def]
+    def test_allowed_https_through_connect(self, proxy: str, net_args: list[str],
+                                           fakenet: FakeNet) -> None:
         done = fenced(proxy, net_args, *curl("--cacert", str(fakenet.ca_pem_path),
                                              "https://www.allowed.test/tls"),
                       allow=("*.allowed.test",))
@@ -77,11 +81,11 @@ class TestEgressMatrix:
                                                         net_args: list[str]) -> None:
         done = fenced(proxy, net_args, *status_of("http://other.test/"),
                       allow=("allowed.test",))
-        assert done.stdout == b"403", done.stderr
-        assert b"not_allowlisted" in done.stderr
+        assert done.stdout.endswith(b"\n403"), done.stdout + done.stderr
+        assert b"not_allowlisted" in done.stdout
 
     def test_connect_to_not_allowlisted_is_refused(self, proxy: str,
-                                                   net_args: list[str], fakenet) -> None:  # type: ignore[no-untyped-def]
+                                                   net_args: list[str], fakenet: FakeNet) -> None:
         done = fenced(proxy, net_args, *curl("--cacert", str(fakenet.ca_pem_path),
                                              "https://other.test/"),
                       allow=("allowed.test",))
@@ -97,35 +101,36 @@ class TestEgressMatrix:
     def test_names_resolving_to_denied_addresses(self, proxy: str, net_args: list[str],
                                                  host: str, reason: str) -> None:
         done = fenced(proxy, net_args, *status_of(f"http://{host}/"), allow=(host,))
-        assert done.stdout == b"403", done.stderr
-        assert reason.encode() in done.stderr
+        assert done.stdout.endswith(b"\n403"), done.stdout + done.stderr
+        assert reason.encode() in done.stdout
 
     @pytest.mark.parametrize("host", ["localhost", "host.docker.internal",
                                       "gateway.docker.internal", "x.localhost"])
     def test_host_names_denied(self, proxy: str, net_args: list[str], host: str) -> None:
-        done = fenced(proxy, net_args, *status_of(f"http://{host}/"),
+        # NO_PROXY exempts localhost; --noproxy "" sends it to the fence all the same.
+        done = fenced(proxy, net_args, *status_of("--noproxy", "", f"http://{host}/"),
                       extra=("--profile", "network"))
-        assert done.stdout == b"403", done.stderr
-        assert b"denied_name" in done.stderr
+        assert done.stdout.endswith(b"\n403"), done.stdout + done.stderr
+        assert b"denied_name" in done.stdout
 
     def test_host_address_literal_denied(self, proxy: str, net_args: list[str],
-                                         fakenet) -> None:  # type: ignore[no-untyped-def]
+                                         fakenet: FakeNet) -> None:
         done = fenced(proxy, net_args, *status_of(f"http://{fakenet.host_ip}/"),
                       allow=(fakenet.host_ip,))
-        assert done.stdout == b"403", done.stderr
-        assert b"host_address" in done.stderr
+        assert done.stdout.endswith(b"\n403"), done.stdout + done.stderr
+        assert b"host_address" in done.stdout
 
     def test_port_not_allowed(self, proxy: str, net_args: list[str]) -> None:
         done = fenced(proxy, net_args, *status_of("http://allowed.test:8080/"),
                       allow=("allowed.test",))
-        assert done.stdout == b"403", done.stderr
-        assert b"port_not_allowed" in done.stderr
+        assert done.stdout.endswith(b"\n403"), done.stdout + done.stderr
+        assert b"port_not_allowed" in done.stdout
         opened = fenced(proxy, net_args, *curl("http://allowed.test:8080/"),
                         allow=("allowed.test",), extra=("--allow-port", "8080"))
         assert b"fakenet ok" in opened.stdout, opened.stderr
 
-    def test_direct_connection_ignoring_the_proxy_fails(self, proxy: str,
-                                                        net_args: list[str], fakenet) -> None:  # type: ignore[no-untyped-def]
+    def test_direct_connection_ignoring_the_proxy_fails(self, proxy: str, net_args: list[str],
+                                                        fakenet: FakeNet) -> None:
         code = (f"import socket\ntry:\n socket.create_connection(('{fakenet.dns}', 80), 3)\n"
                 " print('CONNECTED')\nexcept OSError as e:\n print('refused', e.errno)")
         done = fenced(proxy, net_args, "python3", "-c", code, allow=("allowed.test",))
@@ -136,7 +141,7 @@ class TestEgressMatrix:
         assert b"fakenet ok" not in done.stdout
 
     def test_dns_answers_allowed_names_only(self, proxy: str, net_args: list[str],
-                                            fakenet) -> None:  # type: ignore[no-untyped-def]
+                                            fakenet: FakeNet) -> None:
         fakenet.clear_queries()
         done = fenced(proxy, net_args, "sh", "-c",
                       "getent hosts allowed.test; echo rc=$?; getent hosts denied.test; "
@@ -179,14 +184,35 @@ class TestContainment:
         pids = [int(p) for p in out.split("pids [")[1].split("]")[0].split(", ")]
         assert max(pids) < 20, out  # its own PID namespace: only the sandbox's processes
 
-    def test_fence_config_cannot_be_read_or_written(self, proxy: str,
-                                                    net_args: list[str]) -> None:
-        script = ("ls -A /run/netfence; echo ls=$?; "
-                  "touch /run/netfence/x 2>/dev/null; echo touch=$?")
-        done = fenced(proxy, net_args, "sh", "-c", script, extra=("--name", "nf-cfgtest"))
-        out = done.stdout.decode()
-        assert "nf-cfgtest" not in out, out
-        assert "touch=0" not in out, out
+    def test_fence_state_cannot_be_read_or_written(self, proxy: str,
+                                                   net_args: list[str]) -> None:
+        name = f"nf-cfgtest-{proxy}"
+        state = Path("/run/netfence") / name
+        # The workload tries to overwrite every state file, then reports through a
+        # request, which the test waits for in the decision log.
+        script = (f"ls -A /run/netfence; cat {state}/* ; "
+                  f"for f in {state}/* ; do echo pwned > $f; done; "
+                  "curl -s -m 5 http://other.test/ >/dev/null; sleep 60")
+        started = netfence("run", "--proxy", proxy, *net_args, "--name", name, "--detach",
+                           "--allow-host", "allowed.test", "--", "sh", "-c", script)
+        assert started.returncode == 0, started.stderr
+        try:
+            before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
+            assert before, "no state files to protect"
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if "other.test" in netfence("logs", name, "--json").stdout.decode():
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.fail("the workload never reported")
+            after = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
+            # Logs grow on their own; every other file must be exactly as the fence wrote it.
+            changed = [n for n in after if after[n] != before.get(n)
+                       and not n.endswith(".log")]
+            assert changed == [], changed
+        finally:
+            netfence("stop", name)
 
 
 class TestProcessContract:
@@ -240,17 +266,19 @@ def _get(url: str, host: str | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_ingress_reaches_an_http_server_inside(proxy: str, net_args: list[str],
-                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_ingress_reaches_an_http_server_inside(proxy: str, net_args: list[str]) -> None:
     port = _free_port()
-    served = tmp_path_factory.mktemp("www")
-    served.chmod(0o755)
-    (served / "index.html").write_text("inside the fence\n")
-    (served / "index.html").chmod(0o644)
+    server = ("import http.server as h\n"
+              "class H(h.BaseHTTPRequestHandler):\n"
+              " def do_GET(self):\n"
+              "  body = b'inside the fence ' + self.path.encode() + b'\\n'\n"
+              "  self.send_response(200); self.send_header('Content-Length', str(len(body)))\n"
+              "  self.end_headers(); self.wfile.write(body)\n"
+              "h.HTTPServer(('127.0.0.1', 8000), H).serve_forever()\n")
     proc = subprocess.Popen(
         netfence_argv("run", "--proxy", proxy, *net_args, "--transport", "streamable-http",
-                      "--target-port", "8000", "--port", str(port), "--", "python3", "-m",
-                      "http.server", "8000", "--bind", "127.0.0.1", "--directory", str(served)),
+                      "--target-port", "8000", "--port", str(port), "--", "python3", "-c",
+                      server),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
@@ -263,7 +291,7 @@ def test_ingress_reaches_an_http_server_inside(proxy: str, net_args: list[str],
             except OSError:
                 pass
             time.sleep(0.2)
-        assert status == 200 and body == b"inside the fence\n", (status, body)
+        assert status == 200 and body == b"inside the fence /index.html\n", (status, body)
         status, _ = _get(f"http://127.0.0.1:{port}/index.html", host="evil.example")
         assert status == 403
     finally:

@@ -229,8 +229,20 @@ def test_other_addresses_are_not_host_addresses() -> None:
 
 
 def test_host_addresses_are_deduplicated() -> None:
-    policy = policy_for(host_addresses=("10.1.2.3", "10.1.2.3", "::1"))
-    assert policy.host_addresses == (ipaddress.ip_address("10.1.2.3"), ipaddress.ip_address("::1"))
+    policy = policy_for(host_addresses=("10.1.2.3", "10.1.2.3", "fd00::2"))
+    assert policy.host_addresses == (ipaddress.ip_address("10.1.2.3"),
+                                     ipaddress.ip_address("fd00::2"))
+
+
+def test_host_loopback_and_link_local_keep_their_precise_reason() -> None:
+    # The runtime passes every host address, 127.0.0.1 and fe80:: ones included.
+    policy = policy_for({"insecure_allow_all": True, "allow_cidr": ["0.0.0.0/0", "::/0"]},
+                        host_addresses=("127.0.0.1", "::1", "fe80::1", "10.1.2.3"))
+    assert policy.host_addresses == (ipaddress.ip_address("10.1.2.3"),)
+    assert policy.decide("127.0.0.1", 80).reason is R.LOOPBACK_ADDRESS
+    assert policy.decide("[::1]", 80).reason is R.LOOPBACK_ADDRESS
+    assert policy.decide("fe80::1", 80).reason is R.LINK_LOCAL_ADDRESS
+    assert policy.decide("10.1.2.3", 80).reason is R.HOST_ADDRESS
 
 
 # --- allow_cidr --------------------------------------------------------------------------

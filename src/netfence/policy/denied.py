@@ -7,6 +7,7 @@ Sources: IANA IPv4/IPv6 Special-Purpose Address Registries (RFC 6890 and updates
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -95,6 +96,7 @@ def with_embedded_forms(net: IPNetwork) -> tuple[IPNetwork, ...]:
     return (net,)
 
 
+@functools.cache
 def denied_ranges() -> tuple[DeniedRange, ...]:
     """The always-denied ranges, IPv4 ranges also in their IPv6-embedded forms."""
     out: list[DeniedRange] = []

@@ -130,6 +130,11 @@ def compile_policy(profile: Profile, host_addresses: Iterable[IPAddress] = ()) -
         hosts=() if none_mode else out.allow_host,
         ports=out.allow_port if out.allow_port is not None else DEFAULT_PORTS,
         allowed_cidrs=out.allow_cidr,
-        host_addresses=tuple(dict.fromkeys(host_addresses)),
+        # A host address already in an unliftable class (127.0.0.1, fe80::...) is denied
+        # anyway; leaving it out keeps the more precise reason, loopback or link-local.
+        host_addresses=tuple(
+            a for a in dict.fromkeys(host_addresses)
+            if not any(a in r.network for r in denied_ranges() if not r.liftable)
+        ),
         inbound_hosts=profile.network.inbound.allow_host,
     )
