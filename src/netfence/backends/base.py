@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,9 @@ class ProcessSpec:
     ready: tuple[Endpoint, ...]
     stdout: Path
     stderr: Path
+    # The signal that ends the process promptly and cleanly (Squid: SIGINT skips the
+    # shutdown_lifetime wait that SIGTERM grants open connections).
+    stop_signal: int = signal.SIGTERM
 
 
 @dataclass(frozen=True)

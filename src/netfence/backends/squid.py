@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import signal
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import unquote
@@ -363,7 +364,9 @@ def _process(placement: Placement, role: str, conf: Path, pages: Path,
             "squid", "-N", "-f", str(conf), "-n", service_name(placement, role))
     # Pre-created for the proxy user: Squid reopens them as /dev/stdout and /dev/stderr.
     logs = (FileSpec(stdout, "", owner=SQUID_USER), FileSpec(stderr, "", owner=SQUID_USER))
-    return ProcessSpec(f"squid-{role}", argv, (ready,), stdout, stderr), logs
+    spec = ProcessSpec(f"squid-{role}", argv, (ready,), stdout, stderr,
+                       stop_signal=signal.SIGINT)
+    return spec, logs
 
 
 class SquidProxy(NetworkProxy):

@@ -1,4 +1,7 @@
-"""Network namespaces through netlink (pyroute2), and sockets created inside them.
+"""Network namespaces (through iproute2's `ip`), and sockets created inside them.
+
+`ip` rather than a netlink library: three short calls cost about 7 ms, where importing
+pyroute2 alone cost about 100 ms of every `netfence run`'s start.
 
 A socket belongs to the namespace it was created in for its whole life, whatever the
 namespace of the thread using it later; so a process can serve on both sides at once.
@@ -9,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ipaddress
+import json
 import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from pyroute2 import IPRoute, NetNS, netns
-
+from netfence.errors import NetfenceError
 from netfence.profile.hosts import IPAddress
 
 NETNS_DIR = Path("/run/netns")
@@ -27,18 +31,31 @@ def netns_path(name: str) -> Path:
     return NETNS_DIR / name
 
 
+def _ip(*args: str) -> str:
+    try:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    except FileNotFoundError:
+        raise NetfenceError("`ip` (iproute2) is not installed",
+                            remedy="apt-get install iproute2") from None
+    if done.returncode != 0:
+        raise NetfenceError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
 def create(name: str) -> Path:
     """A fresh network namespace whose only interface, loopback, is up."""
-    netns.create(name)
-    with NetNS(name) as ns:
-        lo = ns.link_lookup(ifname="lo")[0]
-        ns.link("set", index=lo, state="up")
+    _ip("netns", "add", name)
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+    except NetfenceError:
+        remove(name)
+        raise
     return netns_path(name)
 
 
 def remove(name: str) -> None:
     if netns_path(name).exists():
-        netns.remove(name)
+        _ip("netns", "delete", name)
 
 
 def exists(name: str) -> bool:
@@ -47,9 +64,11 @@ def exists(name: str) -> bool:
 
 def host_addresses() -> tuple[IPAddress, ...]:
     """Every address configured on the host's interfaces (the fence denies them all)."""
-    with IPRoute() as ip:
-        raw = [a.get_attr("IFA_ADDRESS") for a in ip.get_addr()]
-    return tuple(ipaddress.ip_address(str(a).split("%")[0]) for a in raw if a)
+    links = json.loads(_ip("-json", "address", "show") or "[]")
+    return tuple(
+        ipaddress.ip_address(info["local"].split("%")[0])
+        for link in links for info in link.get("addr_info", ()) if info.get("local")
+    )
 
 
 def _setns(fd: int) -> None:

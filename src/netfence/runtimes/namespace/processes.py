@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import signal
 import socket
 import subprocess
@@ -75,14 +74,18 @@ def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes], timeout: float 
             time.sleep(0.02)
 
 
-def stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+def stop_all(started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]],
+             grace: float = STOP_GRACE) -> None:
+    """Ask every process to stop at once, then kill what is still running after the grace."""
+    for spec, proc in started:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(spec.stop_signal)
+    deadline = time.monotonic() + grace
+    for _, proc in started:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()

@@ -23,6 +23,7 @@ from netfence.backends import (
     Endpoint,
     NetworkProxy,
     Placement,
+    ProcessSpec,
     ProxySetup,
     get_backend,
     write_setup,
@@ -117,12 +118,11 @@ class Fence:
         )
         self.setup = self.backend.setup(policy, placement) + dns_setup(policy, placement)
         write_setup(self.setup, self.state_dir)
-        started = []
+        started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+        self.undo.callback(processes.stop_all, started)
         for proc_spec in self.setup.processes:
             log.info("starting %s", proc_spec.name)
-            proc = processes.start(proc_spec)
-            self.undo.callback(processes.stop, proc)
-            started.append((proc_spec, proc))
+            started.append((proc_spec, processes.start(proc_spec)))
         # Relay threads start only after the last fork with a preexec hook.
         relays.start()
         for proc_spec, proc in started:

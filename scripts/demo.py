@@ -1,0 +1,51 @@
+"""A fenced curl against the tests' simulated internet: one allowed request, three refused.
+
+The simulated internet (tests/support/fakenet.py) is a network namespace of its own with
+HTTP and DNS servers at 10.203.0.0/24; nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.fakenet import fakenet
+
+CASES = (
+    ("allowed: a host on the allowlist", "curl -sS -m 5 http://allowed.test/demo", True),
+    ("denied: a host not on the allowlist", "curl -sS -m 5 http://other.test/", False),
+    ("denied: ignoring the proxy (no route out)",
+     "curl -sS -m 5 --noproxy '*' http://10.203.0.2/", False),
+    ("denied: a name resolving to the host itself", "curl -sS -m 5 http://hostaddr.test/", False),
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--proxy", default="envoy", choices=("envoy", "squid"))
+    args = parser.parse_args()
+    failures = 0
+    with fakenet(lifetime=300) as net:
+        for title, command, should_pass in CASES:
+            argv = [sys.executable, "-m", "netfence", "run", "--proxy", args.proxy,
+                    "--allow-host", "allowed.test", "--allow-host", "hostaddr.test",
+                    "--dns-upstream", net.dns, "--allow-cidr", net.cidr,
+                    "--", "sh", "-c", command]
+            print(f"\n== {title}\n$ netfence run --proxy {args.proxy} --allow-host allowed.test "
+                  f"... -- {command}", flush=True)
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            print((done.stdout + done.stderr).rstrip(), flush=True)
+            passed = done.returncode == 0 and "fakenet ok" in done.stdout
+            if passed != should_pass:
+                failures += 1
+                print("!! unexpected outcome", flush=True)
+    print(f"\n{len(CASES) - failures}/{len(CASES)} outcomes as expected", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
