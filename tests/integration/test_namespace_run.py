@@ -250,6 +250,24 @@ class TestProcessContract:
         assert b"got TERM" in out
         assert proc.returncode == 3
 
+    @pytest.mark.parametrize("delay", [0.1, 0.25, 0.4])
+    def test_sigterm_while_the_fence_starts_tears_everything_down(
+            self, proxy: str, net_args: list[str], delay: float) -> None:
+        # Delays straddle the start: before the proxies, while they start, around the
+        # moment the sandbox appears. Whatever the moment, nothing may be left behind.
+        proc = subprocess.Popen(netfence_argv("run", "--proxy", proxy, *net_args, "--",
+                                              "sleep", "30"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode in (130, 128 + signal.SIGTERM, -signal.SIGTERM), proc.returncode
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -147,15 +147,24 @@ class Fence:
             netns.netns_path(ns_name(spec.name)), user, spec.command, resolv_r, info_w,
             hidden=(state.STATE_ROOT, netns.NETNS_DIR),
         )
-        proc = subprocess.Popen(
-            argv, env=self.workload_env(user), pass_fds=(resolv_r, info_w),
-            stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], process_group=0,
-        )
-        os.close(resolv_r)
-        os.close(info_w)
-        init_pid = sandbox.read_child_pid(info_r)
-        os.close(info_r)
-        return _wait_forwarding(proc, init_pid)
+        # Forward stop signals from before the sandbox exists: one that arrives while it
+        # starts is delivered as soon as the workload's PID is known, never lost.
+        forwarder = _Forwarder()
+        previous = {s: signal.signal(s, forwarder) for s in _FORWARDED}
+        try:
+            proc = subprocess.Popen(
+                argv, env=self.workload_env(user), pass_fds=(resolv_r, info_w),
+                stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], process_group=0,
+            )
+            os.close(resolv_r)
+            os.close(info_w)
+            init_pid = sandbox.read_child_pid(info_r)
+            os.close(info_r)
+            forwarder.attach(proc, init_pid)
+            return forwarder.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def close(self) -> None:
         self.undo.close()
@@ -168,32 +177,49 @@ def _free_port() -> int:
         return port
 
 
-def _wait_forwarding(proc: subprocess.Popen[bytes], init_pid: int | None) -> int:
-    """Wait for the sandbox, passing stop signals to the command; escalate after a grace."""
-    deadline: list[float] = []
+class _Forwarder:
+    """A signal handler passing stop signals to the command; kills the sandbox when the
+    command is gone, already being stopped, or still running after the grace."""
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        targets = sandbox.workload_pids(init_pid) if init_pid else []
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.init_pid: int | None = None
+        self.pending: list[int] = []
+        self.deadline: float | None = None
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if self.proc is None:
+            self.pending.append(signum)
+        else:
+            self._deliver(self.proc, signum)
+
+    def _deliver(self, proc: subprocess.Popen[bytes], signum: int) -> None:
+        targets = sandbox.workload_pids(self.init_pid) if self.init_pid else []
         for pid in targets:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-        if not targets or deadline:
+        if not targets or self.deadline is not None:
             _kill(proc)
-        deadline.append(time.monotonic() + STOP_GRACE)
+        if self.deadline is None:
+            self.deadline = time.monotonic() + STOP_GRACE
 
-    previous = {s: signal.signal(s, forward) for s in _FORWARDED}
-    try:
+    def attach(self, proc: subprocess.Popen[bytes], init_pid: int | None) -> None:
+        self.init_pid = init_pid
+        self.proc = proc
+        for signum in self.pending:
+            self._deliver(proc, signum)
+
+    def wait(self) -> int:
+        """The sandbox's exit status, shell-style (128 + N for a signal)."""
+        assert self.proc is not None
         while True:
             try:
-                code = proc.wait(timeout=0.2)
+                code = self.proc.wait(timeout=0.2)
                 break
             except subprocess.TimeoutExpired:
-                if deadline and time.monotonic() > deadline[0]:
-                    _kill(proc)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return code if code >= 0 else 128 - code
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    _kill(self.proc)
+        return code if code >= 0 else 128 - code
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -269,8 +295,8 @@ class NamespaceRuntime(Runtime):
                 os.write(ready_fd, f"ok {fence.url or ''}".encode())
                 os.close(ready_fd)
                 ready_fd = None
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            # Signal handling passes to run_workload's forwarder: no gap in which a
+            # SIGTERM would kill the supervisor before it tears the fence down.
             return fence.run_workload(stdio)
         except (NetfenceError, Interrupted) as exc:
             if ready_fd is not None:
@@ -283,6 +309,8 @@ class NamespaceRuntime(Runtime):
             with _ignoring_signals():
                 fence.close()
                 _remove_tree(state_dir)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def list(self) -> list[state.WorkloadState]:
         _reap_stale()
