@@ -232,8 +232,9 @@ class TestProcessContract:
 
     def test_sigterm_reaches_the_workload_then_teardown(self, proxy: str,
                                                         net_args: list[str]) -> None:
-        code = ("import signal, sys, time\n"
-                "signal.signal(signal.SIGTERM, lambda *a: (print('got TERM', flush=True),"
+        # os.write in the handler: print() there could re-enter a print() still flushing.
+        code = ("import os, signal, sys, time\n"
+                "signal.signal(signal.SIGTERM, lambda *a: (os.write(1, b'got TERM\\n'),"
                 " sys.exit(3)))\nprint('ready', flush=True)\ntime.sleep(60)")
         proc = subprocess.Popen(netfence_argv("run", "--proxy", proxy, *net_args, "--",
                                               "python3", "-c", code),
@@ -242,12 +243,12 @@ class TestProcessContract:
             assert proc.stdout is not None
             assert proc.stdout.readline() == b"ready\n"
             proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=30)
+            out, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert b"got TERM" in out
+        assert b"got TERM" in out, (proc.returncode, out, err)
         assert proc.returncode == 3
 
     @pytest.mark.parametrize("delay", [0.1, 0.25, 0.4])
