@@ -343,3 +343,53 @@ def test_detach_ps_logs_stop(proxy: str, net_args: list[str]) -> None:
         stopped = netfence("stop", name)
     assert stopped.returncode == 0, stopped.stderr
     assert name not in netfence("ps", "--json").stdout.decode()
+
+
+class TestUsers:
+    @pytest.mark.parametrize(("extra", "env", "uid"), [
+        ((), {}, "65534"),  # root started it directly: nobody
+        (("--user", "daemon"), {}, "1"),
+        ((), {"SUDO_UID": "2"}, "2"),  # started through sudo: the caller (bin)
+    ])
+    def test_workload_user(self, proxy: str, net_args: list[str], extra: tuple[str, ...],
+                           env: dict[str, str], uid: str) -> None:
+        done = subprocess.run(
+            netfence_argv("run", "--proxy", proxy, *net_args, *extra, "--", "id", "-u"),
+            capture_output=True, timeout=60, env={**os.environ, **env})
+        assert done.stdout == f"{uid}\n".encode(), done.stderr
+
+    @pytest.mark.parametrize("user", ["root", "0", "no-such-user-xyz"])
+    def test_refused_users_fail_before_the_fence_is_built(self, proxy: str,
+                                                          net_args: list[str],
+                                                          user: str) -> None:
+        done = fenced(proxy, net_args, "true", extra=("--user", user))
+        assert done.returncode == 2
+        assert len(done.stderr.decode().strip().splitlines()) == 1, done.stderr
+        assert b"Traceback" not in done.stderr
+
+
+def test_logs_follow_streams_new_decisions(proxy: str, net_args: list[str]) -> None:
+    name = f"nf-follow-{proxy}"
+    started = netfence("run", "--proxy", proxy, *net_args, "--name", name, "--detach",
+                       "--allow-host", "allowed.test", "--", "sh", "-c",
+                       "sleep 1; curl -s -m 5 http://other.test/ >/dev/null; sleep 60")
+    assert started.returncode == 0, started.stderr
+    follower = subprocess.Popen(netfence_argv("logs", name, "--follow", "--json"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert follower.stdout is not None
+        os.set_blocking(follower.stdout.fileno(), False)
+        seen = b""
+        deadline = time.monotonic() + 20
+        while b"other.test" not in seen and time.monotonic() < deadline:
+            seen += follower.stdout.read() or b""
+            time.sleep(0.1)
+        assert b"other.test" in seen, seen
+        assert follower.poll() is None, "--follow returned while the workload runs"
+        assert netfence("stop", name).returncode == 0
+        follower.wait(timeout=15)  # the workload is gone: following ends by itself
+    finally:
+        netfence("stop", name)
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()

@@ -241,6 +241,7 @@ class NamespaceRuntime(Runtime):
         # Logs and sockets the proxies create in the state dir are for root only.
         os.umask(0o077)
         sandbox.bwrap_path()
+        sandbox.resolve_user(spec.user)  # a bad --user fails before anything is built
         backend = get_backend(spec.proxy)
         state.check_name(spec.name)
         _reap_stale()
