@@ -114,7 +114,10 @@ def running(setup: ProxySetup, state: Path, port: int) -> Iterator[subprocess.Po
             proc.wait(timeout=5)
 
 
-ANSWERS = {name: ["192.0.2.10"] for name in (
+# Never dialed, only answered: an address outside every always-denied range (an answer in
+# one, like 192.0.2.0/24, the fence's DNS turns into NXDOMAIN).
+PUBLIC = "100.128.0.10"
+ANSWERS = {name: [PUBLIC] for name in (
     "exact.test", "sub.exact.test", "wild.test", "a.wild.test", "b.a.wild.test",
     "secret.test", "other.test", "localhost", "x.localhost", "host.docker.internal",
 )}
@@ -134,10 +137,10 @@ def test_only_allowlisted_names_reach_upstream(tmp_path: Path) -> None:
             def ask(name: str) -> tuple[str, list[str]]:
                 return query(name, LOOPBACK, port)
 
-            assert ask("exact.test") == ("NOERROR", ["192.0.2.10"])
-            assert ask("wild.test") == ("NOERROR", ["192.0.2.10"])
-            assert ask("a.wild.test") == ("NOERROR", ["192.0.2.10"])
-            assert ask("b.a.wild.test") == ("NOERROR", ["192.0.2.10"])
+            assert ask("exact.test") == ("NOERROR", [PUBLIC])
+            assert ask("wild.test") == ("NOERROR", [PUBLIC])
+            assert ask("a.wild.test") == ("NOERROR", [PUBLIC])
+            assert ask("b.a.wild.test") == ("NOERROR", [PUBLIC])
             for denied in ("sub.exact.test", "secret.test", "localhost", "x.localhost",
                            "host.docker.internal"):
                 assert ask(denied)[0] == "NXDOMAIN", denied
@@ -155,7 +158,7 @@ def test_allow_all_forwards_all_but_denied_names(tmp_path: Path) -> None:
         setup = dns_setup(Policy(allow_all=True), make_placement(state, upstream.port, port))
         with running(setup, state, port):
             upstream.queries.clear()
-            assert query("other.test", LOOPBACK, port) == ("NOERROR", ["192.0.2.10"])
+            assert query("other.test", LOOPBACK, port) == ("NOERROR", [PUBLIC])
             for denied in ("localhost", "x.localhost", "host.docker.internal"):
                 assert query(denied, LOOPBACK, port)[0] == "NXDOMAIN", denied
             seen = upstream.names()

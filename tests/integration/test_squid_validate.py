@@ -212,11 +212,12 @@ def test_traffic_through_squid(netns: Netns, tmp_path: Path) -> None:
 
     code, body = curl(netns, "http://secret.test/", proxy=f"{LOOPBACK}:3128")
     assert code == 403
-    assert "netfence: denied: not_allowlisted" in body and "--allow-host secret.test" in body
+    assert "netfence: denied secret.test:80: not_allowlisted" in body
+    assert "--allow-host secret.test" in body
 
     code, body = curl(netns, "http://ok.test/", proxy=f"{LOOPBACK}:3128")
     assert code == 403
-    assert body.strip() == "netfence: denied: loopback_address"
+    assert body.strip() == "netfence: denied ok.test:80: loopback_address 127.0.0.0/8"
 
     code, body = curl(netns, "http://ok.test:8080/", proxy=f"{LOOPBACK}:3128")
     assert code == 403 and "port_not_allowed" in body

@@ -35,6 +35,21 @@ ANSWERS: dict[str, tuple[str, ...]] = {
     "hostaddr.test": (HOST_IP,),
     "private.test": (UNASSIGNED_PRIVATE,),
     "mixed.test": ("10.203.0.2", "127.0.0.1"),
+    # For the conformance suite (tests/conformance): the other orders and mixes of answers,
+    # a wildcard allowlist entry and look-alikes of allowed names. Look-alikes resolve to a
+    # server so that a fence letting one through shows as an answered request.
+    "mixed-first-denied.test": ("127.0.0.1", "10.203.0.2"),
+    "mixed-private.test": ("10.203.0.2", UNASSIGNED_PRIVATE),
+    "mixed-host.test": ("10.203.0.3", HOST_IP),
+    "wild.test": ("10.203.0.3",),
+    "a.wild.test": ("10.203.0.3",),
+    "b.a.wild.test": ("10.203.0.3",),
+    "evilwild.test": ("10.203.0.4",),
+    "wild.test.evil.test": ("10.203.0.4",),
+    "evilallowed.test": ("10.203.0.4",),
+    "allowed.test.other.test": ("10.203.0.4",),
+    "allowed.testx": ("10.203.0.4",),
+    "www.allowed.test.evil.test": ("10.203.0.4",),
 }
 # A rebinding name: its answers alternate between these, with TTL 0.
 REBIND_NAME = "rebind.test"
@@ -51,6 +66,9 @@ class Handler(BaseHTTPRequestHandler):
         body = f"fakenet ok host={self.headers.get('Host', '')} path={self.path}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
+        # Which server answered: the address a fence actually dialed.
+        address, port = self.connection.getsockname()[:2]
+        self.send_header("X-Fakenet-Server", f"{address}:{port}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":

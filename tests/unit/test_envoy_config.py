@@ -122,13 +122,23 @@ def select_vhost(virtual_hosts: list[Json], host: str) -> Json:
     return fallback
 
 
-def select_route(vhost: Json, method: str, authority: str) -> Json:
+def header_matches(matcher: Json, headers: dict[str, str]) -> bool:
+    value = headers[matcher["name"]]
+    string_match = matcher["string_match"]
+    if "exact" in string_match:
+        hit = value == string_match["exact"]
+    else:
+        hit = re.fullmatch(string_match["safe_regex"]["regex"], value) is not None
+    return hit != bool(matcher.get("invert_match"))
+
+
+def select_route(vhost: Json, method: str, authority: str, scheme: str = "http") -> Json:
+    headers = {":authority": authority, ":scheme": scheme}
     for route in vhost["routes"]:
         match = route["match"]
         if ("connect_matcher" in match) != (method == "CONNECT"):
             continue
-        headers = match.get("headers", [])
-        if all(re.fullmatch(h["string_match"]["safe_regex"]["regex"], authority) for h in headers):
+        if all(header_matches(h, headers) for h in match.get("headers", [])):
             return route  # type: ignore[no-any-return]
     raise AssertionError(f"no route for {method} {authority}")
 
@@ -166,7 +176,7 @@ def rbac_reason(cfg: Json, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
         body = policies[name]
         assert body["principals"] == [{"any": True}]
         if any(permission_matches(p, ip) for p in body["permissions"]):
-            return name
+            return name.partition("@")[0]  # REASON@NETWORK
     return None
 
 
@@ -181,7 +191,8 @@ def test_empty_allowlist_denies_everything() -> None:
     names = [v["name"] for v in vhosts(cfg)]
     assert names == ["denied_name", "not_allowlisted"]
     assert vhosts(cfg)[-1]["domains"] == ["*"]
-    assert {r["name"] for r in vhosts(cfg)[-1]["routes"]} == {"not_allowlisted"}
+    assert {r["name"] for r in vhosts(cfg)[-1]["routes"]} == {
+        "not_allowlisted", "unsupported_request", "invalid_host"}
 
 
 def test_none_mode_denies_everything_even_with_hosts() -> None:
@@ -262,7 +273,8 @@ def test_route_config_ignores_port_and_names_are_reasons() -> None:
     cfg = config(policy_for({"outbound": {"allow_host": ["a.test"]}}))
     assert hcm(cfg)["route_config"]["ignore_port_in_host_matching"] is True
     names = {r["name"] for v in vhosts(cfg) for r in v["routes"]}
-    assert names == {"allowed", "denied_name", "not_allowlisted", "port_not_allowed"}
+    assert names == {"allowed", "denied_name", "not_allowlisted", "port_not_allowed",
+                     "unsupported_request", "invalid_host"}
     assert names <= {r.value for r in Reason}
 
 
@@ -281,11 +293,17 @@ def test_route_config_ignores_port_and_names_are_reasons() -> None:
         ((80, 443), "2001:db8::1:443", False, False),
         ((8443, 22), "git.test:22", True, True),
         ((80, 443), "example.com:", False, False),
-        ((80, 443), "example.com:0443", False, False),
+        # Leading zeros are the same port, for the policy and for Envoy's DFP.
+        ((80, 443), "example.com:0443", True, True),
+        ((80, 443), "example.com:00080", True, True),
+        ((443,), "example.com:04430", False, False),
+        ((None), "example.com:8080", True, True),
+        ((None), "example.com", False, True),
+        ((None), "example.com:0", False, False),
     ],
 )
 def test_authority_port_regex(
-    ports: tuple[int, ...], authority: str, connect: bool, plain: bool
+    ports: tuple[int, ...] | None, authority: str, connect: bool, plain: bool
 ) -> None:
     assert bool(re.fullmatch(authority_regex(ports, default_port=None), authority)) is connect
     assert bool(re.fullmatch(authority_regex(ports, default_port=80), authority)) is plain
@@ -294,7 +312,10 @@ def test_authority_port_regex(
 def test_allowed_routes_check_the_port_then_fall_back_to_403() -> None:
     cfg = config(policy_for({"outbound": {"allow_host": ["a.test"], "allow_port": [8443]}}))
     (allowed,) = [v for v in vhosts(cfg) if v["name"] == "allowed"]
-    connect, plain, *rest = allowed["routes"]
+    checks = [r for r in allowed["routes"] if r["name"] != "port_not_allowed" and
+              "route" not in r]
+    assert {r["name"] for r in checks} == {"unsupported_request", "invalid_host"}
+    connect, plain, *rest = [r for r in allowed["routes"] if r not in checks]
     assert connect["match"]["connect_matcher"] == {}
     assert connect["match"]["headers"][0]["name"] == ":authority"
     assert connect["route"]["upgrade_configs"] == [
@@ -386,45 +407,55 @@ def test_no_destination_ip_anywhere() -> None:
         assert "destination_ip" not in text and "destination_port" not in text
 
 
-def test_http_filters_dfp_then_rbac_then_router() -> None:
+def test_http_filters_check_view_rbac_mark_dial_view_router() -> None:
     cfg = config(policy_for({"outbound": {"allow_host": ["a.test"]}}))
     filters = hcm(cfg)["http_filters"]
     assert [f["name"] for f in filters] == [
         "envoy.filters.http.dynamic_forward_proxy",
         "envoy.filters.http.rbac",
+        "envoy.filters.http.set_filter_state",
+        "netfence.dial_view",
         "envoy.filters.http.router",
     ]
-    dfp = filters[0]["typed_config"]
-    assert dfp["save_upstream_address"] is True
+    check, dial = filters[0]["typed_config"], filters[3]["typed_config"]
+    assert check["save_upstream_address"] is True
+    assert "save_upstream_address" not in dial
+    # The check view resolves at the upstream resolver; the cluster dials from the dial
+    # view, which resolves through the fence's own DNS (that refuses denied answers).
     (cluster,) = [
         c for c in cfg["static_resources"]["clusters"] if c["name"] == "dynamic_forward_proxy"
     ]
     assert cluster["cluster_type"]["name"] == "envoy.clusters.dynamic_forward_proxy"
-    assert cluster["cluster_type"]["typed_config"]["dns_cache_config"] == dfp["dns_cache_config"]
-    resolver = dfp["dns_cache_config"]["typed_dns_resolver_config"]
-    assert resolver["name"] == "envoy.network.dns_resolver.cares"
-    assert resolver["typed_config"]["resolvers"] == [
-        {"socket_address": {"address": "10.9.8.7", "port_value": 5353}}
-    ]
-    assert resolver["typed_config"]["use_resolvers_as_fallback"] is False
+    assert cluster["cluster_type"]["typed_config"]["dns_cache_config"] == dial["dns_cache_config"]
+    assert check["dns_cache_config"]["name"] != dial["dns_cache_config"]["name"]
+    for view, address in ((check, ("10.9.8.7", 5353)), (dial, ("127.0.0.1", 53))):
+        resolver = view["dns_cache_config"]["typed_dns_resolver_config"]
+        assert resolver["name"] == "envoy.network.dns_resolver.cares"
+        assert resolver["typed_config"]["resolvers"] == [
+            {"socket_address": {"address": address[0], "port_value": address[1]}}
+        ]
+        assert resolver["typed_config"]["use_resolvers_as_fallback"] is False
 
 
 def test_rbac_policies_are_reasons_and_use_the_upstream_matcher() -> None:
     cfg = config(policy_for({"outbound": {"allow_host": ["a.test"], "allow_cidr": ["10.0.0.0/8"]}}))
     policies = rbac_rules(cfg)["policies"]
-    assert set(policies) == {
+    # One policy per address rule, named REASON@NETWORK: the log and the body name both.
+    assert {name.partition("@")[0] for name in policies} == {
         "host_address",
         "link_local_address",
         "loopback_address",
         "private_address",
         "special_address",
     }
+    assert "host_address@192.0.2.10/32" in policies
+    assert "loopback_address@127.0.0.0/8" in policies
+    # A lifted range is cut out (no not_rule that one lifted address could satisfy).
+    assert "private_address@10.0.0.0/8" not in policies
+    assert "private_address@192.168.0.0/16" in policies
     matchers = [n["matcher"] for n in walk(policies) if "matcher" in n]
     assert matchers and all(m["typed_config"]["@type"] == UPSTREAM_IP for m in matchers)
-    # Liftable classes carry the lifting CIDRs in a not_rule; loopback never does.
-    assert "not_rule" in json.dumps(policies["private_address"])
-    assert "not_rule" not in json.dumps(policies["loopback_address"])
-    assert "not_rule" not in json.dumps(policies["host_address"])
+    assert "not_rule" not in json.dumps(policies)
 
 
 def test_rbac_is_off_on_direct_response_routes_only() -> None:
@@ -435,14 +466,26 @@ def test_rbac_is_off_on_direct_response_routes_only() -> None:
             assert ("envoy.filters.http.rbac" in per_route) == ("direct_response" in route)
 
 
-def test_rbac_denials_get_a_body_naming_the_reason() -> None:
+def test_every_denial_gets_a_body_naming_reason_and_range() -> None:
     cfg = config(policy_for({"outbound": {"allow_host": ["a.test"]}}))
     mappers = hcm(cfg)["local_reply_config"]["mappers"]
-    bodies = {m["body"]["inline_string"] for m in mappers}
-    assert bodies == {deny_body(Reason(name)) for name in rbac_rules(cfg)["policies"]}
-    for mapper in mappers:
-        expression = mapper["filter"]["extension_filter"]["typed_config"]["expression"]
-        assert "rbac_access_denied_matched_policy[" in expression
+    by_expression = {
+        m["filter"]["extension_filter"]["typed_config"]["expression"]:
+            m["body_format_override"]["text_format_source"]["inline_string"]
+        for m in mappers
+    }
+    for name in rbac_rules(cfg)["policies"]:
+        reason, _, net = name.partition("@")
+        expression = f"response.code_details == 'rbac_access_denied_matched_policy[{name}]'"
+        assert by_expression[expression] == deny_body(Reason(reason), net)
+    for reason in ("denied_name", "not_allowlisted", "port_not_allowed", "invalid_host",
+                   "unsupported_request"):
+        assert any(f"xds.route_name == '{reason}'" in e for e in by_expression), reason
+    (dial,) = [m for m in mappers if "filter_state" in
+               m["filter"]["extension_filter"]["typed_config"]["expression"]]
+    assert dial["status_code"] == 403
+    assert "denied_address_in_answer" in dial["body_format_override"]["text_format_source"][
+        "inline_string"]
 
 
 ADDRESS_POLICIES: list[dict[str, object]] = [
@@ -521,7 +564,8 @@ def test_admin_is_a_private_unix_socket_in_the_state_dir() -> None:
 def test_egress_hcm_streams_and_tunnels() -> None:
     cfg = config(policy_for({"outbound": {"allow_host": ["a.test"]}}))
     egress = hcm(cfg)
-    assert egress["upgrade_configs"] == [{"upgrade_type": "CONNECT"}]
+    assert egress["upgrade_configs"] == [{"upgrade_type": "CONNECT"},
+                                         {"upgrade_type": "websocket"}]
     assert egress["http_protocol_options"]["accept_http_10"] is True
     assert egress["strip_trailing_host_dot"] is True
     assert egress["stream_idle_timeout"] == "0s" and egress["request_timeout"] == "0s"
@@ -537,8 +581,8 @@ def test_egress_hcm_streams_and_tunnels() -> None:
         "%RESPONSE_CODE_DETAILS%",
         "%ROUTE_NAME%",
         "%UPSTREAM_HOST%",
-        "%BYTES_RECEIVED%",
-        "%BYTES_SENT%",
+        "%DOWNSTREAM_WIRE_BYTES_RECEIVED%",
+        "%DOWNSTREAM_WIRE_BYTES_SENT%",
         "%DURATION%",
     ):
         assert command in fields.values()
@@ -615,12 +659,16 @@ def test_ingress_upstream_in_a_namespace_is_refused() -> None:
         EnvoyProxy(ENVOY).setup(Policy(), bad)
 
 
-def test_deny_bodies_are_one_line_with_reason_and_remedy() -> None:
+def test_deny_bodies_are_one_line_with_destination_reason_and_remedy() -> None:
     body = deny_body(Reason.NOT_ALLOWLISTED)
     assert body.count("\n") == 1 and body.endswith("\n")
-    assert "not_allowlisted" in body and "--allow-host" in body
-    assert "--allow-port" in deny_body(Reason.PORT_NOT_ALLOWED)
-    assert deny_body(Reason.LOOPBACK_ADDRESS) == "netfence: denied: loopback_address\n"
+    assert body.startswith("netfence: denied %REQ(:AUTHORITY)%: not_allowlisted; to allow: ")
+    assert "--allow-host %CEL(" in body
+    assert "--allow-port %CEL(" in deny_body(Reason.PORT_NOT_ALLOWED)
+    assert deny_body(Reason.LOOPBACK_ADDRESS, "127.0.0.0/8") == (
+        "netfence: denied %REQ(:AUTHORITY)%: loopback_address 127.0.0.0/8\n")
+    private = deny_body(Reason.PRIVATE_ADDRESS, "10.0.0.0/8")
+    assert "private_address 10.0.0.0/8; to allow: " in private and "--allow-cidr" in private
 
 
 # --- the ProxySetup ----------------------------------------------------------------------

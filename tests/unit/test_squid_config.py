@@ -20,10 +20,12 @@ from netfence.backends.squid import (
     ip_host,
     page_name,
     reason_for_page,
+    rule_network,
+    rule_page_name,
     service_name,
 )
 from netfence.errors import UsageError
-from netfence.policy import Policy, Reason
+from netfence.policy import AddressRule, Policy, Reason
 from netfence.profile import HostPattern, parse_host_pattern
 
 
@@ -99,11 +101,15 @@ def test_name_checks_come_before_any_address_check(squid: SquidProxy, tmp_path: 
         return [i for i, r in enumerate(rules) if r.startswith("http_access deny ")
                 and uses(r, kind)]
 
-    name_rules, port_rules, dst_rules = (deny_rules(k) for k in ("dstdomain", "port", "dst"))
+    name_rules = deny_rules("dstdomain") + deny_rules("dstdom_regex")
+    port_rules, dst_rules = (deny_rules(k) for k in ("port", "dst"))
     assert name_rules and port_rules and dst_rules
     assert max(name_rules) < min(port_rules) <= max(port_rules) < min(dst_rules)
     # The first rule that resolves a name is the host's own addresses.
-    assert rules[min(dst_rules)] == "http_access deny nf_host_address"
+    assert rules[min(dst_rules)] == "http_access deny nf_host_address_0"
+    # Before any name: the request form (plain http:// or CONNECT), then the host's syntax.
+    assert rules[:3] == ["http_access deny manager", "http_access deny !nf_connect !nf_http",
+                         "http_access deny !nf_valid_host"]
     allows = [i for i, r in enumerate(rules) if r.startswith("http_access allow")]
     denies = [i for i, r in enumerate(rules[:-1]) if r.startswith("http_access deny")]
     assert allows and max(denies) < min(allows)
@@ -121,8 +127,11 @@ def test_every_deny_names_its_reason(squid: SquidProxy, tmp_path: Path) -> None:
             assert any(ln.startswith("deny_info ERR_") and ln.endswith(f" {acl}")
                        for ln in lines[i:i + 2]), line
     for reason in (Reason.DENIED_NAME, Reason.NOT_ALLOWLISTED, Reason.PORT_NOT_ALLOWED,
-                   Reason.LOOPBACK_ADDRESS, Reason.PRIVATE_ADDRESS):
+                   Reason.INVALID_HOST, Reason.UNSUPPORTED_REQUEST):
         assert f"deny_info {page_name(reason)} " in text
+    # Address rules: one page per denied range, named after it.
+    assert "deny_info ERR_LOOPBACK_ADDRESS__127.0.0.0_8 nf_loopback_address_" in text
+    assert "deny_info ERR_PRIVATE_ADDRESS__fc00--_7 nf_private_address_" in text
 
 
 def test_allow_all_keeps_every_rule_but_the_allowlist(squid: SquidProxy, tmp_path: Path) -> None:
@@ -131,8 +140,8 @@ def test_allow_all_keeps_every_rule_but_the_allowlist(squid: SquidProxy, tmp_pat
     assert "nf_not_allowlisted" not in text
     assert "http_access deny nf_denied_name" in rules
     assert "http_access deny !nf_port_not_allowed" in rules
-    assert "http_access deny nf_loopback_address" in rules
-    assert "http_access deny nf_private_address" in rules
+    assert any(r.startswith("http_access deny nf_loopback_address_") for r in rules)
+    assert any(r.startswith("http_access deny nf_private_address_") for r in rules)
     assert rules[-2:] == ["http_access allow nf_port_not_allowed", "http_access deny all"]
 
 
@@ -165,14 +174,14 @@ def test_covered_names_are_left_out() -> None:
     assert values == [".example.com", "other.org", ".deep.other.org"]
 
 
-def _squid_reason(groups: list[tuple[Reason, list[str]]], ip: str) -> Reason | None:
+def _squid_reason(groups: list[tuple[AddressRule, list[str]]], ip: str) -> Reason | None:
     """What the generated dst rules decide, evaluated the way Squid stores addresses."""
     addr = ipaddress.ip_address(ip)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    for reason, values in groups:
+    for rule, values in groups:
         if any(addr in ipaddress.ip_network(v) for v in values):
-            return reason
+            return rule.reason
     return None
 
 
@@ -197,8 +206,11 @@ def test_lifted_ranges_are_cut_out_not_negated(tmp_path: Path) -> None:
     text = conf(SquidProxy().setup(pol, make_placement(tmp_path)))
     # `dst` matches when any resolved address matches: a `!lifted` term could be satisfied
     # by one lifted address while Squid dials another, denied one.
-    assert "http_access deny nf_private_address" in access_rules(text)
+    assert any(r.startswith("http_access deny nf_private_address_") for r in access_rules(text))
     assert not [r for r in access_rules(text) if r.count(" ") > 2 and " dst" in r]
+    ten = [ln for ln in text.splitlines() if ln.startswith("acl nf_private_address_")
+           and " 10." in ln]
+    assert ten and not any("10.1." in ln for ln in ten)  # 10.1.0.0/16 is cut out
 
 
 def test_files_and_modes(squid: SquidProxy, tmp_path: Path) -> None:
@@ -224,10 +236,15 @@ def test_error_pages_name_reason_and_remedy(squid: SquidProxy, tmp_path: Path) -
     setup = squid.setup(policy("example.com"), make_placement(tmp_path, ingress=True))
     pages = {(f.path.parent.name, f.path.name): f.content for f in setup.files}
     egress = pages[("squid-egress-errors", "ERR_NOT_ALLOWLISTED")]
-    assert egress == ("netfence: denied: not_allowlisted (add it to network.outbound.allow_host"
-                      " or pass --allow-host %H)\n")
+    assert egress == ("netfence: denied %H:%p: not_allowlisted; to allow: add it to "
+                      "network.outbound.allow_host or pass --allow-host %H\n")
     assert pages[("squid-egress-errors", "ERR_LOOPBACK_ADDRESS")] == (
-        "netfence: denied: loopback_address\n")
+        "netfence: denied %H:%p: loopback_address\n")
+    assert pages[("squid-egress-errors", "ERR_LOOPBACK_ADDRESS__127.0.0.0_8")] == (
+        "netfence: denied %H:%p: loopback_address 127.0.0.0/8\n")
+    private = pages[("squid-egress-errors", "ERR_PRIVATE_ADDRESS__10.0.0.0_8")]
+    assert private.startswith("netfence: denied %H:%p: private_address 10.0.0.0/8; to allow: ")
+    assert "--allow-cidr ADDRESS/32 (the address is in 10.0.0.0/8)" in private
     assert "network.inbound.allow_host" in pages[("squid-ingress-errors", "ERR_NOT_ALLOWLISTED")]
     for reason in Reason:
         if reason is not Reason.ALLOWED:
@@ -367,5 +384,10 @@ def test_every_reason_round_trips_through_its_page() -> None:
     for reason in Reason:
         if reason is not Reason.ALLOWED:
             assert reason_for_page(page_name(reason)) is reason
+    for rule in Policy(host_addresses=(ipaddress.ip_address("fd00::2"),)).address_rules():
+        page = rule_page_name(rule)
+        assert reason_for_page(page) is rule.reason
+        assert rule_network(page) == str(rule.network)
+    assert rule_network("ERR_NOT_ALLOWLISTED") is None
     assert reason_for_page("-") is Reason.ALLOWED
     assert reason_for_page("ERR_ACCESS_DENIED") is Reason.NOT_ALLOWLISTED

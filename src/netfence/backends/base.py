@@ -10,6 +10,7 @@ may attach to a listener (only backends with `listens_in_netns` ever see one).
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 import signal
 from collections.abc import Mapping
@@ -44,6 +45,8 @@ class Placement:
     ingress_listen / ingress_upstream: the client-facing listener and the workload's
         address as the ingress proxy reaches it; both None for stdio workloads.
     dns_listen: where the DNS server listens. upstream_resolver: the real resolver.
+    An Endpoint on 0.0.0.0 listens on every address of wherever the runtime places it
+    (a container's own network namespace).
     """
 
     state_dir: Path
@@ -54,6 +57,9 @@ class Placement:
     ingress_listen: Endpoint | None = None
     ingress_upstream: Endpoint | None = None
     workload_name: str = "workload"
+    # How to invoke a program by name where the runtime runs it (a container image has
+    # its own paths); a backend falls back to the host's program.
+    programs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,10 @@ class ProcessSpec:
     # The signal that ends the process promptly and cleanly (Squid: SIGINT skips the
     # shutdown_lifetime wait that SIGTERM grants open connections).
     stop_signal: int = signal.SIGTERM
+    # The part of the fence it is: "egress" (Envoy's process also serves ingress),
+    # "ingress" or "dns". Runtimes that run each process apart (containers) name and order
+    # them by it: the ingress needs the workload started, the others must precede it.
+    role: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,28 @@ class DecisionRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     duration_ms: int = 0
+    # For an address denial: the address, or the denied range holding it when the backend
+    # knows only that. remedy: what would allow it (policy.decision.remedy_text).
+    address: str | None = None
+    remedy: str | None = None
+
+    def log_entry(self, workload: str) -> dict[str, object]:
+        """The decision log's JSON line: LOG_FIELDS first, then every other field."""
+        fields = dataclasses.asdict(self)
+        entry: dict[str, object] = {
+            "time": self.time,
+            "workload": workload,
+            "decision": "allow" if self.allowed else "deny",
+        }
+        entry = {name: entry.get(name, fields.get(name)) for name in LOG_FIELDS}
+        # The rest (status, upstream_ip, ...; `allowed` for readers of the older lines).
+        entry.update((k, v) for k, v in fields.items() if k not in entry)
+        return entry
+
+
+# The fields of every decision-log line, whichever backend logged it (`netfence logs --json`).
+LOG_FIELDS = ("time", "workload", "method", "host", "port", "decision", "reason",
+              "bytes_up", "bytes_down", "duration_ms")
 
 
 def proxy_env(workload_proxy: str) -> dict[str, str]:

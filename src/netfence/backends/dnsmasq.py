@@ -11,6 +11,8 @@ without asking anyone. dnsmasq picks the most specific matching domain, which gi
 - every other name -> `address=/#/` (no address: NXDOMAIN, never forwarded).
 - denied names     -> `server=/name/` (more specific than any allowlisted parent).
 
+Answers holding a denied address (policy.address_rules) become NXDOMAIN (bogus-nxdomain).
+
 IP-literal patterns need no DNS. Verified with real queries in
 tests/integration/test_dnsmasq_validate.py.
 """
@@ -63,6 +65,17 @@ def forward_rules(patterns: tuple[HostPattern, ...], upstream: Endpoint) -> list
     return lines
 
 
+def answer_filter(policy: Policy) -> list[str]:
+    """Turn every answer holding a denied address into NXDOMAIN (the address stage, at DNS).
+
+    The workload never learns a loopback, link-local, private, special or host address
+    through the fence's DNS, and a proxy resolving through it (Envoy's dial view) only
+    ever gets answers whose every address is allowed: a name answering [public, 127.0.0.1]
+    cannot make it fall back to 127.0.0.1.
+    """
+    return [f"bogus-nxdomain={net}" for rule in policy.address_rules() for net in rule.networks]
+
+
 def render_config(policy: Policy, placement: Placement) -> str:
     listen = placement.dns_listen
     lines = [
@@ -78,6 +91,7 @@ def render_config(policy: Policy, placement: Placement) -> str:
         "log-queries",
         "log-facility=-",
     ]
+    lines += answer_filter(policy)
     # Denied names are never forwarded, even below an allowlisted parent or with allow_all.
     lines += [f"server=/{name}/" for name in dict.fromkeys((*DENIED_SUFFIXES, *DENIED_NAMES))]
     if policy.allow_all:
@@ -100,6 +114,7 @@ def dns_setup(policy: Policy, placement: Placement) -> ProxySetup:
         stdout=state / STDOUT_NAME,
         # log-facility=- sends the query log to stderr; the runtime keeps it in this file.
         stderr=state / QUERY_LOG_NAME,
+        role="dns",
     )
     return ProxySetup(
         files=(FileSpec(conf, render_config(policy, placement)),),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,10 @@ from netfence.backends.base import (
     ProxySetup,
     proxy_env,
 )
-from netfence.policy import DENIED_NAMES, Policy, Reason
-from netfence.policy.decision import REMEDIES
+from netfence.policy import DENIED_NAMES, AddressRule, Policy, Reason
+from netfence.policy.decision import remedy_text
 from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork
+from netfence.policy.policy import MAX_NAME_LENGTH, VALID_HOST_RE
 from netfence.profile import HostPattern
 
 Json = dict[str, Any]
@@ -42,7 +43,10 @@ EGRESS_LOG_NAME = "egress-access.log"
 INGRESS_LOG_NAME = "ingress-access.log"
 DFP_CLUSTER = "dynamic_forward_proxy"
 INGRESS_CLUSTER = "ingress_upstream"
+# Two views of DNS (see egress_filters): the check view resolves at the upstream resolver,
+# the dial view at the fence's own DNS, which refuses answers holding a denied address.
 DNS_CACHE_NAME = "netfence_dns_cache"
+DIAL_CACHE_NAME = "netfence_dial_view"
 ADMIN_SOCKET_MODE = 0o600
 # Plain HTTP without a port in its authority goes to 80.
 HTTP_DEFAULT_PORT = 80
@@ -53,9 +57,16 @@ DFP_FILTER_TYPE = _T + "envoy.extensions.filters.http.dynamic_forward_proxy.v3.F
 DFP_CLUSTER_TYPE = _T + "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"
 RBAC_TYPE = _T + "envoy.extensions.filters.http.rbac.v3.RBAC"
 RBAC_PER_ROUTE_TYPE = _T + "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+DFP_PER_ROUTE_TYPE = _T + "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig"
 RBAC_FILTER = "envoy.filters.http.rbac"
 UPSTREAM_IP_TYPE = _T + "envoy.extensions.rbac.matchers.upstream_ip_port.v3.UpstreamIpPortMatcher"
 ROUTER_TYPE = _T + "envoy.extensions.filters.http.router.v3.Router"
+SET_FILTER_STATE_TYPE = _T + "envoy.extensions.filters.http.set_filter_state.v3.Config"
+CHECK_FILTER = "envoy.filters.http.dynamic_forward_proxy"
+DIAL_FILTER = "netfence.dial_view"
+# Set once RBAC let a request's checked address through (so a later DNS failure is the
+# dial view refusing the answer, not a name that does not resolve).
+CHECKED_KEY = "netfence.address_checked"
 CEL_FILTER_TYPE = _T + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 CARES_TYPE = _T + "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
 FILE_LOG_TYPE = _T + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
@@ -63,14 +74,19 @@ CONN_LIMIT_TYPE = (
     _T + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
 MAX_DOWNSTREAM_CONNECTIONS = 10_000
+RE2_MAX_PROGRAM_SIZE = 100_000
 LOG_FLUSH_MS = 1000
 
 # Reasons a route can deny with (the name and port stages); the address stage is RBAC's.
 ROUTE_DENY_REASONS: frozenset[str] = frozenset(
-    {Reason.DENIED_NAME, Reason.NOT_ALLOWLISTED, Reason.PORT_NOT_ALLOWED}
+    {Reason.DENIED_NAME, Reason.NOT_ALLOWLISTED, Reason.PORT_NOT_ALLOWED,
+     Reason.UNSUPPORTED_REQUEST, Reason.INVALID_HOST}
 )
 RBAC_DETAIL_FORMAT = "rbac_access_denied_matched_policy[{}]"
-_RBAC_DETAIL = re.compile(r"^rbac_access_denied_matched_policy\[([a-z_]+)\]$")
+# RBAC policy names are REASON@NETWORK (one per address rule): the reason and the range.
+_RBAC_DETAIL = re.compile(r"^rbac_access_denied_matched_policy\[([a-z_]+)(?:@([0-9a-f.:/]+))?\]$")
+DIAL_FAILURE_DETAIL = "dns_resolution_failure"
+_REASON_VALUES = frozenset(r.value for r in Reason)
 
 # The egress access log: one JSON object per decision. "log" tells it from other lines.
 EGRESS_LOG_FORMAT: Json = {
@@ -86,10 +102,16 @@ EGRESS_LOG_FORMAT: Json = {
     "upstream_host": "%UPSTREAM_HOST%",
     # The RBAC policy (a Reason) that denied the resolved address, if one did.
     "rbac_policy": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%",
-    "bytes_received": "%BYTES_RECEIVED%",
-    "bytes_sent": "%BYTES_SENT%",
+    # Present when RBAC let the checked address through (see CHECKED_KEY).
+    "checked": "%FILTER_STATE(netfence.address_checked:PLAIN)%",
+    # Wire bytes (headers included) between the workload and the proxy, as Squid's
+    # %>st/%<st count them: a GET's body-only count would be 0 up.
+    "bytes_received": "%DOWNSTREAM_WIRE_BYTES_RECEIVED%",
+    "bytes_sent": "%DOWNSTREAM_WIRE_BYTES_SENT%",
     "duration_ms": "%DURATION%",
 }
+# The egress log's "type" of the line written when a CONNECT tunnel opens.
+TUNNEL_ESTABLISHED_LOG_TYPE = "DownstreamTunnelSuccessfullyEstablished"
 INGRESS_LOG_FORMAT: Json = {
     "log": "netfence-ingress",
     "time": "%START_TIME%",
@@ -105,13 +127,24 @@ INGRESS_LOG_FORMAT: Json = {
 }
 
 
-def deny_body(reason: Reason) -> str:
-    """The one-line body of a 403: the reason and, where one exists, the remedy."""
-    remedy = REMEDIES.get(reason)
-    text = f"netfence: denied: {reason.value}"
-    if remedy:
-        text += " (" + remedy.format(host="HOST", port="PORT", cidr="CIDR") + ")"
-    return text + "\n"
+# The request's host and port, for the remedy in a 403 body (CEL in a format string).
+HOST_OF_AUTHORITY = r"%CEL(re.extract(request.host, r'^(\[[^\]]*\]|[^:]*)(:[0-9]*)?$', r'\1'))%"
+PORT_OF_AUTHORITY = (r"%CEL(request.host.matches(r':[0-9]+$') ? "
+                     r"re.extract(request.host, r'^.*:0*([0-9]+)$', r'\1') : '80')%")
+
+
+def deny_body(reason: Reason, address: str | None = None) -> str:
+    """A 403's one-line body: the destination, the reason, and the remedy where one exists.
+
+    It is an Envoy format string (local_reply_config): the authority is filled in per
+    request. The address stage names the range that denied it: Envoy 1.40 cannot print
+    the address its DFP saved (that filter state object does not serialize).
+    """
+    text = f"netfence: denied %REQ(:AUTHORITY)%: {reason.value}"
+    if address:
+        text += f" {address}"
+    remedy = remedy_text(reason, HOST_OF_AUTHORITY, PORT_OF_AUTHORITY, address)
+    return f"{text}; to allow: {remedy}\n" if remedy else text + "\n"
 
 
 def _socket_address(endpoint: Endpoint) -> Json:
@@ -121,9 +154,14 @@ def _socket_address(endpoint: Endpoint) -> Json:
     return {"socket_address": address}
 
 
-def _forbidden(name: str, body: str) -> list[Json]:
-    """Routes answering 403 to everything, CONNECT included (it has no path to match)."""
-    response = {"status": 403, "body": {"inline_string": body}}
+def _forbidden(name: str, body: str | None = None) -> list[Json]:
+    """Routes answering 403 to everything, CONNECT included (it has no path to match).
+
+    On the egress the body comes from local_reply_config (deny_replies), which fills in the
+    request's authority; the route name is the reason.
+    """
+    text = body or f"netfence: denied: {name}\n"
+    response = {"status": 403, "body": {"inline_string": text}}
     # Nothing is resolved on these routes, so RBAC has no address to check (and would log a
     # warning per request about the missing one).
     no_rbac = {RBAC_FILTER: {"@type": RBAC_PER_ROUTE_TYPE}}
@@ -137,6 +175,15 @@ def _forbidden(name: str, body: str) -> list[Json]:
         }
         for match in matches
     ]
+
+
+def _unsupported_scheme() -> Json:
+    """https:// and ftp:// URLs: the fence never originates TLS (or FTP) for the workload;
+    TLS goes through CONNECT. (Envoy would otherwise send plaintext to port 80.)"""
+    route = _forbidden(Reason.UNSUPPORTED_REQUEST.value)[1]
+    route["match"] = {"prefix": "/", "headers": [
+        {"name": ":scheme", "string_match": {"exact": "http"}, "invert_match": True}]}
+    return route
 
 
 # --- names -----------------------------------------------------------------------------
@@ -181,24 +228,33 @@ def allowed_domains(policy: Policy) -> list[str]:
 _AUTHORITY_HOST = r"(?:\[[^\]]+\]|[^:\[\]]+)"
 
 
-def authority_regex(ports: Iterable[int], *, default_port: int | None) -> str:
-    """RE2 for an `:authority` whose port is allowed; default_port when none is written."""
+def authority_regex(ports: Iterable[int] | None, *, default_port: int | None) -> str:
+    """RE2 for an `:authority` whose port is allowed; default_port when none is written.
+
+    Leading zeros are the same port (080 is 80, for the policy and for Envoy's DFP).
+    `ports` None: any port (learn mode).
+    """
+    if ports is None:
+        optional = "?" if default_port is not None else ""
+        return f"^{_AUTHORITY_HOST}(?::0*[1-9][0-9]{{0,4}}){optional}$"
     alternation = "|".join(str(p) for p in sorted(set(ports)))
     optional = "?" if default_port is not None and default_port in set(ports) else ""
-    return f"^{_AUTHORITY_HOST}(?::(?:{alternation})){optional}$"
+    return f"^{_AUTHORITY_HOST}(?::0*(?:{alternation})){optional}$"
 
 
 def _authority_matcher(regex: str) -> Json:
     return {"name": ":authority", "string_match": {"safe_regex": {"regex": regex}}}
 
 
-def _allowed_routes(policy: Policy) -> list[Json]:
-    routes: list[Json] = []
-    if policy.ports:
+def _allowed_routes(policy: Policy, checks: Sequence[Json] = ()) -> list[Json]:
+    """The scheme and host checks, `checks`, the allowed routes, then port_not_allowed."""
+    routes: list[Json] = [_unsupported_scheme(), *_invalid_host_routes(), *checks]
+    ports = None if policy.any_port else policy.ports
+    if ports is None or ports:
         # Timeouts off: MCP streams (SSE, streamable HTTP) stay open and idle for long.
         forward = {"cluster": DFP_CLUSTER, "timeout": "0s", "idle_timeout": "0s"}
-        connect_re = authority_regex(policy.ports, default_port=None)
-        plain_re = authority_regex(policy.ports, default_port=HTTP_DEFAULT_PORT)
+        connect_re = authority_regex(ports, default_port=None)
+        plain_re = authority_regex(ports, default_port=HTTP_DEFAULT_PORT)
         routes += [
             {
                 "name": Reason.ALLOWED.value,
@@ -214,7 +270,145 @@ def _allowed_routes(policy: Policy) -> list[Json]:
                 "route": forward,
             },
         ]
-    routes += _forbidden(Reason.PORT_NOT_ALLOWED.value, deny_body(Reason.PORT_NOT_ALLOWED))
+    routes += _forbidden(Reason.PORT_NOT_ALLOWED.value)
+    return routes
+
+
+def _invalid_host_routes() -> list[Json]:
+    """403 invalid_host for an authority the policy would not read as a host (a label
+    starting with '-', over 63 characters, a name over 253): refused before the DFP would
+    send it to DNS. Such a name never matches an allowlist entry, but it may match a
+    wildcard domain, or the catch-all when every name is allowed."""
+    bad = _authority_matcher(f"^{VALID_HOST_RE}(:[0-9]*)?$")
+    bad["invert_match"] = True
+    long = _authority_matcher(f"^[^:\\[]{{{MAX_NAME_LENGTH + 1},}}(:[0-9]*)?$")
+    routes: list[Json] = []
+    for matcher in (bad, long):
+        for route in _forbidden(Reason.INVALID_HOST.value):
+            route["match"]["headers"] = [matcher]
+            routes.append(route)
+    return routes
+
+
+# inet_aton's spellings of an IPv4 address other than the dotted quad: 1 to 3 parts, or 4
+# parts of which one is hex, octal (a leading zero) or beyond 255.
+_ANY_PART = r"(?:0[xX][0-9a-fA-F]*|[0-9]+)"
+_QUAD_PART = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_ODD_PART = r"(?:0[xX][0-9a-fA-F]*|0[0-9]+|[0-9]{4,}|[3-9][0-9][0-9]|2[6-9][0-9]|25[6-9])"
+LEGACY_IPV4 = "(?:" + "|".join(
+    [rf"{_ANY_PART}(?:\.{_ANY_PART}){{0,2}}"]
+    + [r"\.".join([_QUAD_PART] * i + [_ODD_PART] + [_ANY_PART] * (3 - i)) for i in range(4)]
+) + ")"
+
+
+def _legacy_literal_routes() -> list[Json]:
+    """With every name allowed, a legacy IPv4 spelling (0x7f000001, 127.1, 0177.0.0.1)
+    must not reach the DFP: c-ares reads only dotted quads, so it would look the spelling
+    up in DNS. Refused instead: Envoy cannot tell which address it means."""
+    regex = f"^{LEGACY_IPV4}(?::[0-9]+)?$"
+    routes = _forbidden(Reason.INVALID_HOST.value)
+    for route in routes:
+        route["match"]["headers"] = [_authority_matcher(regex)]
+    return routes
+
+
+def _ci(text: str) -> str:
+    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in text)
+
+
+def _number_spellings(value: int) -> str:
+    """How inet_aton reads a number: decimal, octal (leading 0) or hex (0x), any zeros."""
+    alts = [str(value), "0+" + (format(value, "o") if value else ""),
+            "0[xX]0*" + _ci(format(value, "x"))]
+    return "(?:" + "|".join(dict.fromkeys(alts)) + ")"
+
+
+def ipv4_spellings(ip: ipaddress.IPv4Address) -> str:
+    """RE2 for every spelling inet_aton reads as `ip`: 4, 3, 2 or 1 parts (the last part
+    holding the remaining bytes), each in decimal, octal or hex."""
+    b = ip.packed
+    layouts = [
+        (b[0], b[1], b[2], b[3]),
+        (b[0], b[1], (b[2] << 8) | b[3]),
+        (b[0], (b[1] << 16) | (b[2] << 8) | b[3]),
+        (int(ip),),
+    ]
+    alts = [r"\.".join(_number_spellings(v) for v in layout) for layout in layouts]
+    return "(?:" + "|".join(alts) + ")"
+
+
+def ipv6_spellings(ip: ipaddress.IPv6Address) -> str:
+    """RE2 for every RFC 4291 text form of `ip` (without brackets): hex groups with
+    optional leading zeros in any case, "::" for any run of zero groups, and the last 32
+    bits as a dotted quad."""
+    groups = [int.from_bytes(ip.packed[i:i + 2], "big") for i in range(0, 16, 2)]
+    tail_v4 = r"\.".join(str(x) for x in ip.packed[12:])
+
+    def group(g: int) -> str:
+        h = format(g, "x")
+        return f"0{{0,{4 - len(h)}}}" + _ci(h) if len(h) < 4 else _ci(h)
+
+    alts: list[str] = []
+    for n, tail in ((8, ""), (6, tail_v4)):
+        runs: list[tuple[int, int] | None] = [None]
+        runs += [(i, j) for i in range(n) for j in range(i + 1, n + 1)
+                 if all(g == 0 for g in groups[i:j])]
+        for run in runs:
+            if run is None:
+                parts = [group(g) for g in groups[:n]] + ([tail] if tail else [])
+                alts.append(":".join(parts))
+                continue
+            left = ":".join(group(g) for g in groups[:run[0]])
+            right = [group(g) for g in groups[run[1]:n]] + ([tail] if tail else [])
+            alts.append(f"{left}::{':'.join(right)}")
+    return "(?:" + "|".join(dict.fromkeys(alts)) + ")"
+
+
+def literal_spellings(pattern: HostPattern) -> tuple[str, str]:
+    """(RE2 for every spelling of an allowlisted IP literal, its canonical authority host).
+
+    An IPv4 address (or IPv4-mapped IPv6 address) is also written as the mapped IPv6
+    address, as Squid and the policy read both as one destination."""
+    ip = ipaddress.ip_address(pattern.name)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        mapped = ipaddress.IPv6Address(f"::ffff:{ip}")
+        return f"(?:{ipv4_spellings(ip)}|\\[{ipv6_spellings(mapped)}\\])", str(ip)
+    return f"\\[{ipv6_spellings(ip)}\\]", f"[{ip}]"
+
+
+def literal_routes(policy: Policy) -> list[Json]:
+    """Routes for the other spellings of allowlisted IP literals (0xacb0003, 10.203.3,
+    [::ffff:10.203.0.3], [FD00:0::5]): virtual-host domains match the canonical text only.
+
+    Each allowed port gets a route rewriting the authority to the canonical one before
+    the DFP resolves it (an IP: no DNS); any other port is port_not_allowed. Only for
+    allowlists: with every name allowed, IPv6 spellings reach the DFP, which parses them,
+    and legacy IPv4 spellings are refused (_legacy_literal_routes).
+    """
+    routes: list[Json] = []
+    forward = {"cluster": DFP_CLUSTER, "timeout": "0s", "idle_timeout": "0s"}
+    connect = {"upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}
+    for pattern in policy.ip_literals:
+        spellings, canonical = literal_spellings(pattern)
+        for port in sorted(set(policy.ports)):
+            rewrite = {CHECK_FILTER: {"@type": DFP_PER_ROUTE_TYPE,
+                                      "host_rewrite_literal": f"{canonical}:{port}"}}
+            optional = "?" if port == HTTP_DEFAULT_PORT else ""
+            for match, regex, extra in (
+                ({"connect_matcher": {}}, f"^{spellings}:0*{port}$", connect),
+                ({"prefix": "/"}, f"^{spellings}(?::0*{port}){optional}$", {}),
+            ):
+                routes.append({
+                    "name": Reason.ALLOWED.value,
+                    "match": {**match, "headers": [_authority_matcher(regex)]},
+                    "route": {**forward, **extra},
+                    "typed_per_filter_config": rewrite,
+                })
+        for route in _forbidden(Reason.PORT_NOT_ALLOWED.value):
+            route["match"]["headers"] = [_authority_matcher(f"^{spellings}(?::[0-9]+)?$")]
+            routes.append(route)
     return routes
 
 
@@ -224,11 +418,13 @@ def egress_virtual_hosts(policy: Policy) -> list[Json]:
         {
             "name": Reason.DENIED_NAME.value,
             "domains": denied_domains(),
-            "routes": _forbidden(Reason.DENIED_NAME.value, deny_body(Reason.DENIED_NAME)),
+            "routes": [_unsupported_scheme(), *_invalid_host_routes(),
+                       *_forbidden(Reason.DENIED_NAME.value)],
         }
     ]
     if policy.allow_all:
-        vhosts.append({"name": "allowed", "domains": ["*"], "routes": _allowed_routes(policy)})
+        routes = _allowed_routes(policy, _legacy_literal_routes())
+        vhosts.append({"name": "allowed", "domains": ["*"], "routes": routes})
         return vhosts
     domains = allowed_domains(policy)
     if domains:
@@ -237,7 +433,8 @@ def egress_virtual_hosts(policy: Policy) -> list[Json]:
         {
             "name": Reason.NOT_ALLOWLISTED.value,
             "domains": ["*"],
-            "routes": _forbidden(Reason.NOT_ALLOWLISTED.value, deny_body(Reason.NOT_ALLOWLISTED)),
+            "routes": [_unsupported_scheme(), *_invalid_host_routes(), *literal_routes(policy),
+                       *_forbidden(Reason.NOT_ALLOWLISTED.value)],
         }
     )
     return vhosts
@@ -265,46 +462,38 @@ def _any_of(nets: Iterable[IPNetwork]) -> Json:
     return {"or_rules": {"rules": [_ip_rule(n) for n in nets]}}
 
 
-def rbac_policies(policy: Policy) -> dict[str, Json]:
-    """DENY policies by reason, on the address the DFP resolved.
+def rbac_policy_name(rule: AddressRule) -> str:
+    return f"{rule.reason.value}@{rule.network}"
 
-    Envoy checks DENY policies in name order and reports the first match. The classes do
-    not overlap except the host's own addresses, and "host_address" sorts first.
+
+def rbac_policies(policy: Policy) -> dict[str, Json]:
+    """DENY policies, one per address rule, on the address the DFP resolved.
+
+    Envoy checks DENY policies in name order and reports the first match. The rules do
+    not overlap except the host's own addresses, and "host_address@..." sorts first.
+    Lifted addresses are cut out of the ranges (Policy.address_rules).
     """
     anyone = [{"any": True}]
-    out: dict[str, Json] = {}
-    if policy.host_networks:
-        out[Reason.HOST_ADDRESS.value] = {
-            "permissions": [_any_of(policy.host_networks)],
-            "principals": anyone,
-        }
-    lifting = policy.lifting_cidrs
-    by_reason: dict[str, tuple[list[IPNetwork], list[IPNetwork]]] = {}
-    for rng in policy.denied:
-        fixed, liftable = by_reason.setdefault(rng.reason.value, ([], []))
-        (liftable if rng.liftable and lifting else fixed).append(rng.network)
-    for reason, (fixed, liftable) in by_reason.items():
-        permissions: list[Json] = []
-        if fixed:
-            permissions.append(_any_of(fixed))
-        if liftable:
-            permissions.append(
-                {"and_rules": {"rules": [_any_of(liftable), {"not_rule": _any_of(lifting)}]}}
-            )
-        if reason in out:
-            out[reason]["permissions"].extend(permissions)
-        else:
-            out[reason] = {"permissions": permissions, "principals": anyone}
+    out = {
+        rbac_policy_name(rule): {"permissions": [_any_of(rule.networks)], "principals": anyone}
+        for rule in policy.address_rules()
+    }
     return dict(sorted(out.items()))
 
 
 # --- bootstrap -------------------------------------------------------------------------
 
 
-def dns_cache_config(resolver: Endpoint) -> Json:
-    """Shared verbatim by the DFP filter and cluster (Envoy requires them identical)."""
+def dial_cache_config(placement: Placement) -> Json:
+    """The dial view: shared verbatim by its DFP filter and the cluster (Envoy requires
+    them identical). It resolves through the fence's own DNS."""
+    return dns_cache_config(placement.dns_listen, DIAL_CACHE_NAME)
+
+
+def dns_cache_config(resolver: Endpoint, name: str = DNS_CACHE_NAME) -> Json:
+    """A DFP DNS cache resolving at `resolver` only."""
     return {
-        "name": DNS_CACHE_NAME,
+        "name": name,
         "dns_lookup_family": "V4_PREFERRED",
         "typed_dns_resolver_config": {
             "name": "envoy.network.dns_resolver.cares",
@@ -362,38 +551,69 @@ def _listener(name: str, endpoint: Endpoint, hcm: Json) -> Json:
     }
 
 
-def rbac_local_replies(policy: Policy) -> Json:
-    """Bodies for RBAC's 403s that name the reason, like the route-level 403s do.
+def _mapper(expression: str, body: str, status: int | None = None) -> Json:
+    mapper: Json = {
+        "filter": {
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {"@type": CEL_FILTER_TYPE, "expression": expression},
+            }
+        },
+        "body_format_override": {"text_format_source": {"inline_string": body}},
+    }
+    if status is not None:
+        mapper["status_code"] = status
+    return mapper
 
-    RBAC sets its dynamic metadata only after sending the reply, so a metadata filter never
-    sees it; the response code details are set before, and a CEL filter can read them.
+
+def deny_replies(policy: Policy) -> Json:
+    """Bodies for every 403 the egress sends: the destination, the reason, the remedy.
+
+    Route-level 403s are matched by route name. RBAC sets its dynamic metadata only after
+    sending the reply, so a metadata filter never sees it; the response code details are
+    set before, and a CEL filter can read them. A dial-view DNS failure after RBAC let the
+    checked address through means the fence's DNS refused the answer: a 403 too.
     """
     mappers: list[Json] = []
-    for reason in rbac_policies(policy):
-        expression = f"response.code_details == '{RBAC_DETAIL_FORMAT.format(reason)}'"
-        cel = {"@type": CEL_FILTER_TYPE, "expression": expression}
-        mappers.append(
-            {
-                "filter": {
-                    "extension_filter": {
-                        "name": "envoy.access_loggers.extension_filters.cel",
-                        "typed_config": cel,
-                    }
-                },
-                "body": {"inline_string": deny_body(Reason(reason))},
-            }
-        )
+    for reason in (Reason.DENIED_NAME, Reason.NOT_ALLOWLISTED, Reason.PORT_NOT_ALLOWED,
+                   Reason.UNSUPPORTED_REQUEST, Reason.INVALID_HOST):
+        expression = (f"xds.route_name == '{reason.value}' && "
+                      "response.code_details == 'direct_response'")
+        mappers.append(_mapper(expression, deny_body(reason)))
+    for rule in policy.address_rules():
+        detail = RBAC_DETAIL_FORMAT.format(rbac_policy_name(rule))
+        mappers.append(_mapper(f"response.code_details == '{detail}'",
+                               deny_body(rule.reason, str(rule.network))))
+    mappers.append(_mapper(
+        f"response.code_details.startsWith('{DIAL_FAILURE_DETAIL}') && "
+        f"'{CHECKED_KEY}' in filter_state",
+        deny_body(Reason.DENIED_ADDRESS_IN_ANSWER), status=403))
     return {"mappers": mappers}
 
 
-def egress_listener(policy: Policy, placement: Placement) -> Json:
-    dns_cache = dns_cache_config(placement.upstream_resolver)
-    filters: list[Json] = [
+def egress_filters(policy: Policy, placement: Placement) -> list[Json]:
+    """DFP (check view) -> RBAC -> mark checked -> DFP (dial view) -> router.
+
+    The check view resolves the name at the upstream resolver and saves the first
+    address; RBAC denies it by address rule, with the reason. The cluster then dials from
+    the dial view, resolved through the fence's DNS, which turns any answer holding a
+    denied address into NXDOMAIN (dnsmasq.answer_filter). Without it, a name answering
+    [allowed, 127.0.0.1] passed RBAC on its first address and the DFP cluster's happy
+    eyeballs fell back to 127.0.0.1 when the first did not answer: every address Envoy
+    may dial must be checked, and Envoy 1.40 offers no way to dial only the checked one.
+    IP literals resolve to themselves in both views, so RBAC decides those alone.
+    """
+    mark = {
+        "object_key": CHECKED_KEY,
+        "factory_key": "envoy.string",
+        "format_string": {"text_format_source": {"inline_string": "yes"}},
+    }
+    return [
         {
-            "name": "envoy.filters.http.dynamic_forward_proxy",
+            "name": CHECK_FILTER,
             "typed_config": {
                 "@type": DFP_FILTER_TYPE,
-                "dns_cache_config": dns_cache,
+                "dns_cache_config": dns_cache_config(placement.upstream_resolver),
                 # RBAC below decides on this saved address.
                 "save_upstream_address": True,
             },
@@ -406,11 +626,26 @@ def egress_listener(policy: Policy, placement: Placement) -> Json:
             },
         },
         {
+            "name": "envoy.filters.http.set_filter_state",
+            "typed_config": {"@type": SET_FILTER_STATE_TYPE, "on_request_headers": [mark]},
+        },
+        {
+            "name": DIAL_FILTER,
+            "typed_config": {
+                "@type": DFP_FILTER_TYPE,
+                "dns_cache_config": dial_cache_config(placement),
+            },
+        },
+        {
             "name": "envoy.filters.http.router",
             # No x-envoy-* headers towards arbitrary upstreams.
             "typed_config": {"@type": ROUTER_TYPE, "suppress_envoy_headers": True},
         },
     ]
+
+
+def egress_listener(policy: Policy, placement: Placement) -> Json:
+    filters = egress_filters(policy, placement)
     route_config = {
         "name": "egress",
         "ignore_port_in_host_matching": True,
@@ -419,10 +654,11 @@ def egress_listener(policy: Policy, placement: Placement) -> Json:
     hcm = _streaming_hcm("egress", route_config, filters)
     hcm.update(
         {
-            "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+            # WebSocket too: a plain http:// request to an allowed destination may upgrade.
+            "upgrade_configs": [{"upgrade_type": "CONNECT"}, {"upgrade_type": "websocket"}],
             # Clients speaking HTTP/2 to the proxy tunnel with an HTTP/2 CONNECT.
             "http2_protocol_options": {"allow_connect": True},
-            "local_reply_config": rbac_local_replies(policy),
+            "local_reply_config": deny_replies(policy),
             # A forward proxy adds nothing of its own to what it relays.
             "generate_request_id": False,
             "server_header_transformation": "PASS_THROUGH",
@@ -489,7 +725,7 @@ def bootstrap(policy: Policy, placement: Placement) -> Json:
                 "name": "envoy.clusters.dynamic_forward_proxy",
                 "typed_config": {
                     "@type": DFP_CLUSTER_TYPE,
-                    "dns_cache_config": dns_cache_config(placement.upstream_resolver),
+                    "dns_cache_config": dial_cache_config(placement),
                 },
             },
         }
@@ -537,6 +773,12 @@ def bootstrap(policy: Policy, placement: Placement) -> Json:
             }
         },
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        # The authority regexes for IP-literal spellings exceed RE2's default program-size
+        # limit (100); they are generated here, not taken from requests.
+        "layered_runtime": {"layers": [{"name": "netfence", "static_layer": {
+            "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE,
+            "re2.max_program_size.warn_level": RE2_MAX_PROGRAM_SIZE,
+        }}]},
         # Bounds connections (and silences Envoy's start-up warning about having no bound).
         "overload_manager": {
             "resource_monitors": [
@@ -614,7 +856,7 @@ class EnvoyProxy(NetworkProxy):
         process = ProcessSpec(
             name="envoy",
             argv=(
-                self.envoy_path,
+                placement.programs.get("envoy") or self.envoy_path,
                 "-c",
                 str(config_path),
                 # No shared memory or hot-restart socket, so any number run side by side.
@@ -628,6 +870,7 @@ class EnvoyProxy(NetworkProxy):
             ready=ready,
             stdout=state / "envoy.stdout.log",
             stderr=state / "envoy.stderr.log",
+            role="egress",
         )
         return ProxySetup(
             files=(FileSpec(config_path, content),),
@@ -650,6 +893,10 @@ class EnvoyProxy(NetworkProxy):
             return None
         if not isinstance(entry, dict) or entry.get("log") != EGRESS_LOG_FORMAT["log"]:
             return None
+        # A CONNECT is logged when its tunnel opens and again when it ends; the decision
+        # log has one line per request (as Squid's), the final one, with the byte counts.
+        if entry.get("type") == TUNNEL_ESTABLISHED_LOG_TYPE:
+            return None
         method = _as_text(entry.get("method"))
         host, port = _split_authority(_as_text(entry.get("authority")), method)
         status = _as_int(entry.get("status"))
@@ -657,14 +904,24 @@ class EnvoyProxy(NetworkProxy):
         route = _as_text(entry.get("route"))
         matched = _RBAC_DETAIL.match(details)
         rbac_policy = _as_text(entry.get("rbac_policy"))
+        address: str | None = None
         if matched:
-            reason = matched.group(1)
+            reason, address = matched.group(1), matched.group(2)
         elif rbac_policy:
-            reason = rbac_policy
+            reason, _, net = rbac_policy.partition("@")
+            address = net or None
         elif status == 403 and route in ROUTE_DENY_REASONS:
             reason = route
+        elif details.startswith(DIAL_FAILURE_DETAIL) and _as_text(entry.get("checked")):
+            reason = Reason.DENIED_ADDRESS_IN_ANSWER.value
+        elif 400 <= status < 500 and not route:
+            # Refused before routing (a request Envoy's codec could not parse): not allowed.
+            reason = Reason.INVALID_HOST.value
         else:
             reason = Reason.ALLOWED.value
+        remedy = None
+        if reason in _REASON_VALUES:
+            remedy = remedy_text(Reason(reason), host, "-" if port is None else port, address)
         # host:port of the dialed upstream; empty when nothing was dialed.
         upstream_ip = _split_authority(_as_text(entry.get("upstream_host")), "CONNECT")[0]
         return DecisionRecord(
@@ -679,4 +936,6 @@ class EnvoyProxy(NetworkProxy):
             bytes_up=_as_int(entry.get("bytes_received")),
             bytes_down=_as_int(entry.get("bytes_sent")),
             duration_ms=_as_int(entry.get("duration_ms")),
+            address=address,
+            remedy=remedy,
         )

@@ -38,9 +38,10 @@ from netfence.backends.base import (
     proxy_env,
 )
 from netfence.errors import UsageError
-from netfence.policy import DENIED_NAMES, Policy, Reason
-from netfence.policy.decision import REMEDIES
+from netfence.policy import DENIED_NAMES, AddressRule, Policy, Reason
+from netfence.policy.decision import REMEDIES, address_remedy, remedy_text
 from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork
+from netfence.policy.policy import MAX_NAME_LENGTH, NAME_RE
 from netfence.profile import HostPattern
 
 SQUID_USER = "proxy"
@@ -85,6 +86,26 @@ def page_name(reason: Reason) -> str:
 
 
 _PAGE_REASONS = {page_name(r): r for r in Reason if r is not Reason.ALLOWED}
+# One page per address rule, named after its reason and network, so the page (and the
+# logged %err_code) can say which range denied the request: Squid's pages cannot show
+# the address itself (%I is unknown until a connection exists).
+_RULE_SEP = "__"  # never in a reason name (single underscores)
+
+
+def rule_page_name(rule: AddressRule) -> str:
+    """ERR_PRIVATE_ADDRESS__10.0.0.0_8, ERR_LOOPBACK_ADDRESS__--1_128 ('/' -> '_',
+    ':' -> '-': page names are file names and ':' means a URL to deny_info)."""
+    net = str(rule.network).replace("/", "_").replace(":", "-")
+    return f"{page_name(rule.reason)}{_RULE_SEP}{net}"
+
+
+def rule_network(err_code: str) -> str | None:
+    """The network a rule page names (the inverse of rule_page_name), if it is one."""
+    _, sep, net = err_code.partition(_RULE_SEP)
+    if not sep:
+        return None
+    text, _, bits = net.rpartition("_")
+    return f"{text.replace('-', ':')}/{bits}"
 
 
 def _acl(reason: Reason) -> str:
@@ -166,24 +187,6 @@ def denied_name_values() -> list[str]:
     return ["." + s for s in DENIED_SUFFIXES] + names
 
 
-def _minus(nets: Iterable[IPNetwork], holes: Sequence[IPNetwork]) -> list[IPNetwork]:
-    """`nets` without any address in `holes` (so lifted addresses are never denied)."""
-    todo = list(nets)
-    out: list[IPNetwork] = []
-    while todo:
-        net = todo.pop()
-        for hole in holes:
-            if hole.version != net.version or not net.overlaps(hole):
-                continue
-            if hole.supernet_of(net):  # type: ignore[arg-type]
-                break
-            todo.extend(net.address_exclude(hole))  # type: ignore[arg-type]
-            break
-        else:
-            out.append(net)
-    return out
-
-
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
@@ -205,27 +208,19 @@ def _collapse(nets: Iterable[IPNetwork]) -> list[str]:
     return [str(n) for n in merged]
 
 
-def address_acls(policy: Policy) -> list[tuple[Reason, list[str]]]:
-    """The address classes to deny, in Policy.address_reason's order, lifts applied.
+def address_acls(policy: Policy) -> list[tuple[AddressRule, list[str]]]:
+    """One `dst` ACL per address rule, in Policy.address_rules' order (lifts cut out).
 
     A liftable range has the lifting CIDRs cut out of it rather than an `!allowed` term on
     the line: a `dst` ACL matches when any resolved address matches, so a name resolving to
     one lifted and one denied address must still be refused.
     """
-    groups: list[tuple[Reason, list[str]]] = []
-    if policy.host_networks:
-        groups.append((Reason.HOST_ADDRESS, _collapse(policy.host_networks)))
-    by_reason: dict[Reason, list[IPNetwork]] = {}
-    for rng in policy.denied:
-        nets = [rng.network]
-        if rng.liftable:
-            nets = _minus(nets, policy.lifting_cidrs)
-        by_reason.setdefault(rng.reason, []).extend(nets)
-    for reason, nets in by_reason.items():
-        values = _collapse(nets)
+    out: list[tuple[AddressRule, list[str]]] = []
+    for rule in policy.address_rules():
+        values = _collapse(rule.networks)
         if values:
-            groups.append((reason, values))
-    return groups
+            out.append((rule, values))
+    return out
 
 
 def _common(placement: Placement, role: str) -> list[str]:
@@ -270,12 +265,32 @@ def _common(placement: Placement, role: str) -> list[str]:
 def render_egress(policy: Policy, placement: Placement) -> str:
     lines = _common(placement, "egress")
     lines.append(f"http_port {_listen(placement.egress_listen)}")
+    # Refuse what a lenient parser would have to guess at (whitespace inside the URL,
+    # malformed header lines) rather than guess differently from the policy.
+    lines += ["relaxed_header_parser off", "uri_whitespace deny"]
 
-    def deny(acl: str, reason: Reason, negate: bool = False) -> None:
+    def deny(acl: str, reason: Reason, negate: bool = False, page: str | None = None) -> None:
         lines.append(f"http_access deny {'!' if negate else ''}{acl}")
-        lines.append(f"deny_info {page_name(reason)} {acl}")
+        lines.append(f"deny_info {page or page_name(reason)} {acl}")
 
-    # 1. Names, before anything resolves them.
+    # 0. The fence relays plain http:// and CONNECT tunnels; it never originates TLS or
+    # speaks FTP for the workload (Envoy cannot either): anything else is refused first.
+    lines.append("acl nf_connect method CONNECT")
+    lines.append("acl nf_http proto HTTP")
+    lines.append("http_access deny !nf_connect !nf_http")
+    lines.append(f"deny_info {page_name(Reason.UNSUPPORTED_REQUEST)} nf_http")
+
+    # 1. Names, before anything resolves them: one the policy would not read as a host
+    # (a '-' at a label's edge, a label over 63, a name over 253) goes no further.
+    # Squid has parsed IP literals already (it rewrites a valid IPv6 one in compressed
+    # form, writes [::] and [::ffff:0.0.0.0] without brackets, and reads bracketed text
+    # that is no address as a name), so addresses need only their characters checked
+    # here; the full IPv6 grammar would defeat Squid's regex optimiser.
+    valid = f"^({NAME_RE}|\\[[0-9A-Fa-f:.]+\\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$"
+    lines.append(f"acl nf_valid_host dstdom_regex -n {valid}")
+    lines.append(f"acl nf_long_host dstdom_regex -n ^[^[]{{{MAX_NAME_LENGTH + 1},}}$")
+    deny("nf_valid_host", Reason.INVALID_HOST, negate=True)
+    deny("nf_long_host", Reason.INVALID_HOST)
     lines += _acl_lines(_acl(Reason.DENIED_NAME), "dstdomain -n", denied_name_values())
     deny(_acl(Reason.DENIED_NAME), Reason.DENIED_NAME)
     allowlist = _acl(Reason.NOT_ALLOWLISTED)
@@ -290,12 +305,14 @@ def render_egress(policy: Policy, placement: Placement) -> str:
     # 2. Ports: the URL port, which for CONNECT is the tunnel's port.
     ports = _acl(Reason.PORT_NOT_ALLOWED)
     # No port allowed (allow_port: []): port 0 never occurs, so every request is refused.
-    lines += _acl_lines(ports, "port", [str(p) for p in policy.ports] or ["0"])
+    port_values = ["1-65535"] if policy.any_port else [str(p) for p in policy.ports] or ["0"]
+    lines += _acl_lines(ports, "port", port_values)
     deny(ports, Reason.PORT_NOT_ALLOWED, negate=True)
     # 3. The addresses the name resolves to (`dst` looks the name up, now allowed).
-    for reason, values in address_acls(policy):
-        lines += _acl_lines(_acl(reason), "dst", values)
-        deny(_acl(reason), reason)
+    for i, (rule, values) in enumerate(address_acls(policy)):
+        acl = f"{_acl(rule.reason)}_{i}"
+        lines += _acl_lines(acl, "dst", values)
+        deny(acl, rule.reason, page=rule_page_name(rule))
     lines.append(f"http_access allow {ports}")
     lines.append("http_access deny all")
     return "\n".join(lines) + "\n"
@@ -337,8 +354,16 @@ def _page(text: str) -> str:
     return text + "\n"
 
 
-def error_pages(directory: Path, *, ingress: bool) -> tuple[FileSpec, ...]:
-    """One page per denial reason (one line: the reason and what would lift it)."""
+def _deny_page(reason: Reason, detail: str = "", remedy: str | None = None) -> str:
+    """One line, as Decision.describe() words it: Squid fills in %H (host), %p (port)."""
+    text = f"netfence: denied %H:%p: {reason.value}{detail}"
+    return _page(f"{text}; to allow: {remedy}" if remedy else text)
+
+
+def error_pages(directory: Path, *, ingress: bool,
+                rules: Sequence[AddressRule] = ()) -> tuple[FileSpec, ...]:
+    """One page per denial reason and per address rule (one line: the reason, what it was
+    about, and what would lift it)."""
     specs: list[FileSpec] = []
     for name in SQUID_ERROR_PAGES:
         body = _page(f"netfence: proxy error {name} for %U: %E")
@@ -350,9 +375,12 @@ def error_pages(directory: Path, *, ingress: bool) -> tuple[FileSpec, ...]:
         if ingress and reason is Reason.NOT_ALLOWLISTED:
             template = "add it to network.inbound.allow_host"
         # Squid fills in %H (host) and %p (port); the denied address is not known here.
-        remedy = template.format(host="%H", port="%p", cidr="CIDR") if template else None
-        text = f"netfence: denied: {reason.value}" + (f" ({remedy})" if remedy else "")
-        specs.append(FileSpec(directory / page_name(reason), _page(text), owner=SQUID_USER))
+        remedy = template.format(host="%H", port="%p", cidr="ADDRESS") if template else None
+        specs.append(FileSpec(directory / page_name(reason), _deny_page(reason, remedy=remedy),
+                              owner=SQUID_USER))
+    for rule in rules:
+        body = _deny_page(rule.reason, f" {rule.network}", address_remedy(rule))
+        specs.append(FileSpec(directory / rule_page_name(rule), body, owner=SQUID_USER))
     return tuple(specs)
 
 
@@ -365,7 +393,7 @@ def _process(placement: Placement, role: str, conf: Path, pages: Path,
     # Pre-created for the proxy user: Squid reopens them as /dev/stdout and /dev/stderr.
     logs = (FileSpec(stdout, "", owner=SQUID_USER), FileSpec(stderr, "", owner=SQUID_USER))
     spec = ProcessSpec(f"squid-{role}", argv, (ready,), stdout, stderr,
-                       stop_signal=signal.SIGINT)
+                       stop_signal=signal.SIGINT, role=role)
     return spec, logs
 
 
@@ -388,8 +416,9 @@ class SquidProxy(NetworkProxy):
             conf = state / f"squid-{role}.conf"
             pages = state / f"squid-{role}-errors"
             process, logs = _process(placement, role, conf, pages, ready)
-            files += [FileSpec(conf, text), *error_pages(pages, ingress=role == "ingress"),
-                      *logs]
+            rules = [r for r, _ in address_acls(policy)] if role == "egress" else []
+            files += [FileSpec(conf, text),
+                      *error_pages(pages, ingress=role == "ingress", rules=rules), *logs]
             processes.append(process)
         return ProxySetup(
             files=tuple(files),
@@ -408,13 +437,17 @@ class SquidProxy(NetworkProxy):
         if len(fields) != 11 or fields[0] != LOG_FORMAT_TAG:
             return None
         _, time, method, host, port, status, err, upstream, up, down, ms = fields
+        if method == "-":
+            return None  # a connection that closed before sending a request: no decision
         try:
             reason = reason_for_page(err)
+            number = None if port == "-" else int(port)
+            address = rule_network(err)
             return DecisionRecord(
                 time=time,
                 method=method,
                 host=_log_host(host),
-                port=None if port == "-" else int(port),
+                port=number,
                 allowed=reason is Reason.ALLOWED,
                 reason=reason.value,
                 status=int(status),
@@ -422,6 +455,9 @@ class SquidProxy(NetworkProxy):
                 bytes_up=_count(up),
                 bytes_down=_count(down),
                 duration_ms=_count(ms),
+                address=address,
+                remedy=remedy_text(reason, _log_host(host), "-" if number is None else number,
+                                   address),
             )
         except ValueError:
             return None
@@ -429,6 +465,7 @@ class SquidProxy(NetworkProxy):
 
 def reason_for_page(err_code: str) -> Reason:
     """The policy reason behind a logged error page; upstream failures were allowed."""
+    err_code = err_code.partition(_RULE_SEP)[0]
     if err_code in _PAGE_REASONS:
         return _PAGE_REASONS[err_code]
     if err_code in _INVALID_PAGES:

@@ -1,11 +1,19 @@
 """The normalized, immutable egress/ingress policy and its reference decision function."""
 
 from netfence.policy.decision import Decision, Reason
-from netfence.policy.denied import DENIED_NAMES, DeniedRange, denied_ranges
+from netfence.policy.denied import (
+    ADDRESS_CLASS_ORDER,
+    DENIED_NAMES,
+    AddressRule,
+    DeniedRange,
+    denied_ranges,
+)
 from netfence.policy.policy import Policy, compile_policy
 
 __all__ = [
+    "ADDRESS_CLASS_ORDER",
     "DENIED_NAMES",
+    "AddressRule",
     "Decision",
     "DeniedRange",
     "Policy",

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from netfence.policy.denied import AddressRule
 
 
 class Reason(StrEnum):
@@ -17,6 +21,11 @@ class Reason(StrEnum):
     LOOPBACK_ADDRESS = "loopback_address"
     PRIVATE_ADDRESS = "private_address"
     SPECIAL_ADDRESS = "special_address"
+    # Request-level reasons, outside Policy.decide: a form the fence does not relay
+    # (https:// or ftp:// URLs: TLS goes through CONNECT), and Envoy's dial view refusing a
+    # name whose DNS answer also holds a denied address (its first address was fine).
+    UNSUPPORTED_REQUEST = "unsupported_request"
+    DENIED_ADDRESS_IN_ANSWER = "denied_address_in_answer"
 
 
 # What a user can change to allow a denied destination; None where nothing should.
@@ -27,6 +36,10 @@ REMEDIES: dict[Reason, str | None] = {
     "--allow-cidr {cidr}",
     Reason.SPECIAL_ADDRESS: "add its range to network.outbound.allow_cidr or pass "
     "--allow-cidr {cidr}",
+    Reason.UNSUPPORTED_REQUEST: "send https:// through CONNECT (proxy-aware clients do); "
+    "the fence relays only http:// URLs and CONNECT tunnels",
+    Reason.DENIED_ADDRESS_IN_ANSWER: "see which address with `netfence check {host}:{port} "
+    "--resolved-ip IP`; only a private or special-purpose one can be lifted (--allow-cidr)",
     Reason.INVALID_HOST: None,
     Reason.DENIED_NAME: None,
     Reason.HOST_ADDRESS: None,
@@ -34,6 +47,28 @@ REMEDIES: dict[Reason, str | None] = {
     Reason.LOOPBACK_ADDRESS: None,
     Reason.ALLOWED: None,
 }
+
+
+def remedy_text(reason: Reason, host: str, port: int | str, address: str | None) -> str | None:
+    """The remedy for a denial. `address` is the denied address, or the range holding it
+    when a backend only knows that (a single address gets /32 or /128, a range itself)."""
+    template = REMEDIES.get(reason)
+    if not template:
+        return None
+    if address is None:
+        cidr = "ADDRESS/32"
+    elif "/" in address:
+        bits = 128 if ":" in address else 32
+        cidr = f"ADDRESS/{bits} (the address is in {address})"
+    else:
+        # One address: /32 in IPv4, /128 in IPv6 (a /32 there would open a vast range).
+        cidr = f"{address}/{128 if ':' in address else 32}"
+    return template.format(host=host, port=port, cidr=cidr)
+
+
+def address_remedy(rule: AddressRule) -> str | None:
+    """The remedy for a denial by one address rule (a backend that knows only the rule)."""
+    return remedy_text(rule.reason, "HOST", "PORT", str(rule.network))
 
 
 @dataclass(frozen=True)
@@ -46,12 +81,7 @@ class Decision:
 
     @property
     def remedy(self) -> str | None:
-        template = REMEDIES[self.reason]
-        if not template:
-            return None
-        # One address: /32 in IPv4, /128 in IPv6 (a /32 there would open a vast range).
-        cidr = f"{self.ip}/{128 if self.ip and ':' in self.ip else 32}"
-        return template.format(host=self.host, port=self.port, cidr=cidr)
+        return remedy_text(self.reason, self.host, self.port, self.ip)
 
     def describe(self) -> str:
         where = f"{self.host}:{self.port}" + (f" ({self.ip})" if self.ip else "")

@@ -1,7 +1,9 @@
 """Destinations no profile can open by name: local, private and special-purpose addresses.
 
-Every range belongs to exactly one class (the reason reported), so any backend that checks
-the classes one after another reports the same reason as Policy.decide.
+Every range belongs to one class (the reason reported). Ranges overlap only where a
+loopback one sits inside a special-purpose one (::1 in ::/96): a backend checking the
+classes in ADDRESS_CLASS_ORDER (or by policy name, in which loopback sorts first) reports
+the same reason as Policy.decide.
 Sources: IANA IPv4/IPv6 Special-Purpose Address Registries (RFC 6890 and updates).
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from netfence.policy.decision import Reason
@@ -23,6 +26,28 @@ DENIED_NAMES: tuple[str, ...] = (
 )
 # Every subdomain of these is denied too (RFC 6761 reserves all of *.localhost).
 DENIED_SUFFIXES: tuple[str, ...] = ("localhost",)
+
+
+# The order in which backends check the address classes, so that they all report the
+# same reason for a DNS answer holding addresses of several classes (most severe first).
+ADDRESS_CLASS_ORDER: tuple[Reason, ...] = (
+    Reason.HOST_ADDRESS,
+    Reason.LOOPBACK_ADDRESS,
+    Reason.LINK_LOCAL_ADDRESS,
+    Reason.PRIVATE_ADDRESS,
+    Reason.SPECIAL_ADDRESS,
+)
+
+
+@dataclass(frozen=True)
+class AddressRule:
+    """One deny rule of the address stage: `network` as the policy lists it (a host address
+    or an always-denied range), `networks` what to match (with the IPv6 forms embedding it,
+    allowed CIDRs cut out)."""
+
+    reason: Reason
+    network: IPNetwork
+    networks: tuple[IPNetwork, ...]
 
 
 @dataclass(frozen=True)
@@ -55,6 +80,10 @@ _V4: tuple[tuple[str, Reason], ...] = (
 _V6: tuple[tuple[str, Reason], ...] = (
     ("::/128", Reason.LOOPBACK_ADDRESS),
     ("::1/128", Reason.LOOPBACK_ADDRESS),
+    # IPv4-compatible addresses (deprecated, RFC 4291): a stack with automatic tunnelling
+    # (sit0) sends ::a.b.c.d to a.b.c.d. Listed after ::/128 and ::1/128, which it holds:
+    # checked in class order (loopback first), those keep their reason.
+    ("::/96", Reason.SPECIAL_ADDRESS),
     ("64:ff9b:1::/48", Reason.SPECIAL_ADDRESS),
     ("100::/64", Reason.SPECIAL_ADDRESS),
     ("2001::/23", Reason.SPECIAL_ADDRESS),  # includes Teredo 2001::/32
@@ -87,6 +116,34 @@ def embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
         if ip in prefix:
             return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
+
+
+def base_network(net: IPNetwork) -> IPNetwork:
+    """The IPv4 network an embedding IPv6 network stands for; other networks unchanged."""
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        for prefix in EMBEDDING_PREFIXES:
+            if net.subnet_of(prefix):
+                base = ipaddress.IPv4Address(int(net.network_address) & 0xFFFFFFFF)
+                return ipaddress.IPv4Network((base, net.prefixlen - 96))
+    return net
+
+
+def subtract(nets: Iterable[IPNetwork], holes: Sequence[IPNetwork]) -> list[IPNetwork]:
+    """`nets` without any address in `holes` (so lifted addresses are never denied)."""
+    todo = list(nets)
+    out: list[IPNetwork] = []
+    while todo:
+        net = todo.pop()
+        for hole in holes:
+            if hole.version != net.version or not net.overlaps(hole):
+                continue
+            if hole.supernet_of(net):  # type: ignore[arg-type]
+                break
+            todo.extend(net.address_exclude(hole))  # type: ignore[arg-type]
+            break
+        else:
+            out.append(net)
+    return sorted(out, key=lambda n: (n.version, n))
 
 
 def with_embedded_forms(net: IPNetwork) -> tuple[IPNetwork, ...]:

@@ -8,22 +8,61 @@ address that is actually dialed.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from netfence.policy.decision import Decision, Reason
 from netfence.policy.denied import (
+    ADDRESS_CLASS_ORDER,
     DENIED_NAMES,
     DENIED_SUFFIXES,
+    AddressRule,
     DeniedRange,
     IPNetwork,
+    base_network,
     denied_ranges,
     embedded_v4,
+    subtract,
     with_embedded_forms,
 )
 from netfence.profile import HostPattern, Profile, canonical_host
 from netfence.profile.hosts import IPAddress
 from netfence.profile.model import DEFAULT_PORTS
+
+# Hosts as the policy's canonical_host accepts them, for backends that must refuse the rest
+# before anything resolves them (POSIX ERE and RE2 alike; Envoy and Squid strip one
+# trailing dot first). A label: letters, digits, '_' and inner '-', at most 63; a name at
+# most 253 characters (checked apart: MAX_NAME_LENGTH). IP literals are [IPv6] or
+# numbers and dots (legacy IPv4 spellings are syntactically names too).
+LABEL_RE = "[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_H16 = "[0-9A-Fa-f]{1,4}"
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_LS32 = f"({_H16}:{_H16}|{_OCTET}(\\.{_OCTET}){{3}})"
+
+
+def _h16s(n: int) -> str:
+    return f"({_H16}:){{{n}}}" if n else ""
+
+
+def _before(n: int) -> str:
+    return f"(({_H16}:){{0,{n}}}{_H16})?" if n else f"({_H16})?"
+
+
+# RFC 3986 IPv6address, as Python's ipaddress reads it (no zone id).
+IPV6_RE = "(" + "|".join([
+    f"{_h16s(6)}{_LS32}",
+    f"::{_h16s(5)}{_LS32}",
+    f"{_before(0)}::{_h16s(4)}{_LS32}",
+    f"{_before(1)}::{_h16s(3)}{_LS32}",
+    f"{_before(2)}::{_h16s(2)}{_LS32}",
+    f"{_before(3)}::{_H16}:{_LS32}",
+    f"{_before(4)}::{_LS32}",
+    f"{_before(5)}::{_H16}",
+    f"{_before(6)}::",
+]) + ")"
+NAME_RE = f"{LABEL_RE}(\\.{LABEL_RE})*"
+VALID_HOST_RE = f"({NAME_RE}|\\[{IPV6_RE}\\])"
+MAX_NAME_LENGTH = 253
 
 
 @dataclass(frozen=True)
@@ -32,6 +71,8 @@ class Policy:
 
     allow_all: bool = False
     hosts: tuple[HostPattern, ...] = ()
+    # Learn mode opens every port as well as every name (the address stage stays).
+    any_port: bool = False
     ports: tuple[int, ...] = DEFAULT_PORTS
     allowed_cidrs: tuple[IPNetwork, ...] = ()
     host_addresses: tuple[IPAddress, ...] = ()
@@ -64,6 +105,45 @@ class Policy:
     def name_allowed(self, name: str) -> bool:
         return self.allow_all or any(p.matches(name) for p in self.name_patterns)
 
+    def literal_allowed(self, ip: IPAddress) -> bool:
+        """Whether an IP-literal target is allowlisted.
+
+        An IPv4-mapped IPv6 address is the IPv4 address (a proxy dialing it reaches that
+        host, and Squid rewrites one into the other), so either spelling matches the other.
+        """
+        keys = {str(ip)}
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            keys.add(str(ip.ipv4_mapped))
+        elif isinstance(ip, ipaddress.IPv4Address):
+            keys.add(str(ipaddress.IPv6Address(f"::ffff:{ip}")))
+        return self.allow_all or any(p.name in keys for p in self.ip_literals)
+
+    def port_allowed(self, port: int) -> bool:
+        return 1 <= port <= 65535 and (self.any_port or port in self.ports)
+
+    def address_rules(self) -> tuple[AddressRule, ...]:
+        """The address stage as ordered deny rules, for backends that match addresses.
+
+        First the host's own addresses (one rule each), then every always-denied range in
+        ADDRESS_CLASS_ORDER, each with the IPv6 forms that embed it and with the allowed
+        CIDRs cut out of the liftable ones. A backend that checks the rules in this order
+        reports the reason Policy.decide (and decide_answers) reports.
+        """
+        rules = [AddressRule(Reason.HOST_ADDRESS, ipaddress.ip_network(a),
+                             with_embedded_forms(ipaddress.ip_network(a)))
+                 for a in self.host_addresses]
+        grouped: dict[IPNetwork, tuple[Reason, list[IPNetwork]]] = {}
+        lifting = self.lifting_cidrs
+        for rng in self.denied:
+            nets = [rng.network]
+            if rng.liftable:
+                nets = subtract(nets, lifting)
+            grouped.setdefault(base_network(rng.network), (rng.reason, []))[1].extend(nets)
+        ranked = sorted(grouped.items(), key=lambda item: ADDRESS_CLASS_ORDER.index(item[1][0]))
+        rules += [AddressRule(reason, base, tuple(nets))
+                  for base, (reason, nets) in ranked if nets]
+        return tuple(rules)
+
     def address_reason(self, ip: IPAddress) -> Reason | None:
         """Why dialing `ip` is denied, or None when the address is fine."""
         candidates: list[IPAddress] = [ip]
@@ -94,9 +174,9 @@ class Policy:
             ip_text = resolved_ip
         else:
             name = ip_text = str(target)
-            if not (self.allow_all or any(p.name == name for p in self.ip_literals)):
+            if not self.literal_allowed(target):
                 return Decision(False, Reason.NOT_ALLOWLISTED, name, port)
-        if not 1 <= port <= 65535 or port not in self.ports:
+        if not self.port_allowed(port):
             return Decision(False, Reason.PORT_NOT_ALLOWED, name, port)
         if ip_text is None:
             return Decision(True, Reason.ALLOWED, name, port)
@@ -108,6 +188,22 @@ class Policy:
         if reason is not None:
             return Decision(False, reason, name, port, str(ip))
         return Decision(True, Reason.ALLOWED, name, port, str(ip))
+
+    def decide_answers(self, host: str, port: int, answers: Sequence[str]) -> Decision:
+        """The decision for a name whose DNS answer holds several addresses.
+
+        A proxy that may dial any of them (Squid retries the next address; Envoy's cluster
+        falls back to the next one) must check them all: allowed only when every one is.
+        Of several denied answers, the reason is the first in ADDRESS_CLASS_ORDER.
+        """
+        if not answers:
+            return self.decide(host, port)
+        decisions = [self.decide(host, port, ip) for ip in answers]
+        denied = [d for d in decisions if not d.allowed]
+        if not denied:
+            return decisions[0]
+        rank = {r: i for i, r in enumerate(ADDRESS_CLASS_ORDER)}
+        return min(denied, key=lambda d: rank.get(d.reason, -1))
 
     def inbound_allowed(self, host: str) -> bool:
         """Ingress Host gating: no inbound.allow_host means loopback names only."""
@@ -121,12 +217,18 @@ class Policy:
         return any(p.matches(text) for p in self.inbound_hosts)
 
 
-def compile_policy(profile: Profile, host_addresses: Iterable[IPAddress] = ()) -> Policy:
-    """The policy a profile means; host_addresses are the host's own, read by the runtime."""
+def compile_policy(profile: Profile, host_addresses: Iterable[IPAddress] = (),
+                   learn: bool = False) -> Policy:
+    """The policy a profile means; host_addresses are the host's own, read by the runtime.
+
+    learn: every name and every port passes (to record what a workload uses); the
+    address stage, denied names and the host's addresses still deny as always.
+    """
     out = profile.network.outbound
     none_mode = profile.network.mode == "none"
     return Policy(
-        allow_all=out.insecure_allow_all and not none_mode,
+        allow_all=learn or (out.insecure_allow_all and not none_mode),
+        any_port=learn,
         hosts=() if none_mode else out.allow_host,
         ports=out.allow_port if out.allow_port is not None else DEFAULT_PORTS,
         allowed_cidrs=out.allow_cidr,
