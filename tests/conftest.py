@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.fakenet import FakeNet
 from tests.support.fakenet import fakenet as build_fakenet
+from tests.support.podman import Engine, podman_engine, podman_missing_reason
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +19,15 @@ def fakenet() -> Iterator[FakeNet]:
                     "run scripts/test with sudo")
     with build_fakenet() as net:
         yield net
+
+
+@pytest.fixture(scope="session")
+def podman(fakenet: FakeNet) -> Iterator[Engine]:
+    """A real Podman engine (Docker API on a private socket) with the images built."""
+    reason = podman_missing_reason()
+    if reason is not None:
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(f"{reason}: CI must run the container runtime tests")
+        pytest.skip(reason)
+    with podman_engine(fakenet.ca_pem_path) as engine:
+        yield engine

@@ -1,0 +1,94 @@
+"""The connection to the container engine (Docker, or Podman's Docker-compatible API).
+
+The engine is found like the `docker` CLI finds it: DOCKER_HOST, else the default Docker
+socket; then Podman's rootful and rootless sockets. Every engine error that reaches the
+user is one line (NetfenceError), never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from netfence.errors import NetfenceError, UsageError
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+# Labels on everything netfence creates, so `ps`, `stop` and clean-up find it all.
+LABEL_MANAGED = "io.netfence.managed"
+LABEL_WORKLOAD = "io.netfence.workload"
+LABEL_ROLE = "io.netfence.role"
+LABEL_PROXY = "io.netfence.proxy"
+LABEL_COMMAND = "io.netfence.command"
+LABEL_STARTED = "io.netfence.started"
+
+API_TIMEOUT = 120  # seconds: image builds and pulls are single long calls
+_REMEDY = ("start Docker, or Podman's API (`systemctl start podman.socket` or "
+           "`podman system service --time=0 &`), or point DOCKER_HOST at its socket")
+
+
+def candidate_urls() -> list[str]:
+    """Where to look for an engine, in order."""
+    if os.environ.get("DOCKER_HOST"):
+        return [os.environ["DOCKER_HOST"]]
+    sockets = [Path("/var/run/docker.sock"), Path("/run/podman/podman.sock")]
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        sockets.append(Path(runtime_dir) / "podman" / "podman.sock")
+    found = [f"unix://{s}" for s in sockets if s.exists()]
+    return found or [f"unix://{sockets[0]}"]
+
+
+def connect() -> DockerClient:
+    """A client for the first engine that answers; a one-line error when none does."""
+    try:
+        import docker
+        import docker.errors
+    except ImportError:
+        raise NetfenceError("the `docker` Python package is not installed",
+                            remedy="pip install docker") from None
+    failures: list[str] = []
+    for url in candidate_urls():
+        try:
+            # Asks the engine for its API version at once: this is the first contact.
+            client = docker.DockerClient(base_url=url, timeout=API_TIMEOUT)
+        except (docker.errors.DockerException, OSError) as exc:
+            failures.append(f"{url}: {_reason(exc)}")
+            continue
+        try:
+            client.ping()
+            return client
+        except (docker.errors.DockerException, OSError) as exc:
+            client.close()
+            failures.append(f"{url}: {_reason(exc)}")
+    raise UsageError(f"no container engine answers ({'; '.join(failures)})", remedy=_REMEDY)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "explanation", None) or exc).strip()
+    for marker in ("No such file or directory", "Connection refused", "Permission denied"):
+        if marker in text:
+            return marker.lower()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def engine_errors(what: str = "") -> Iterator[None]:
+    """Turn a lost or failing engine into a one-line NetfenceError."""
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        yield
+    except NetfenceError:
+        raise
+    except docker.errors.APIError as exc:
+        prefix = f"{what}: " if what else ""
+        raise NetfenceError(f"{prefix}container engine error: {_reason(exc)}") from None
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        raise NetfenceError(f"lost the container engine: {_reason(exc)}",
+                            remedy=_REMEDY) from None

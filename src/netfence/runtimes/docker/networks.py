@@ -1,0 +1,273 @@
+"""The fence's networks: one shared external network, one internal network per workload.
+
+The external network is a plain bridge with NAT: the fence's proxies and DNS server reach
+the outside through it. The internal network has no route out; the workload sits on it
+alone with the fence. Engines still give the host an address on an internal network's
+bridge (Podman 4 and Docker alike), which would let the workload reach every host service
+listening on all addresses; where the engine runs on this host and netfence is root, that
+address (and the bridge's IPv6 link-local one) is removed before the workload starts.
+
+The external bridge's hardware address is pinned too: a Linux bridge otherwise takes the
+lowest address of its ports, so a container joining or leaving (another workload's fence)
+can change it, and every container whose ARP cache holds the old one loses its route out
+until that entry expires, for seconds up to minutes. Netavark pins it itself from 1.9
+(containers/netavark#833); Debian 12 ships 1.4, and Docker pins its bridges already.
+
+Every run creates its own internal network; the shared external one is created by the
+first run that needs it and removed by the last one that stops, under a file lock so that
+concurrent runs never remove it from under each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from netfence.errors import NetfenceError, UsageError
+from netfence.runtimes import state
+from netfence.runtimes.docker.engine import (
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_WORKLOAD,
+    engine_errors,
+)
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.networks import Network
+
+log = logging.getLogger("netfence")
+
+EXTERNAL_NETWORK = "netfence-external"
+# Outside the state root, whose entries are all workloads; /run/lock is the FHS place.
+LOCK_PATH = Path("/run/lock/netfence-docker-networks.lock")
+LOCK_TIMEOUT = 60.0
+
+
+def internal_network_name(workload: str) -> str:
+    return f"{workload}-internal"
+
+
+@dataclass(frozen=True)
+class AddressPlan:
+    """Fixed addresses on a workload's internal network, known before anything starts:
+    the proxies' configs name the DNS server and the workload before those run."""
+
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address | None
+    dns: str
+    egress: str
+    ingress: str
+    workload: str
+
+    def address_of(self, role: str) -> str:
+        """A fence role's address ("dns", "egress", "ingress")."""
+        return {"dns": self.dns, "egress": self.egress, "ingress": self.ingress}[role]
+
+
+def plan_addresses(subnet: str, gateway: str | None) -> AddressPlan:
+    """The first four usable addresses of the subnet, skipping the gateway."""
+    net = ipaddress.ip_network(subnet, strict=False)
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise NetfenceError(f"internal network subnet {subnet} is not IPv4")
+    gw = ipaddress.IPv4Address(gateway) if gateway else None
+    free: list[str] = []
+    for host in net.hosts():
+        if host != gw:
+            free.append(str(host))
+        if len(free) == 4:
+            break
+    if len(free) < 4:
+        raise NetfenceError(f"internal network subnet {subnet} is too small")
+    return AddressPlan(net, gw, *free)
+
+
+def subnet_of(network: Network) -> tuple[str, str | None]:
+    """The IPv4 subnet and gateway the engine gave a network."""
+    network.reload()
+    for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
+        subnet = config.get("Subnet")
+        if subnet and ":" not in subnet:
+            return subnet, config.get("Gateway") or None
+    raise NetfenceError(f"network {network.name} has no IPv4 subnet")
+
+
+def labels(workload: str | None, role: str) -> dict[str, str]:
+    out = {LABEL_MANAGED: "true", LABEL_ROLE: role}
+    if workload is not None:
+        out[LABEL_WORKLOAD] = workload
+    return out
+
+
+def _conflict(exc: Exception) -> bool:
+    status = getattr(exc, "status_code", None)
+    text = str(exc).lower()
+    return status == 409 or "already exists" in text or "already used" in text
+
+
+@contextlib.contextmanager
+def networks_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Serialises creating, joining and removing the shared external network."""
+    import time
+
+    path = LOCK_PATH if LOCK_PATH.parent.is_dir() else state.STATE_ROOT.parent / LOCK_PATH.name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NetfenceError("timed out waiting for another netfence run to "
+                                        "finish setting up its networks") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def ensure_external(client: DockerClient) -> Network:
+    """The shared external network; created if missing. Call with networks_lock held."""
+    import docker.errors
+
+    with engine_errors("external network"):
+        try:
+            return client.networks.get(EXTERNAL_NETWORK)
+        except docker.errors.NotFound:
+            pass
+        try:
+            return client.networks.create(EXTERNAL_NETWORK, driver="bridge",
+                                          labels=labels(None, "external"))
+        except docker.errors.APIError as exc:
+            if _conflict(exc):  # another engine user made it just now
+                return client.networks.get(EXTERNAL_NETWORK)
+            raise
+
+
+def create_internal(client: DockerClient, workload: str) -> Network:
+    import docker.errors
+
+    name = internal_network_name(workload)
+    with engine_errors("internal network"):
+        try:
+            return client.networks.create(name, driver="bridge", internal=True,
+                                          labels=labels(workload, "internal"))
+        except docker.errors.APIError as exc:
+            if _conflict(exc):
+                raise UsageError(f"a network named {name!r} already exists",
+                                 remedy=f"netfence stop {workload} --runtime docker") from None
+            raise
+
+
+def _attached(client: DockerClient, network: str) -> bool:
+    """Whether any container (running or not) is on the network."""
+    with engine_errors():
+        return bool(client.containers.list(all=True, filters={"network": network}))
+
+
+def remove_external_if_unused(client: DockerClient) -> None:
+    """Remove the shared external network when no container uses it any more."""
+    import docker.errors
+
+    with networks_lock(), engine_errors("external network"):
+        if _attached(client, EXTERNAL_NETWORK):
+            return
+        try:
+            client.networks.get(EXTERNAL_NETWORK).remove()
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            # In use after all (a container of another engine user): leave it.
+            log.info("external network kept: %s", exc)
+
+
+def remove_network(client: DockerClient, name: str) -> None:
+    import docker.errors
+
+    with engine_errors(f"network {name}"), contextlib.suppress(docker.errors.NotFound):
+        client.networks.get(name).remove()
+
+
+# --- the host's side of an internal bridge --------------------------------------------
+
+
+def _host_links() -> list[dict[str, object]]:
+    try:
+        done = subprocess.run(["ip", "-json", "address", "show"], capture_output=True,
+                              text=True, timeout=10)
+    except FileNotFoundError:
+        return []
+    if done.returncode != 0:
+        return []
+    links = json.loads(done.stdout or "[]")
+    return links if isinstance(links, list) else []
+
+
+def bridge_carrying(address: str, links: list[dict[str, object]]) -> str | None:
+    """The host interface that has `address` (the internal network's gateway)."""
+    for link in links:
+        infos = link.get("addr_info")
+        if not isinstance(infos, list):
+            continue
+        if any(isinstance(i, dict) and i.get("local") == address for i in infos):
+            name = link.get("ifname")
+            return name if isinstance(name, str) else None
+    return None
+
+
+def strip_host_addresses(plan: AddressPlan) -> bool:
+    """Remove the host's addresses from the internal network's bridge, if we can.
+
+    True when the bridge carries no host address now (or was not found: the engine is
+    elsewhere or gave none); False when an address is there and could not be removed.
+    """
+    if plan.gateway is None:
+        return True
+    links = _host_links()
+    bridge = bridge_carrying(str(plan.gateway), links)
+    if bridge is None:
+        return True
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["ip", "address", "flush", "dev", bridge], capture_output=True,
+                          timeout=10)
+    # The IPv6 link-local address would reach the host as well.
+    with contextlib.suppress(OSError):
+        Path(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6").write_text("1\n")
+    return done.returncode == 0
+
+
+def pin_bridge_address(gateway: str | None) -> None:
+    """Fix the hardware address of the bridge carrying `gateway` at its current value.
+
+    Best effort: without root, or with the engine on another host, the bridge is left as
+    the engine made it (the cost is a stall, not a way out of the fence).
+    """
+    if gateway is None:
+        return
+    links = _host_links()
+    bridge = bridge_carrying(gateway, links)
+    address = next((link.get("address") for link in links if link.get("ifname") == bridge),
+                   None)
+    if bridge is None or not isinstance(address, str) or os.geteuid() != 0:
+        return
+    # 3 is NET_ADDR_SET: someone already chose this address, and the kernel keeps it.
+    with contextlib.suppress(OSError):
+        if Path(f"/sys/class/net/{bridge}/addr_assign_type").read_text().strip() == "3":
+            return
+    # Setting the address it has marks it chosen: no change now, and none later.
+    done = subprocess.run(["ip", "link", "set", "dev", bridge, "address", address],
+                          capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        log.info("could not pin the address of %s: %s", bridge, done.stderr.strip())

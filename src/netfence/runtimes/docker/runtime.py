@@ -1,0 +1,521 @@
+"""The docker runtime: the reference topology through the Docker Engine API.
+
+    netfence-external (bridge, NAT)           <name>-internal (no route out)
+      <name>-dns      dnsmasq  ─────────────────  DNS for the workload
+      <name>-egress   Envoy | Squid egress  ────  proxy for the workload, :3128
+      <name>-ingress  Squid ingress (Squid only) ─ to the workload's port
+      ingress published on host 127.0.0.1 only      <name>  the workload, alone
+
+The fence containers join both networks (the external one first, so a published port
+leads there); the workload joins only the internal one, with its DNS set to the dns
+container and the proxy environment naming `<name>-egress:3128`. Addresses on the internal
+network are fixed before anything starts, since the configs name them: the DNS server for
+the workload, the workload for the ingress. The dns and egress containers start before the
+workload; a separate ingress container after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from netfence.backends import (
+    DecisionRecord,
+    Endpoint,
+    NetworkProxy,
+    Placement,
+    ProcessSpec,
+    ProxySetup,
+    get_backend,
+    write_setup,
+)
+from netfence.backends.dnsmasq import dns_setup
+from netfence.errors import NetfenceError, PrivilegeError, UsageError
+from netfence.policy import compile_policy
+from netfence.profile.hosts import IPAddress
+from netfence.runtimes import state
+from netfence.runtimes.base import Runtime, WorkloadSpec, read_decisions
+from netfence.runtimes.detach import Readiness, detach, redirect_own_stdio
+from netfence.runtimes.docker import containers, images, networks
+from netfence.runtimes.docker.engine import (
+    LABEL_COMMAND,
+    LABEL_MANAGED,
+    LABEL_PROXY,
+    LABEL_ROLE,
+    LABEL_STARTED,
+    LABEL_WORKLOAD,
+    connect,
+    engine_errors,
+)
+from netfence.runtimes.resolver import host_resolver
+from netfence.runtimes.signals import Interrupted, StopSignals
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+    from docker.models.networks import Network
+
+log = logging.getLogger("netfence")
+
+EGRESS_PORT = 3128
+DNS_PORT = 53
+# The ingress listener's port inside its container; the host port is published to it.
+INGRESS_PORT = 8080
+STOP_GRACE = 10.0
+_PATHS = {"sse": "/sse", "streamable-http": "/mcp"}
+_START_ORDER = {"dns": 0, "egress": 1, "ingress": 2}
+
+
+def container_resolver(spec: WorkloadSpec) -> Endpoint:
+    """The resolver the fence containers use: a loopback one is the host's, not theirs."""
+    resolver = spec.dns_upstream or host_resolver()
+    if ipaddress.ip_address(resolver.host).is_loopback:
+        raise UsageError(
+            f"the DNS resolver {resolver} is on the host's loopback, which containers "
+            "cannot reach", remedy="pass --dns-upstream with a resolver's real address")
+    return resolver
+
+
+def fence_image_key(process: ProcessSpec, backend: NetworkProxy) -> str:
+    return "dns" if process.role == "dns" else backend.name
+
+
+def _labels(spec: WorkloadSpec, role: str) -> dict[str, str]:
+    return {**networks.labels(spec.name, role), LABEL_PROXY: spec.proxy}
+
+
+class Fence:
+    """One workload's containers and networks; each step registers its undo."""
+
+    def __init__(self, client: DockerClient, spec: WorkloadSpec, backend: NetworkProxy,
+                 state_dir: Path, signals: StopSignals) -> None:
+        self.client = client
+        self.signals = signals
+        self.spec = spec
+        self.backend = backend
+        self.state_dir = state_dir
+        self.undo = contextlib.ExitStack()
+        self.image, self.args = containers.workload_command(spec.command)
+        self.setup = ProxySetup(files=(), processes=())
+        self.fence: dict[str, tuple[ProcessSpec, Container]] = {}
+        self.url: str | None = None
+        self.plan: networks.AddressPlan | None = None
+        self.external_gateway: str | None = None
+        self.placement: Placement | None = None
+        self.internal = networks.internal_network_name(spec.name)
+        self.workload: Container | None = None
+        self.record: state.WorkloadState | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        spec, client = self.spec, self.client
+        resolver = container_resolver(spec)
+        _check_names_free(client, spec.name)
+        # Images first: a missing one fails before anything exists.
+        fence_images = {key: images.resolve(client, key) for key in ("dns", self.backend.name)}
+        _require_image(client, self.image)
+        with networks.networks_lock():
+            external = networks.ensure_external(client)
+            # Registered first, so it runs last: after every container has gone.
+            self.undo.callback(networks.remove_external_if_unused, client)
+            internal = networks.create_internal(client, spec.name)
+            self.undo.callback(networks.remove_network, client, internal.name or self.internal)
+            plan = self.plan = networks.plan_addresses(*networks.subnet_of(internal))
+            self.external_gateway = networks.subnet_of(external)[1]
+            gateways = [self.external_gateway, str(plan.gateway or "")]
+            placement = self.placement = self._placement(plan, resolver)
+            policy = compile_policy(spec.profile, _host_addresses(gateways))
+            self.setup = self.backend.setup(policy, placement) + dns_setup(policy, placement)
+            write_setup(self.setup, self.state_dir)
+            # Created (so on the external network) before the lock goes: a concurrent
+            # `stop` never finds the external network unused in between.
+            for process in self.setup.processes:
+                image = fence_images[fence_image_key(process, self.backend)]
+                self.fence[process.role] = (process, self._create_fence(
+                    process, image, external.name or networks.EXTERNAL_NETWORK, internal,
+                    plan))
+        # DNS first: it is the first on the internal network, whose bridge it brings up.
+        for role in sorted(self.fence, key=lambda r: _START_ORDER.get(r, 1)):
+            if role != "ingress":
+                self.signals.check()
+                self._start_fence(*self.fence[role])
+        self.signals.check()
+        self._create_workload(plan)
+
+    def _placement(self, plan: networks.AddressPlan, resolver: Endpoint) -> Placement:
+        spec = self.spec
+        ingress_listen = ingress_upstream = None
+        if spec.transport != "stdio":
+            assert spec.target_port is not None
+            ingress_listen = Endpoint("0.0.0.0", INGRESS_PORT)
+            ingress_upstream = Endpoint(plan.workload, spec.target_port)
+        return Placement(
+            state_dir=self.state_dir,
+            egress_listen=Endpoint(plan.egress, EGRESS_PORT),
+            workload_proxy=f"{containers.container_name(spec.name, 'egress')}:{EGRESS_PORT}",
+            dns_listen=Endpoint(plan.dns, DNS_PORT),
+            upstream_resolver=resolver,
+            ingress_listen=ingress_listen,
+            ingress_upstream=ingress_upstream,
+            workload_name=spec.name,
+            # The images have the programs on PATH (the official Envoy image too).
+            programs={"envoy": "envoy"},
+        )
+
+    def _create_fence(self, process: ProcessSpec, image: str, external: str,
+                      internal: Network, plan: networks.AddressPlan) -> Container:
+        from docker.types import Mount
+
+        spec = self.spec
+        name = containers.container_name(spec.name, process.role)
+        key = fence_image_key(process, self.backend)
+        options: dict[str, Any] = {}
+        if self._publishes(process):
+            # The host side of the ingress: loopback only.
+            options["ports"] = {f"{INGRESS_PORT}/tcp": ("127.0.0.1", spec.port)}
+        container = containers.create(
+            self.client, name, image,
+            entrypoint=["/bin/sh"], command=containers.fence_command(process),
+            network=external, hostname=name, labels=_labels(spec, process.role),
+            mounts=[Mount(target=str(self.state_dir), source=str(self.state_dir),
+                          type="bind")],
+            cap_drop=["ALL"], cap_add=list(containers.FENCE_CAPS.get(key, ())),
+            # label=disable: an SELinux host would otherwise deny the bind-mounted state.
+            security_opt=["no-new-privileges", "label=disable"],
+            stop_signal=_signal_name(process.stop_signal),
+            **options,
+        )
+        self.undo.callback(containers.remove, self.client, container.id or name)
+        with engine_errors(f"connecting {name} to {self.internal}"):
+            internal.connect(container, ipv4_address=plan.address_of(process.role))
+        return container
+
+    def _start_fence(self, process: ProcessSpec, container: Container) -> None:
+        log.info("starting %s", container.name)
+        with engine_errors(f"starting {container.name}"):
+            container.start()
+        if process.role == "dns" and self.plan is not None:
+            # The first container on each network brought its bridge up: before any other
+            # joins, the internal one loses the host's address, the external one's
+            # hardware address is fixed.
+            self._strip_bridge()
+            networks.pin_bridge_address(self.external_gateway)
+        containers.Readiness(container, process).wait()
+        if self._publishes(process):
+            port = containers.published_port(container, INGRESS_PORT)
+            self.url = f"http://127.0.0.1:{port}{_PATHS.get(self.spec.transport, '/')}"
+
+    def _publishes(self, process: ProcessSpec) -> bool:
+        """Whether this process serves the ingress listener (so its container publishes)."""
+        listen = self.placement.ingress_listen if self.placement else None
+        return listen is not None and listen in process.ready
+
+    def _strip_bridge(self) -> None:
+        assert self.plan is not None
+        if not networks.strip_host_addresses(self.plan):
+            log.warning("%s: the host keeps an address on %s; host services listening on "
+                        "all addresses are reachable from the workload", self.spec.name,
+                        self.internal)
+
+    def _create_workload(self, plan: networks.AddressPlan) -> None:
+        spec = self.spec
+        environment = {**spec.env, **self.setup.env}
+        egress = containers.container_name(spec.name, "egress")
+        labels = {
+            **_labels(spec, "workload"),
+            LABEL_COMMAND: json.dumps(list(spec.command)),
+            LABEL_STARTED: str(time.time()),
+        }
+        endpoint = self.client.api.create_endpoint_config(ipv4_address=plan.workload)
+        options: dict[str, Any] = {}
+        if spec.user:
+            options["user"] = spec.user
+        self.workload = containers.create(
+            self.client, spec.name, self.image, command=self.args,
+            network=self.internal, networking_config={self.internal: endpoint},
+            hostname=spec.name, dns=[plan.dns], dns_opt=["timeout:2", "attempts:2"],
+            extra_hosts={egress: plan.egress}, environment=environment, labels=labels,
+            cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            # A tiny init as PID 1: signals reach the command with their default actions
+            # (a shell or an MCP server as PID 1 would ignore SIGTERM) and a signal's
+            # death is reported as 128+N.
+            init=True,
+            stdin_open=spec.transport == "stdio" and not spec.detach, tty=False,
+            **options,
+        )
+        self.undo.callback(containers.remove, self.client, self.workload.id or spec.name)
+
+    # -- running ------------------------------------------------------------------------
+
+    def run_workload(self, attach: bool) -> int:
+        """Start the workload (and then the ingress), wait for it; its exit status."""
+        assert self.workload is not None
+        workload = self.workload
+        attachment = None
+        if attach:
+            attachment = containers.Attachment(self.client, workload,
+                                               stdin=self.spec.transport == "stdio")
+        if self.plan is not None:
+            self._strip_bridge()  # again: an engine may have restored it meanwhile
+        with engine_errors(f"starting {workload.name}"):
+            workload.start()
+        if attachment is not None:
+            attachment.start()
+        if "ingress" in self.fence:
+            self._start_fence(*self.fence["ingress"])
+            if self.record is not None:
+                self.record.url = self.url
+                state.save(self.record)
+        if self.url:
+            log.warning("%s: clients connect to %s", self.spec.name, self.url)
+        code = _wait_forwarding(workload, self.signals)
+        if attachment is not None:
+            attachment.finish()
+        return code
+
+    def close(self) -> None:
+        self.undo.close()
+
+
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _host_addresses(extra: list[str | None]) -> tuple[IPAddress, ...]:
+    from netfence.runtimes.namespace.netns import host_addresses
+
+    found = list(host_addresses())
+    for text in extra:
+        if text:
+            with contextlib.suppress(ValueError):
+                found.append(ipaddress.ip_address(text))
+    return tuple(found)
+
+
+def _check_names_free(client: DockerClient, name: str) -> None:
+    """Every name this workload will give is free (else nothing is created)."""
+    import docker.errors
+
+    wanted = [name, *(containers.container_name(name, r) for r in _START_ORDER)]
+    with engine_errors("checking names"):
+        for container_name in wanted:
+            try:
+                client.containers.get(container_name)
+            except docker.errors.NotFound:
+                continue
+            raise UsageError(f"a container named {container_name!r} already exists",
+                             remedy=f"pick another --name, or `netfence stop {name} "
+                                    "--runtime docker` if netfence left it")
+        with contextlib.suppress(docker.errors.NotFound):
+            client.networks.get(networks.internal_network_name(name))
+            raise UsageError(f"a network named {networks.internal_network_name(name)!r} "
+                             "already exists",
+                             remedy=f"netfence stop {name} --runtime docker")
+
+
+def _require_image(client: DockerClient, image: str) -> None:
+    import docker.errors
+
+    with engine_errors(f"image {image}"):
+        try:
+            client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        log.info("pulling %s", image)
+        try:
+            client.images.pull(image)
+        except docker.errors.APIError as exc:
+            reason = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
+            raise UsageError(
+                f"image {image} is not in the container engine and could not be pulled"
+                f"{': ' + reason[0][:160] if reason else ''}",
+                remedy="build or pull it first") from None
+
+
+def _wait_forwarding(container: Container, signals: StopSignals) -> int:
+    """Wait for the workload, passing stop signals to it; SIGKILL after a grace period."""
+    result: dict[str, Any] = {}
+
+    def wait() -> None:
+        try:
+            result.update(container.wait())
+        except Exception as exc:  # reported below, in the main thread
+            result["error"] = exc
+
+    waiter = threading.Thread(target=wait, name="netfence-wait", daemon=True)
+    waiter.start()
+    deadline: float | None = None
+    while waiter.is_alive():
+        # A signal from before the workload started is passed on in the first round.
+        for signum in signals.take():
+            with contextlib.suppress(Exception):
+                container.kill(signal=_signal_name(signum))
+            if deadline is None:
+                deadline = time.monotonic() + STOP_GRACE
+        if deadline is not None and time.monotonic() > deadline:
+            with contextlib.suppress(Exception):
+                container.kill(signal="SIGKILL")
+            deadline = time.monotonic() + STOP_GRACE
+        waiter.join(0.1)
+    if "error" in result:
+        raise NetfenceError(f"lost the workload container: {result['error']}")
+    code = int(result.get("StatusCode", 1))
+    return code
+
+
+class DockerRuntime(Runtime):
+    name = "docker"
+
+    def run(self, spec: WorkloadSpec) -> int:
+        backend = get_backend(spec.proxy)
+        state.check_name(spec.name)
+        containers.workload_command(spec.command)
+        # The state dir holds root's configs; the containers get it through a bind mount.
+        os.umask(0o077)
+        try:
+            state_dir = state.claim(spec.name)
+        except PermissionError:
+            raise PrivilegeError(
+                f"cannot create the workload's state directory under {state.STATE_ROOT}",
+                remedy="run with sudo, or set NETFENCE_STATE_DIR to a directory of yours"
+            ) from None
+        if spec.detach:
+            return detach(spec.name, lambda ready: self._supervise(spec, backend, state_dir, ready))
+        return self._supervise(spec, backend, state_dir, Readiness())
+
+    def _supervise(self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path,
+                   ready: Readiness) -> int:
+        # From here to the end of the teardown a stop signal is only recorded: the start
+        # gives up at its next step, the workload gets it, the teardown is not cut short.
+        with StopSignals() as signals:
+            fence: Fence | None = None
+            try:
+                if ready.detached:
+                    redirect_own_stdio(state_dir / "supervisor.log")
+                client = connect()
+                fence = Fence(client, spec, backend, state_dir, signals)
+                with engine_errors():
+                    fence.start()
+                me = os.getpid()
+                fence.record = state.WorkloadState(
+                    name=spec.name, runtime=self.name, proxy=backend.name,
+                    command=list(spec.command), supervisor_pid=me,
+                    supervisor_start=state.process_start_time(me) or "",
+                    started_at=time.time(), state_dir=str(state_dir), url=fence.url,
+                    decision_logs=[str(p) for p in fence.setup.decision_logs],
+                )
+                state.save(fence.record)
+                # A detached workload's output stays with the engine: `docker logs NAME`.
+                ready.ok(fence.url)
+                with engine_errors():
+                    return fence.run_workload(attach=not spec.detach)
+            except (NetfenceError, Interrupted) as exc:
+                ready.failed(exc)
+                if isinstance(exc, Interrupted):
+                    return exc.exit_code
+                raise
+            finally:
+                try:
+                    if fence is not None:
+                        fence.close()
+                except NetfenceError as exc:
+                    # Whatever could not be removed is still found by its labels.
+                    log.warning("%s: teardown incomplete (%s); `netfence stop %s "
+                                "--runtime docker` retries it", spec.name, exc, spec.name)
+                finally:
+                    shutil.rmtree(state_dir, ignore_errors=True)
+
+    # -- ps, stop, logs ---------------------------------------------------------------
+
+    def list(self) -> list[state.WorkloadState]:
+        client = connect()
+        with engine_errors("listing workloads"):
+            found = client.containers.list(
+                filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_ROLE}=workload"]})
+        out: list[state.WorkloadState] = []
+        for container in found:
+            labels = container.labels
+            name = labels.get(LABEL_WORKLOAD, "")
+            record = state.load(name) if name else None
+            if record is not None and record.runtime == self.name:
+                out.append(record)
+                continue
+            out.append(state.WorkloadState(
+                name=name, runtime=self.name, proxy=labels.get(LABEL_PROXY, ""),
+                command=_json_list(labels.get(LABEL_COMMAND)), supervisor_pid=0,
+                supervisor_start="", started_at=_float(labels.get(LABEL_STARTED)),
+                state_dir=str(state.state_dir(name)),
+            ))
+        return sorted(out, key=lambda s: s.name)
+
+    def stop(self, name: str) -> None:
+        state.check_name(name)
+        record = state.load(name)
+        if record is not None and record.runtime != self.name:
+            record = None
+        client = connect()
+        owned = _owned(client, name)
+        if record is None and not owned:
+            raise NetfenceError(f"no docker workload named {name!r}",
+                                remedy="see `netfence ps --runtime docker`")
+        if record is not None and record.alive:
+            os.kill(record.supervisor_pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE + 20
+            while record.alive and time.monotonic() < deadline:
+                time.sleep(0.1)
+        teardown(client, name)
+        if record is not None or not state.load(name):
+            shutil.rmtree(state.state_dir(name), ignore_errors=True)
+
+    def decisions(self, name: str, follow: bool = False) -> Iterator[DecisionRecord]:
+        current = state.load(state.check_name(name))
+        if current is None or current.runtime != self.name:
+            raise NetfenceError(f"no docker workload named {name!r}",
+                                remedy="see `netfence ps --runtime docker`")
+        yield from read_decisions(current, follow)
+
+
+def _owned(client: DockerClient, name: str) -> list[Container]:
+    with engine_errors("listing containers"):
+        return client.containers.list(
+            all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_WORKLOAD}={name}"]})
+
+
+def teardown(client: DockerClient, name: str) -> None:
+    """Remove everything a workload owns, found by its labels; then the external network
+    if nothing else uses it."""
+    for container in _owned(client, name):
+        containers.remove(client, container.id or "")
+    with engine_errors("listing networks"):
+        owned = client.networks.list(
+            filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_WORKLOAD}={name}"]})
+    for network in owned:
+        networks.remove_network(client, network.name or "")
+    networks.remove_external_if_unused(client)
+
+
+def _json_list(text: str | None) -> list[str]:
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0

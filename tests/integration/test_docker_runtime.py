@@ -1,0 +1,429 @@
+"""`netfence run --runtime docker` end to end on a real Podman engine (its Docker API):
+real Envoy, Squid and dnsmasq in containers built from this host's binaries, a workload
+image built the same way, the simulated internet reached through Podman's NAT. Every case
+runs for both backends."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker.errors
+import pytest
+
+from netfence.runtimes import state
+from netfence.runtimes.docker.networks import (
+    EXTERNAL_NETWORK,
+    bridge_carrying,
+    internal_network_name,
+)
+from tests.support.fakenet import FakeNet
+from tests.support.fence import leftovers, netfence_argv, nothing_new
+from tests.support.ingress import ECHO_BODY, echo_server, get, get_when_up
+from tests.support.podman import TEST_PREFIX, WORKLOAD_CA, Engine
+
+pytestmark = pytest.mark.integration
+
+STATE_ROOT = state.STATE_ROOT
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(podman: Engine) -> Iterator[None]:
+    with nothing_new(lambda: [*leftovers(), *podman.managed()]):
+        yield
+
+
+def new_name() -> str:
+    return TEST_PREFIX + secrets.token_hex(4)
+
+
+def nf(engine: Engine, *args: str, input: bytes | None = None, timeout: float = 90,
+       **env: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(netfence_argv(*args), input=input, capture_output=True,
+                          timeout=timeout, env=engine.env(**env))
+
+
+def fenced(engine: Engine, proxy: str, net_args: list[str], *command: str,
+           allow: tuple[str, ...] = (), extra: tuple[str, ...] = (), name: str | None = None,
+           input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    args = ["run", "--proxy", proxy, *net_args, "--name", name or new_name(), *extra]
+    for host in allow:
+        args += ["--allow-host", host]
+    return nf(engine, *args, "--", engine.workload_image, *command, input=input)
+
+
+def script(engine: Engine, proxy: str, net_args: list[str], text: str,
+           allow: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> str:
+    """Run a shell script in the fenced workload; its stdout (stderr on failure)."""
+    done = fenced(engine, proxy, net_args, "sh", "-c", text, allow=allow, extra=extra)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.decode()
+
+
+def status_lines(*urls: str, flags: str = "") -> str:
+    """A script printing `URL STATUS BODY` per URL (curl through the proxy env)."""
+    return "".join(
+        f"printf '%s ' {u}; curl -sS -m 10 {flags} -w ' %{{http_code}}\\n' {u} | tr -d '\\n';"
+        " echo;" for u in urls)
+
+
+def parse_status(out: str) -> dict[str, str]:
+    """URL -> `STATUS body` from status_lines output."""
+    result: dict[str, str] = {}
+    for line in out.splitlines():
+        url, _, rest = line.partition(" ")
+        if url.startswith("http"):
+            body, _, code = rest.rpartition(" ")
+            result[url] = f"{code} {body}"
+    return result
+
+
+# --- the egress matrix --------------------------------------------------------------------
+
+
+class TestEgressMatrix:
+    def test_allowed_http_and_https(self, podman: Engine, proxy: str,
+                                    net_args: list[str]) -> None:
+        out = script(podman, proxy, net_args,
+                     "curl -sS -m 10 http://allowed.test/hello; "
+                     f"curl -sS -m 10 --cacert {WORKLOAD_CA} https://www.allowed.test/tls",
+                     allow=(".allowed.test",))
+        assert "fakenet ok host=allowed.test path=/hello" in out
+        assert "fakenet ok host=www.allowed.test path=/tls" in out
+
+    def test_not_allowlisted_gets_403_and_connect_is_refused(
+            self, podman: Engine, proxy: str, net_args: list[str]) -> None:
+        out = script(podman, proxy, net_args,
+                     status_lines("http://other.test/") +
+                     f"curl -sS -m 10 --cacert {WORKLOAD_CA} https://other.test/; "
+                     "echo connect_rc=$?", allow=("allowed.test",))
+        assert parse_status(out)["http://other.test/"].startswith("403 "), out
+        assert "not_allowlisted" in out
+        assert "fakenet ok" not in out and "connect_rc=0" not in out, out
+
+    def test_names_resolving_to_denied_addresses(self, podman: Engine, proxy: str,
+                                                 net_args: list[str]) -> None:
+        cases = {"hostaddr.test": "host_address", "loopback.test": "loopback_address",
+                 "metadata.test": "link_local_address", "private.test": "private_address"}
+        urls = [f"http://{host}/" for host in cases]
+        out = parse_status(script(podman, proxy, net_args, status_lines(*urls),
+                                  allow=tuple(cases)))
+        for host, reason in cases.items():
+            got = out[f"http://{host}/"]
+            assert got.startswith("403 ") and reason in got, (host, got)
+
+    def test_host_names_and_port_denied(self, podman: Engine, proxy: str,
+                                        net_args: list[str]) -> None:
+        urls = ("http://localhost/", "http://host.containers.internal/",
+                "http://host.docker.internal/")
+        # NO_PROXY exempts localhost; --noproxy "" sends it to the fence all the same.
+        out = parse_status(script(podman, proxy, net_args,
+                                  status_lines(*urls, flags="--noproxy ''") +
+                                  status_lines("http://allowed.test:8080/"),
+                                  extra=("--profile", "network")))
+        for url in urls:
+            assert out[url].startswith("403 ") and "denied_name" in out[url], (url, out)
+        assert "port_not_allowed" in out["http://allowed.test:8080/"], out
+
+    def test_gateways_and_host_addresses_denied(self, podman: Engine, proxy: str,
+                                                net_args: list[str], fakenet: FakeNet) -> None:
+        # A first workload keeps the external network up, so its gateway is known.
+        holder = new_name()
+        started = fenced(podman, proxy, net_args, "sleep", "60", name=holder,
+                         extra=("--detach",))
+        assert started.returncode == 0, started.stderr
+        try:
+            external = podman.client.networks.get(EXTERNAL_NETWORK)
+            ext_gateway = external.attrs["IPAM"]["Config"][0]["Gateway"]
+            # The workload's own internal gateway: the first address of its subnet (Podman
+            # gives each network a /24).
+            text = (
+                "gw=$(python3 -c \"import socket, ipaddress; a = socket.gethostbyname("
+                "socket.gethostname()); print(ipaddress.ip_interface(a + '/24').network[1])\");"
+                f" for u in http://$gw/ http://{ext_gateway}/ http://{fakenet.host_ip}/; do "
+                "printf '%s ' $u; curl -sS -m 10 -w ' %{http_code}' $u | tr -d '\\n'; echo;"
+                " done")
+            # Lift every private range: the gateways must be denied as host addresses.
+            extra = ("--allow-cidr", "10.0.0.0/8", "--allow-cidr", "172.16.0.0/12",
+                     "--allow-cidr", "192.168.0.0/16", "--profile", "network")
+            out = parse_status(script(podman, proxy, net_args, text, extra=extra))
+        finally:
+            nf(podman, "stop", holder)
+        assert len(out) == 3, out
+        for url, got in out.items():
+            assert got.startswith("403 ") and "host_address" in got, (url, got)
+
+    def test_direct_connections_fail(self, podman: Engine, proxy: str, net_args: list[str],
+                                     fakenet: FakeNet) -> None:
+        # A host service on every address: the workload must not reach it through the
+        # internal network's bridge (its host address is removed) nor any other way.
+        with socket.create_server(("0.0.0.0", 0)) as listener:
+            port = listener.getsockname()[1]
+            code = (
+                "import socket, ipaddress\n"
+                "me = socket.gethostbyname(socket.gethostname())\n"
+                "gw = str(ipaddress.ip_interface(me + '/24').network[1])\n"
+                f"for host, port in [('{fakenet.dns}', 80), (gw, {port}), (gw, 22)]:\n"
+                "    try:\n"
+                "        socket.create_connection((host, port), 3).close()\n"
+                "        print('CONNECTED', host, port)\n"
+                "    except OSError as e:\n"
+                "        print('refused', host, port, e.errno)\n")
+            out = script(podman, proxy, net_args, f"python3 -c \"{code}\"; "
+                         "curl -sS -m 5 --noproxy '*' http://allowed.test/; echo curl_rc=$?",
+                         allow=("allowed.test",))
+        assert out.count("refused") == 3, out
+        assert "CONNECTED" not in out and "fakenet ok" not in out, out
+        assert "curl_rc=0" not in out, out
+
+    def test_dns_answers_allowed_names_only(self, podman: Engine, proxy: str,
+                                            net_args: list[str], fakenet: FakeNet) -> None:
+        fakenet.clear_queries()
+        out = script(podman, proxy, net_args,
+                     "getent hosts allowed.test; echo rc=$?; getent hosts denied.test; "
+                     "echo rc=$?", allow=("allowed.test",))
+        assert "10.203.0.2" in out and "allowed.test" in out, out
+        assert out.strip().endswith("rc=2"), out
+        asked = {name.rstrip(".").lower() for name, _ in fakenet.queries()}
+        assert "denied.test" not in asked and "allowed.test" in asked, asked
+
+
+# --- ingress, stdio, lifecycle ------------------------------------------------------------
+
+
+def test_ingress_reaches_an_http_workload(podman: Engine, proxy: str,
+                                          net_args: list[str]) -> None:
+    proc = subprocess.Popen(
+        netfence_argv("run", "--proxy", proxy, *net_args, "--name", new_name(),
+                      "--transport", "streamable-http", "--target-port", "8000", "--",
+                      podman.workload_image, "python3", "-c", echo_server("0.0.0.0", 8000)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=podman.env())
+    try:
+        assert proc.stderr is not None
+        url = ""
+        deadline = time.monotonic() + 60
+        while not url and time.monotonic() < deadline:
+            line = proc.stderr.readline().decode()
+            if not line and proc.poll() is not None:
+                break
+            if "clients connect to " in line:
+                url = line.split("clients connect to ")[1].strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/mcp"), url
+        base = url.removesuffix("/mcp")
+        status, body = get_when_up(f"{base}/index.html", timeout=30)
+        assert status == 200 and body == ECHO_BODY, (status, body)
+        assert get(f"{base}/index.html", host="evil.example")[0] == 403
+        # Published on loopback only: not on the host's other addresses.
+        port = int(base.rsplit(":", 1)[1])
+        with socket.socket() as probe:
+            probe.settimeout(2)
+            assert probe.connect_ex(("10.203.0.1", port)) != 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+
+
+def test_stdio_passthrough_is_byte_exact(podman: Engine, proxy: str,
+                                         net_args: list[str]) -> None:
+    import os
+
+    data = os.urandom(1 << 20) + bytes(range(256))
+    done = fenced(podman, proxy, net_args, "cat", input=data)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data
+    # netfence's own words go to stderr only; the exit status is the workload's.
+    done = fenced(podman, proxy, net_args, "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (done.stdout, done.returncode) == (b"out\n", 7), done
+    assert b"err\n" in done.stderr
+
+
+def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) -> None:
+    name = new_name()
+    started = fenced(podman, proxy, net_args, "sh", "-c",
+                     "curl -s -m 5 http://allowed.test/ >/dev/null; "
+                     "curl -s -m 5 http://other.test/ >/dev/null; exec sleep 60",
+                     allow=("allowed.test",), name=name, extra=("--detach",))
+    assert started.returncode == 0, started.stderr
+    try:
+        listed = nf(podman, "ps", "--json").stdout.decode()
+        assert name in listed, listed
+        # Labels on everything it owns.
+        owned = podman.client.containers.list(
+            all=True, filters={"label": f"io.netfence.workload={name}"})
+        roles = {c.labels["io.netfence.role"] for c in owned}
+        assert roles == {"workload", "dns", "egress"}, roles
+        assert podman.client.networks.get(internal_network_name(name)).attrs["Labels"][
+            "io.netfence.workload"] == name
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline and "other.test" not in text:
+            text = nf(podman, "logs", name, "--json").stdout.decode()
+            time.sleep(0.3)
+        assert "allowed.test" in text and "other.test" in text, text
+        denied = nf(podman, "logs", name, "--denied", "--json").stdout.decode()
+        assert "other.test" in denied and "allowed.test" not in denied, denied
+    finally:
+        stopped = nf(podman, "stop", name)
+    assert stopped.returncode == 0, stopped.stderr
+    assert name not in nf(podman, "ps", "--json").stdout.decode()
+    assert not (STATE_ROOT / name).exists()
+
+
+def test_two_workloads_at_once(podman: Engine, proxy: str, net_args: list[str]) -> None:
+    names = [new_name(), new_name()]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(fenced, podman, proxy, net_args, "curl", "-sS", "-m", "10",
+                            f"http://allowed.test/{n}", allow=("allowed.test",), name=n)
+                for n in names]
+        results = [r.result(timeout=120) for r in runs]
+    for name, done in zip(names, results, strict=True):
+        assert done.returncode == 0, done.stderr
+        assert f"path=/{name}".encode() in done.stdout, done.stdout
+    if not podman.managed():  # the last one out removed the shared network
+        with pytest.raises(docker.errors.NotFound):
+            podman.client.networks.get(EXTERNAL_NETWORK)
+
+
+def _link_address(ifname: str) -> str:
+    return Path(f"/sys/class/net/{ifname}/address").read_text().strip()
+
+
+def test_a_port_joining_the_external_bridge_does_not_stall_egress(
+        podman: Engine, proxy: str, net_args: list[str]) -> None:
+    """A Linux bridge takes its lowest port's hardware address unless one was set: another
+    workload's fence joining the shared external network would change it under a running
+    egress proxy, whose cached gateway entry then points nowhere for up to a minute."""
+    name = new_name()
+    started = fenced(podman, proxy, net_args, "sleep", "60", name=name,
+                     allow=("allowed.test",), extra=("--detach",))
+    assert started.returncode == 0, started.stderr
+    port = f"nfp{secrets.token_hex(4)}"  # our own veth pair, removed below
+    try:
+        workload = podman.client.containers.get(name)
+
+        def fetch(path: str) -> str:
+            code, out = workload.exec_run(
+                ["curl", "-sS", "-m", "5", f"http://allowed.test/{path}"])
+            return f"{code} {out.decode(errors='replace')}"
+
+        # The egress proxy has dialed out through the gateway: its ARP entry is fresh.
+        assert "fakenet ok" in fetch("before"), fetch("before")
+        gateway = podman.client.networks.get(EXTERNAL_NETWORK).attrs["IPAM"]["Config"][0][
+            "Gateway"]
+        links = subprocess.run(["ip", "-json", "address", "show"], capture_output=True,
+                               text=True, check=True).stdout
+        bridge = bridge_carrying(gateway, json.loads(links))
+        assert bridge is not None, links
+        before = _link_address(bridge)
+        # The lowest unicast address a port can have: a bridge that follows its ports takes it.
+        subprocess.run(["ip", "link", "add", port, "address", "02:00:00:00:00:01", "type",
+                        "veth", "peer", "name", f"{port}p"], check=True)
+        subprocess.run(["ip", "link", "set", port, "master", bridge, "up"], check=True)
+        subprocess.run(["ip", "link", "set", f"{port}p", "up"], check=True)
+        assert _link_address(bridge) == before
+        after = fetch("after")
+        assert "fakenet ok host=allowed.test path=/after" in after, after
+    finally:
+        subprocess.run(["ip", "link", "delete", port], capture_output=True)
+        nf(podman, "stop", name)
+
+
+# --- errors: one line, exit status 2 ------------------------------------------------------
+
+
+def _one_line_error(done: subprocess.CompletedProcess[bytes]) -> str:
+    err = done.stderr.decode().strip()
+    assert done.returncode == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_no_engine_is_a_clear_error(podman: Engine, tmp_path: Path, net_args: list[str]) -> None:
+    done = nf(podman, "run", *net_args, "--name", new_name(), "--", podman.workload_image,
+              "true", DOCKER_HOST=f"unix://{tmp_path}/no-such.sock")
+    assert "no container engine answers" in _one_line_error(done)
+
+
+def test_missing_image_is_a_clear_error(podman: Engine, net_args: list[str]) -> None:
+    image = "localhost/netfence-test/no-such-image:1"
+    done = nf(podman, "run", *net_args, "--name", new_name(), "--", image, "true")
+    assert image in _one_line_error(done)
+    done = nf(podman, "run", *net_args, "--name", new_name(), "--", podman.workload_image,
+              "true", NETFENCE_DNS_IMAGE=image)
+    err = _one_line_error(done)
+    assert image in err and "netfence images build" in err
+
+
+def test_taken_name_is_a_clear_error(podman: Engine, net_args: list[str]) -> None:
+    name = new_name()
+    started = nf(podman, "run", *net_args, "--name", name, "--detach", "--",
+                 podman.workload_image, "sleep", "60")
+    assert started.returncode == 0, started.stderr
+    try:
+        again = nf(podman, "run", *net_args, "--name", name, "--", podman.workload_image,
+                   "true")
+        assert name in _one_line_error(again)
+        # A container of that name made outside netfence: the engine's name is taken too.
+        other = new_name()
+        podman.client.containers.create(podman.workload_image, ["true"], name=other)
+        try:
+            taken = nf(podman, "run", *net_args, "--name", other, "--",
+                       podman.workload_image, "true")
+            assert other in _one_line_error(taken)
+        finally:
+            podman.client.containers.get(other).remove(force=True)
+    finally:
+        nf(podman, "stop", name)
+
+
+def test_sigterm_reaches_the_workload_then_teardown(podman: Engine, proxy: str,
+                                                    net_args: list[str]) -> None:
+    code = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (print('got TERM', flush=True),"
+            " sys.exit(3)))\nprint('ready', flush=True)\ntime.sleep(60)")
+    proc = subprocess.Popen(
+        netfence_argv("run", "--proxy", proxy, *net_args, "--name", new_name(), "--",
+                      podman.workload_image, "python3", "-c", code),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=podman.env())
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"got TERM" in out
+    assert proc.returncode == 3
+
+
+def test_stop_cleans_up_after_a_killed_supervisor(podman: Engine, net_args: list[str]) -> None:
+    name = new_name()
+    started = nf(podman, "run", *net_args, "--name", name, "--detach", "--",
+                 podman.workload_image, "sleep", "60")
+    assert started.returncode == 0, started.stderr
+    try:
+        [record] = [r for r in json.loads(nf(podman, "ps", "--json").stdout)
+                    if r["name"] == name]
+        os.kill(record["supervisor_pid"], signal.SIGKILL)  # the supervisor this test started
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{record['supervisor_pid']}").exists() and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        # Its containers outlive it; ps still shows the workload, stop finds it by labels.
+        assert name in nf(podman, "ps", "--json").stdout.decode()
+    finally:
+        stopped = nf(podman, "stop", name)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not podman.client.containers.list(
+        all=True, filters={"label": f"io.netfence.workload={name}"})
