@@ -8,40 +8,16 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from netfence.runtimes import state
 from tests.support.fakenet import FakeNet
-from tests.support.fence import leftovers, netfence, netfence_argv
+from tests.support.fence import netfence, netfence_argv
+from tests.support.ingress import ECHO_BODY, echo_server, get, get_when_up
 
-pytestmark = pytest.mark.integration
-
-BACKENDS = ("envoy", "squid")
-
-
-@pytest.fixture(params=BACKENDS)
-def proxy(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_behind() -> Iterator[None]:
-    # Compared with what existed before, so another fence running on the machine (a
-    # developer's own) is not blamed on this test.
-    before = set(leftovers())
-    yield
-    deadline = time.monotonic() + 5
-    while (new := set(leftovers()) - before) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert new == set(), f"left behind: {sorted(new)}"
-
-
-@pytest.fixture
-def net_args(fakenet: FakeNet) -> list[str]:
-    return ["--dns-upstream", fakenet.dns, "--allow-cidr", fakenet.cidr]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("nothing_left_behind")]
 
 
 def fenced(proxy: str, net_args: list[str], *command: str, allow: tuple[str, ...] = (),
@@ -150,7 +126,8 @@ class TestEgressMatrix:
         out = done.stdout.decode()
         assert "10.203.0.2" in out and "allowed.test" in out, out + done.stderr.decode()
         assert out.strip().endswith("rc=2"), out
-        assert not any("denied.test" in q for q in map(str, fakenet.queries()))
+        asked = {name.rstrip(".").lower() for name, _ in fakenet.queries()}
+        assert "denied.test" not in asked and "allowed.test" in asked, asked
 
 
 class TestContainment:
@@ -251,6 +228,39 @@ class TestProcessContract:
         assert b"got TERM" in out, (proc.returncode, out, err)
         assert proc.returncode == 3
 
+    def test_a_supervisor_killed_outright_is_cleaned_up_by_the_next_command(
+            self, proxy: str, net_args: list[str]) -> None:
+        # SIGKILL allows no teardown. dnsmasq dropped its privileges (which clears the
+        # parent-death signal) and the sandbox has none: they outlive the supervisor until
+        # the next netfence command finds its record and stops them.
+        name = f"nf-killed-{proxy}"
+        expected = 4  # the proxy and dnsmasq (stdio: no ingress), then bwrap and its init
+        proc = subprocess.Popen(netfence_argv("run", "--proxy", proxy, *net_args, "--name",
+                                              name, "--", "sleep", "60"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 20
+            record = state.load(name)
+            while (record is None or len(record.processes) < expected) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+                record = state.load(name)
+            assert record is not None and len(record.processes) == expected, record
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+        owned = [(int(pid), str(start)) for pid, start in record.processes]
+        survivors = [pid for pid, start in owned if state.process_start_time(pid) == start]
+        assert survivors, "nothing outlived the supervisor: this test would prove nothing"
+        assert netfence("ps").returncode == 0
+        deadline = time.monotonic() + 5
+        while any(state.process_start_time(p) == s for p, s in owned) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p, s in owned if state.process_start_time(p) == s]
+        assert not state.state_dir(name).exists()
+        assert not Path(f"/run/netns/netfence-{name}").exists()
+
     @pytest.mark.parametrize("delay", [0.1, 0.25, 0.4])
     def test_sigterm_while_the_fence_starts_tears_everything_down(
             self, proxy: str, net_args: list[str], delay: float) -> None:
@@ -276,43 +286,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(url: str, host: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def test_ingress_reaches_an_http_server_inside(proxy: str, net_args: list[str]) -> None:
     port = _free_port()
-    server = ("import http.server as h\n"
-              "class H(h.BaseHTTPRequestHandler):\n"
-              " def do_GET(self):\n"
-              "  body = b'inside the fence ' + self.path.encode() + b'\\n'\n"
-              "  self.send_response(200); self.send_header('Content-Length', str(len(body)))\n"
-              "  self.end_headers(); self.wfile.write(body)\n"
-              "h.HTTPServer(('127.0.0.1', 8000), H).serve_forever()\n")
+    server = echo_server("127.0.0.1", 8000)
     proc = subprocess.Popen(
         netfence_argv("run", "--proxy", proxy, *net_args, "--transport", "streamable-http",
                       "--target-port", "8000", "--port", str(port), "--", "python3", "-c",
                       server),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        status, body = 0, b""
-        while time.monotonic() < deadline:
-            try:
-                status, body = _get(f"http://127.0.0.1:{port}/index.html")
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        assert status == 200 and body == b"inside the fence /index.html\n", (status, body)
-        status, _ = _get(f"http://127.0.0.1:{port}/index.html", host="evil.example")
+        status, body = get_when_up(f"http://127.0.0.1:{port}/index.html", timeout=20)
+        assert status == 200 and body == ECHO_BODY, (status, body)
+        status, _ = get(f"http://127.0.0.1:{port}/index.html", host="evil.example")
         assert status == 403
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -339,6 +324,11 @@ def test_detach_ps_logs_stop(proxy: str, net_args: list[str]) -> None:
         assert "allowed.test" in text and "other.test" in text, text
         denied = netfence("logs", name, "--denied", "--json").stdout.decode()
         assert "other.test" in denied and "allowed.test" not in denied, denied
+        # The text form names the reason and the remedy on the denial's line.
+        (line,) = netfence("logs", name, "--denied").stdout.decode().splitlines()
+        assert "deny" in line and "other.test:80" in line and "not_allowlisted" in line, line
+        assert line.endswith("to allow: add it to network.outbound.allow_host or pass "
+                             "--allow-host other.test"), line
     finally:
         stopped = netfence("stop", name)
     assert stopped.returncode == 0, stopped.stderr

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 STATE_ROOT = Path("/run/netfence")
@@ -35,6 +38,20 @@ def leftovers() -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if str(STATE_ROOT) + "/" in cmdline and int(proc.name) != os.getpid():
+        # A proxy's config path, or the sandbox's `--tmpfs /run/netfence`.
+        if str(STATE_ROOT) in cmdline and int(proc.name) != os.getpid():
             found.append(f"process {proc.name}: {cmdline[:120]}")
     return found
+
+
+@contextmanager
+def nothing_new(found: Callable[[], Iterable[str]], grace: float = 10) -> Iterator[None]:
+    """Fail if `found()` lists, after the block, what it did not list before it. Compared
+    with before, so a developer's own fence is not blamed on a test; what is still being
+    torn down gets `grace` seconds."""
+    before = set(found())
+    yield
+    deadline = time.monotonic() + grace
+    while (new := set(found()) - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert new == set(), f"left behind: {sorted(new)}"

@@ -65,10 +65,24 @@ def _netns() -> Check:
                  None if ok else "a Linux kernel with CONFIG_NET_NS")
 
 
+def _resolver() -> Check:
+    from netfence.errors import NetfenceError
+    from netfence.runtimes.resolver import RESOLV_CONF, host_resolver
+
+    try:
+        found = host_resolver()
+    except NetfenceError:
+        return Check("resolver", False, f"no nameserver in {RESOLV_CONF}",
+                     "pass --dns-upstream IP to netfence run (the resolver the fence uses)")
+    return Check("resolver", True, f"{found} (from {RESOLV_CONF}; --dns-upstream overrides)")
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
     _root,
     _netns,
     _userns,
+    _resolver,
+    lambda: _binary("iproute2", ["ip", "-V"], "apt-get install iproute2"),
     _envoy,
     lambda: _binary("squid", ["squid", "-v"], "apt-get install squid"),
     lambda: _binary("dnsmasq", ["dnsmasq", "--version"], "apt-get install dnsmasq-base"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 import tempfile
 import time
@@ -11,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from netfence import __version__
 from netfence.backends import SUPPORTED, Endpoint, Placement, get_backend, write_setup
 from netfence.backends.dnsmasq import dns_setup
 from netfence.cli import output
 from netfence.cli.doctor import doctor_checks
+from netfence.cli.images import images as images_group
+from netfence.cli.mcp_config import mcp_config
 from netfence.errors import NetfenceError, UsageError
 from netfence.policy import compile_policy
 from netfence.profile import Profile, load_profile, with_overrides
@@ -62,7 +64,9 @@ def cli(verbose: bool) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @_proxy_option
-@click.option("--runtime", default=None, help="namespace (env NETFENCE_RUNTIME; default).")
+@click.option("--runtime", default=None,
+              help="namespace (default) | docker: COMMAND is then IMAGE [ARGS...] "
+                   "(env NETFENCE_RUNTIME).")
 @_profile_options
 @click.option("--dns-upstream", default=None, help="Resolver the fence uses: IP[:PORT].")
 @click.option("--transport", type=click.Choice(["stdio", "sse", "streamable-http"]),
@@ -77,11 +81,16 @@ def cli(verbose: bool) -> None:
 @click.option("--user", default=None, help="User the workload runs as (default: sudo caller, "
               "else nobody).")
 @click.option("--detach", is_flag=True, help="Run in the background; see ps, logs, stop.")
+@click.option("--learn", "learn", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, metavar="FILE",
+              help="Let every public destination through (loopback, private, link-local "
+                   "and the host stay denied) and at exit write to FILE a profile allowing "
+                   "exactly what was used.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(proxy: str | None, runtime: str | None, profile_ref: str, allow_host: tuple[str, ...],
         allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], dns_upstream: str | None,
         transport: str, target_port: int | None, port: int | None, name: str | None,
-        env_pairs: tuple[str, ...], user: str | None, detach: bool,
+        env_pairs: tuple[str, ...], user: str | None, detach: bool, learn: Path | None,
         command: tuple[str, ...]) -> None:
     """Run COMMAND behind the fence: netfence run [OPTIONS] -- COMMAND [ARGS...]"""
     backend = get_backend(proxy)  # an unknown value fails before anything is created
@@ -102,8 +111,11 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str, allow_host: tu
         proxy=backend.name, transport=transport,  # type: ignore[arg-type]
         target_port=target_port, port=port, env=env,
         dns_upstream=parse_endpoint(dns_upstream) if dns_upstream else None,
-        user=user, detach=detach,
+        user=user, detach=detach, learn=learn.absolute() if learn else None,
     )
+    if learn is not None and chosen_runtime.name != "namespace":
+        raise UsageError("--learn needs the namespace runtime")
+    chosen_runtime.progress = output.progress  # stderr only: stdout is the workload's
     code = chosen_runtime.run(spec)
     if detach:
         output.err.print(f"netfence: started {spec.name}", markup=False)
@@ -119,10 +131,24 @@ def ps(as_json: bool, runtime: str | None) -> None:
     if as_json:
         output.print_json([dataclasses.asdict(s) for s in states])
         return
-    table = Table("NAME", "RUNTIME", "PROXY", "UPTIME", "URL", "COMMAND", box=None)
-    for s in states:
-        table.add_row(s.name, s.runtime, s.proxy, f"{time.time() - s.started_at:.0f}s",
-                      s.url or "-", " ".join(s.command))
+    if not states:
+        output.err.print("netfence: no workloads running", markup=False)
+        return
+    headers = ("NAME", "RUNTIME", "PROXY", "UPTIME", "URL")
+    rows = [(s.name, s.runtime, s.proxy, output.duration(time.time() - s.started_at),
+             s.url or "-", " ".join(shlex.join(s.command).split())) for s in states]
+    widths = [max(len(header), *(len(r[i]) for r in rows)) for i, header in enumerate(headers)]
+    from rich.table import Table  # here, not at the top: every `run` would pay for it
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for header, width in zip(headers, widths, strict=True):
+        table.add_column(header, no_wrap=True, min_width=width)  # whole, never cut
+    # One line per workload: a long command is cut to what is left of the line, not
+    # wrapped (--json has all of it).
+    left = output.out.width - sum(widths) - 2 * len(headers)
+    table.add_column("COMMAND", no_wrap=True, overflow="ellipsis", max_width=max(10, left))
+    for row in rows:
+        table.add_row(*row)
     output.out.print(table)
 
 
@@ -147,12 +173,15 @@ def logs(name: str, follow: bool, denied: bool, as_json: bool, runtime: str | No
         if denied and record.allowed:
             continue
         if as_json:
-            output.print_json({"workload": name, **dataclasses.asdict(record)})
+            output.print_json(record.log_entry(name))
         else:
             verdict = "allow" if record.allowed else "deny "
+            reason = f"{record.reason} {record.address}" if record.address else record.reason
+            remedy = f"; to allow: {record.remedy}" if record.remedy else ""
             output.out.print(
                 f"{record.time} {verdict} {record.method} {record.host}:{record.port} "
-                f"{record.status} {record.reason}", markup=False)
+                f"{record.status} {reason} up={record.bytes_up} "
+                f"down={record.bytes_down} {record.duration_ms}ms{remedy}", markup=False)
 
 
 def _split_target(target: str) -> tuple[str, int]:
@@ -236,7 +265,13 @@ def doctor() -> None:
             failed = True
             if check_result.remedy:
                 output.err.print(f"        fix: {check_result.remedy}", markup=False)
+    output.err.print("netfence: some checks failed; apply the fixes above" if failed
+                     else "netfence: ready to run", markup=False)
     sys.exit(1 if failed else 0)
+
+
+cli.add_command(images_group)
+cli.add_command(mcp_config)
 
 
 def main() -> None:

@@ -15,8 +15,38 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
+class Progress:
+    """The step a starting fence is at, as one line rewritten in place on a terminal's
+    stderr, erased when the fence is up. Nothing when stderr is not a terminal (an MCP
+    client's log file): -v logs the steps there. No thread (a spinner's would not survive
+    the runtime's fork when it detaches), so the line changes only with the step.
+    """
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(self, step: str | None) -> None:
+        if step is None:
+            self.clear()
+        elif err.is_terminal:
+            label = "netfence:" if err.no_color else "\x1b[2mnetfence:\x1b[0m"
+            err.file.write(f"\r\x1b[2K{label} {step}...")
+            err.file.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            err.file.write("\r\x1b[2K")
+            err.file.flush()
+            self.shown = False
+
+
+progress = Progress()
+
+
 class _StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
+        progress.clear()
         err.print(f"[dim]netfence:[/dim] {record.getMessage()}", markup=True)
 
 
@@ -28,7 +58,21 @@ def setup_logging(verbose: bool) -> None:
 
 
 def error(message: str) -> None:
+    progress.clear()
     err.print(f"netfence: error: {message}", markup=False)
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: 42s, 3m05s, 2h07m, 3d04h."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def print_json(data: Any) -> None:

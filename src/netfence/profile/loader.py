@@ -8,7 +8,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from netfence.errors import ProfileError
@@ -76,6 +75,8 @@ def load_profile(ref: str) -> Profile:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{ref}: cannot read profile: {exc}") from None
+    import yaml  # only for a profile file: start-up with a built-in profile is measured
+
     try:
         # YAML is a superset of JSON, but JSON errors read better from the JSON parser.
         data: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

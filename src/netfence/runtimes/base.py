@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from netfence.backends import DecisionRecord, Endpoint
+from netfence.backends import DecisionRecord, Endpoint, get_backend
 from netfence.errors import UsageError
 from netfence.profile import Profile
 from netfence.runtimes.state import WorkloadState
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 ENV_VAR = "NETFENCE_RUNTIME"
-SUPPORTED = ("namespace",)
+SUPPORTED = ("namespace", "docker")
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,23 @@ class WorkloadSpec:
     dns_upstream: Endpoint | None = None
     user: str | None = None
     detach: bool = False
+    # Learn mode: let every public destination through and, at exit, write a profile
+    # allowing exactly what was used to this file (namespace runtime).
+    learn: Path | None = None
+
+
+# Told each step while a fence starts, then None once the workload is about to start (or
+# the start failed). The CLI shows it on stderr; a runtime imports no terminal library.
+ProgressHook = Callable[[str | None], None]
 
 
 class Runtime(abc.ABC):
     name: str
+    progress: ProgressHook | None = None
+
+    def report(self, step: str | None) -> None:
+        if self.progress is not None:
+            self.progress(step)
 
     @abc.abstractmethod
     def run(self, spec: WorkloadSpec) -> int:
@@ -53,11 +69,36 @@ class Runtime(abc.ABC):
         """The fence's decision log for a workload."""
 
 
+def read_decisions(workload: WorkloadState, follow: bool) -> Iterator[DecisionRecord]:
+    """A workload's decision records, oldest first; with `follow`, then new ones as the
+    proxies write them, until the workload ends."""
+    backend = get_backend(workload.proxy)
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(p, errors="replace"))
+                   for p in workload.decision_logs if Path(p).exists()]
+        while True:
+            got = False
+            for fh in handles:
+                for line in fh:
+                    record = backend.parse_decision(line)
+                    if record is not None:
+                        got = True
+                        yield record
+            if not follow or not workload.alive:
+                return
+            if not got:
+                time.sleep(0.2)
+
+
 def get_runtime(name: str | None = None) -> Runtime:
     chosen = name if name is not None else os.environ.get(ENV_VAR) or "namespace"
     if chosen.strip().lower() == "namespace":
         from netfence.runtimes.namespace import NamespaceRuntime
 
         return NamespaceRuntime()
+    if chosen.strip().lower() == "docker":
+        from netfence.runtimes.docker import DockerRuntime
+
+        return DockerRuntime()
     source = "--runtime" if name is not None else ENV_VAR
     raise UsageError(f"unknown runtime {chosen!r} ({source}); supported: {', '.join(SUPPORTED)}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,10 +47,26 @@ class WorkloadState:
     url: str | None = None
     decision_logs: list[str] = field(default_factory=list)
     workload_log: str | None = None
+    # [pid, start time] of every process the supervisor started (proxies, dnsmasq, the
+    # sandbox's init), recorded as each starts: if the supervisor is killed outright, the
+    # next netfence command stops them. Not all die with it: dnsmasq drops its privileges,
+    # which clears the parent-death signal.
+    processes: list[list[int | str]] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
         return process_start_time(self.supervisor_pid) == self.supervisor_start
+
+    def own(self, pid: int) -> None:
+        """Record a process the supervisor started (the caller saves the record)."""
+        self.processes.append([pid, process_start_time(pid) or ""])
+
+    def kill_orphans(self) -> None:
+        """SIGKILL the recorded processes that still run (same PID and start time)."""
+        for pid, started in self.processes:
+            if isinstance(pid, int) and started and process_start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def process_start_time(pid: int) -> str | None:

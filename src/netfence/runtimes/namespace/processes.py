@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from netfence.backends import Endpoint, ProcessSpec
@@ -56,11 +57,14 @@ def tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:])
 
 
-def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """Until every ready endpoint accepts connections; a process that exits is an error."""
+def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes],
+               check: Callable[[], None] = lambda: None, timeout: float = 15.0) -> None:
+    """Until every ready endpoint accepts connections; a process that exits is an error.
+    `check` runs each round: it raises to give up (a stop signal came)."""
     deadline = time.monotonic() + timeout
     pending = list(spec.ready)
     while pending:
+        check()
         if proc.poll() is not None:
             raise NetfenceError(
                 f"{spec.name} exited with status {proc.returncode} while starting: "
@@ -71,7 +75,7 @@ def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes], timeout: float 
             raise NetfenceError(f"{spec.name} did not start listening on "
                                 f"{', '.join(map(str, pending))} within {timeout:.0f} s")
         if pending:
-            time.sleep(0.02)
+            time.sleep(0.005)  # each round is a few syscalls; waiting longer costs every run
 
 
 def stop_all(started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]],

@@ -9,14 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 from netfence.backends import (
     DecisionRecord,
@@ -31,11 +30,15 @@ from netfence.backends import (
 from netfence.backends.dnsmasq import dns_setup
 from netfence.errors import NetfenceError, PrivilegeError
 from netfence.policy import compile_policy
+from netfence.policy.learn import Used, learned_profile, summary
+from netfence.profile import Profile
 from netfence.runtimes import state
-from netfence.runtimes.base import Runtime, WorkloadSpec
+from netfence.runtimes.base import ProgressHook, Runtime, WorkloadSpec, read_decisions
+from netfence.runtimes.detach import Readiness, detach, redirect_own_stdio
 from netfence.runtimes.namespace import netns, processes, sandbox
 from netfence.runtimes.namespace.relay import Relays
 from netfence.runtimes.resolver import host_resolver
+from netfence.runtimes.signals import Interrupted, StopSignals
 
 log = logging.getLogger("netfence")
 
@@ -43,13 +46,9 @@ EGRESS_PORT = 3128
 DNS_PORT = 53
 LOOPBACK = "127.0.0.1"
 STOP_GRACE = 10.0
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # A minimal environment: the host's variables (tokens, cloud keys) stay out of the fence.
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ")
-
-
-class Interrupted(Exception):
-    """A stop signal arrived before the workload started."""
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def require_root() -> None:
@@ -71,19 +70,26 @@ def _url(spec: WorkloadSpec, port: int) -> str:
 class Fence:
     """One workload's fence; every step registers its own undo on `self.undo`."""
 
-    def __init__(self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path) -> None:
+    def __init__(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
+                 signals: StopSignals, report: ProgressHook | None = None) -> None:
         self.spec = spec
+        self.record = record
+        self.signals = signals
+        self.report: ProgressHook = report or (lambda _step: None)
         self.backend = backend
-        self.state_dir = state_dir
+        self.state_dir = Path(record.state_dir)
         self.undo = contextlib.ExitStack()
         self.url: str | None = None
         self.setup = ProxySetup(files=(), processes=())
 
     def start(self) -> None:
         spec = self.spec
+        self.report("creating the network namespace")
         nsfile = netns.create(ns_name(spec.name))
         self.undo.callback(netns.remove, ns_name(spec.name))
-        policy = compile_policy(spec.profile, netns.host_addresses())
+        self.signals.check()
+        policy = compile_policy(spec.profile, netns.host_addresses(),
+                                learn=spec.learn is not None)
         relays = Relays()
         self.undo.callback(relays.close)
 
@@ -121,16 +127,20 @@ class Fence:
         started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
         self.undo.callback(processes.stop_all, started)
         for proc_spec in self.setup.processes:
+            self.signals.check()
             log.info("starting %s", proc_spec.name)
+            self.report(f"starting {proc_spec.name}")
             started.append((proc_spec, processes.start(proc_spec)))
+            self._own(started[-1][1].pid)
         # Relay threads start only after the last fork with a preexec hook.
         relays.start()
         for proc_spec, proc in started:
-            processes.wait_ready(proc_spec, proc)
+            self.report(f"waiting for {proc_spec.name}")
+            processes.wait_ready(proc_spec, proc, self.signals.check)
 
     def workload_env(self, user: sandbox.SandboxUser) -> dict[str, str]:
         env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.setdefault("PATH", DEFAULT_PATH)
         env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
         env.update(self.spec.env)
         env.update(self.setup.env)
@@ -147,24 +157,24 @@ class Fence:
             netns.netns_path(ns_name(spec.name)), user, spec.command, resolv_r, info_w,
             hidden=(state.STATE_ROOT, netns.NETNS_DIR),
         )
-        # Forward stop signals from before the sandbox exists: one that arrives while it
-        # starts is delivered as soon as the workload's PID is known, never lost.
-        forwarder = _Forwarder()
-        previous = {s: signal.signal(s, forwarder) for s in _FORWARDED}
-        try:
-            proc = subprocess.Popen(
-                argv, env=self.workload_env(user), pass_fds=(resolv_r, info_w),
-                stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], process_group=0,
-            )
-            os.close(resolv_r)
-            os.close(info_w)
-            init_pid = sandbox.read_child_pid(info_r)
-            os.close(info_r)
-            forwarder.attach(proc, init_pid)
-            return forwarder.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        self.signals.check()
+        # A signal that arrives from here on waits in the queue until the forwarder
+        # passes it to the workload.
+        proc = subprocess.Popen(
+            argv, env=self.workload_env(user), pass_fds=(resolv_r, info_w),
+            stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], process_group=0,
+        )
+        os.close(resolv_r)
+        os.close(info_w)
+        init_pid = sandbox.read_child_pid(info_r)
+        os.close(info_r)
+        self._own(proc.pid, *([init_pid] if init_pid else []))
+        return _Forwarder(proc, init_pid, self.signals).wait()
+
+    def _own(self, *pids: int) -> None:
+        for pid in pids:
+            self.record.own(pid)
+        state.save(self.record)
 
     def close(self) -> None:
         self.undo.close()
@@ -178,59 +188,60 @@ def _free_port() -> int:
 
 
 class _Forwarder:
-    """A signal handler passing stop signals to the command; kills the sandbox when the
-    command is gone, already being stopped, or still running after the grace."""
+    """Passes stop signals to the command; kills the sandbox when the command is gone or
+    not yet started, already being stopped, or still running after the grace."""
 
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.init_pid: int | None = None
-        self.pending: list[int] = []
+    def __init__(self, proc: subprocess.Popen[bytes], init_pid: int | None,
+                 signals: StopSignals) -> None:
+        self.proc = proc
+        self.init_pid = init_pid
+        self.init_fd = sandbox.open_init(init_pid, proc.pid)
+        # Readable the moment the sandbox exits: no polling delay added to every run.
+        self.exit_fd = os.pidfd_open(proc.pid)
+        self.signals = signals
         self.deadline: float | None = None
+        self.killed_for: int | None = None
 
-    def __call__(self, signum: int, _frame: FrameType | None) -> None:
-        if self.proc is None:
-            self.pending.append(signum)
-        else:
-            self._deliver(self.proc, signum)
-
-    def _deliver(self, proc: subprocess.Popen[bytes], signum: int) -> None:
+    def _deliver(self, signum: int) -> None:
         targets = sandbox.workload_pids(self.init_pid) if self.init_pid else []
         for pid in targets:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
         if not targets or self.deadline is not None:
-            _kill(proc)
+            self.killed_for = self.killed_for or signum
+            self._kill()
         if self.deadline is None:
             self.deadline = time.monotonic() + STOP_GRACE
 
-    def attach(self, proc: subprocess.Popen[bytes], init_pid: int | None) -> None:
-        self.init_pid = init_pid
-        self.proc = proc
-        for signum in self.pending:
-            self._deliver(proc, signum)
+    def _kill(self) -> None:
+        # The init first: bwrap's --die-with-parent is not armed yet in a sandbox that is
+        # still starting, and whatever survived would keep our stdout open.
+        if self.init_fd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.init_fd, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
 
     def wait(self) -> int:
         """The sandbox's exit status, shell-style (128 + N for a signal)."""
-        assert self.proc is not None
-        while True:
-            try:
-                code = self.proc.wait(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
+        try:
+            while True:
+                # A signal from before the sandbox existed is delivered on the first round.
+                for signum in self.signals.take():
+                    self._deliver(signum)
+                exited, _, _ = select.select([self.exit_fd], [], [], 0.1)
+                if exited:
+                    code = self.proc.wait()
+                    break
                 if self.deadline is not None and time.monotonic() > self.deadline:
-                    _kill(self.proc)
+                    self._kill()
+        finally:
+            os.close(self.exit_fd)
+            if self.init_fd is not None:
+                os.close(self.init_fd)
+        if code == -signal.SIGKILL and self.killed_for is not None:
+            return 128 + self.killed_for  # stopped on that signal's account
         return code if code >= 0 else 128 - code
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    # bwrap runs with --die-with-parent semantics for its init: killing the bwrap we
-    # started tears down the whole PID namespace.
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-
-
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
 
 
 class NamespaceRuntime(Runtime):
@@ -241,77 +252,70 @@ class NamespaceRuntime(Runtime):
         # Logs and sockets the proxies create in the state dir are for root only.
         os.umask(0o077)
         sandbox.bwrap_path()
-        sandbox.resolve_user(spec.user)  # a bad --user fails before anything is built
+        user = sandbox.resolve_user(spec.user)  # a bad --user fails before anything is built
+        path = spec.env.get("PATH") or os.environ.get("PATH") or DEFAULT_PATH
+        sandbox.check_command(spec.command[0], user, path)
         backend = get_backend(spec.proxy)
         state.check_name(spec.name)
         _reap_stale()
         state_dir = state.claim(spec.name)
         if spec.detach:
-            return self._detach(spec, backend, state_dir)
-        return self._supervise(spec, backend, state_dir, None)
-
-    def _detach(self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path) -> int:
-        ready_r, ready_w = os.pipe()
-        if os.fork() == 0:
-            os.close(ready_r)
-            os.setsid()
-            code = 1
-            try:
-                code = self._supervise(spec, backend, state_dir, ready_w)
-            finally:
-                os._exit(code)
-        os.close(ready_w)
-        with os.fdopen(ready_r, "rb") as fh:
-            message = fh.read().decode(errors="replace")
-        if not message.startswith("ok"):
-            raise NetfenceError(message or f"workload {spec.name} failed to start")
-        return 0
+            return detach(spec.name, lambda ready: self._supervise(spec, backend, state_dir, ready))
+        return self._supervise(spec, backend, state_dir, Readiness())
 
     def _supervise(
-        self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path, ready_fd: int | None
+        self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path, ready: Readiness
     ) -> int:
-        previous = {s: signal.signal(s, _raise_interrupted) for s in _FORWARDED}
-        fence = Fence(spec, backend, state_dir)
+        me = os.getpid()
+        # Saved before anything starts, so whatever this supervisor leaves if it is killed
+        # outright is found and removed by the next netfence command.
+        record = state.WorkloadState(
+            name=spec.name, runtime=self.name, proxy=backend.name, command=list(spec.command),
+            supervisor_pid=me, supervisor_start=state.process_start_time(me) or "",
+            started_at=time.time(), state_dir=str(state_dir))
+        state.save(record)
+        # From here to the end of the teardown a stop signal is only recorded: the start
+        # gives up at its next step, the workload gets it, the teardown is not cut short.
+        with StopSignals() as signals:
+            fence = Fence(spec, backend, record, signals, self.progress)
+            try:
+                stdio = self._start(spec, fence, detached=ready.detached)
+                ready.ok(fence.url)
+                return fence.run_workload(stdio)
+            except (NetfenceError, Interrupted) as exc:
+                ready.failed(exc)
+                if isinstance(exc, Interrupted):
+                    return exc.exit_code
+                raise
+            finally:
+                fence.close()
+                if spec.learn is not None and fence.setup.decision_logs:
+                    # After the proxies stopped (their logs are complete), before the state
+                    # dir (which holds the logs) goes.
+                    write_learned(spec.learn, spec.profile, backend, fence.setup.decision_logs)
+                _remove_tree(state_dir)
+
+    def _start(self, spec: WorkloadSpec, fence: Fence,
+               detached: bool) -> tuple[int, int, int]:
+        """Start the fence and record the workload; the workload's stdin, stdout, stderr."""
         stdio = (0, 1, 2)
-        log_path = state_dir / "workload.log"
+        log_path = fence.state_dir / "workload.log"
         try:
             fence.start()
-            if ready_fd is not None:
-                fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                stdio = (devnull, fd, fd)
-                _redirect_own_stdio(fd)
-            me = os.getpid()
-            state.save(state.WorkloadState(
-                name=spec.name, runtime=self.name, proxy=backend.name,
-                command=list(spec.command), supervisor_pid=me,
-                supervisor_start=state.process_start_time(me) or "", started_at=time.time(),
-                state_dir=str(state_dir), url=fence.url,
-                decision_logs=[str(p) for p in fence.setup.decision_logs],
-                workload_log=str(log_path) if ready_fd is not None else None,
-            ))
-            if fence.url:
-                log.warning("%s: clients connect to %s", spec.name, fence.url)
-            if ready_fd is not None:
-                os.write(ready_fd, f"ok {fence.url or ''}".encode())
-                os.close(ready_fd)
-                ready_fd = None
-            # Signal handling passes to run_workload's forwarder: no gap in which a
-            # SIGTERM would kill the supervisor before it tears the fence down.
-            return fence.run_workload(stdio)
-        except (NetfenceError, Interrupted) as exc:
-            if ready_fd is not None:
-                os.write(ready_fd, str(exc).encode())
-                os.close(ready_fd)
-            if isinstance(exc, Interrupted):
-                return 130
-            raise
         finally:
-            with _ignoring_signals():
-                fence.close()
-                _remove_tree(state_dir)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self.report(None)  # the progress display ends before any other output
+        if detached:
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            stdio = (devnull, fd, fd)
+            redirect_own_stdio(log_path)
+        fence.record.url = fence.url
+        fence.record.decision_logs = [str(p) for p in fence.setup.decision_logs]
+        fence.record.workload_log = str(log_path) if detached else None
+        state.save(fence.record)
+        if fence.url:
+            log.warning("%s: clients connect to %s", spec.name, fence.url)
+        return stdio
 
     def list(self) -> list[state.WorkloadState]:
         _reap_stale()
@@ -329,46 +333,44 @@ class NamespaceRuntime(Runtime):
                 time.sleep(0.05)
             if current.alive:
                 raise NetfenceError(f"{name} did not stop within the grace period")
+        current.kill_orphans()
         _cleanup(current.name)
 
     def decisions(self, name: str, follow: bool = False) -> Iterator[DecisionRecord]:
         current = state.load(state.check_name(name))
         if current is None:
             raise NetfenceError(f"no workload named {name!r}", remedy="see `netfence ps`")
-        backend = get_backend(current.proxy)
-        with contextlib.ExitStack() as stack:
-            handles = [stack.enter_context(open(p, errors="replace"))
-                       for p in current.decision_logs if Path(p).exists()]
-            while True:
-                got = False
-                for fh in handles:
-                    for line in fh:
-                        record = backend.parse_decision(line)
-                        if record is not None:
-                            got = True
-                            yield record
-                if not follow or not current.alive:
-                    return
-                if not got:
-                    time.sleep(0.2)
+        yield from read_decisions(current, follow)
 
 
-def _redirect_own_stdio(fd: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-
-
-@contextlib.contextmanager
-def _ignoring_signals() -> Iterator[None]:
-    # A second Ctrl-C must not interrupt the teardown half way.
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _FORWARDED}
+def write_learned(path: Path, profile: Profile, backend: NetworkProxy,
+                  logs: tuple[Path, ...]) -> None:
+    """Learn mode's result: a profile allowing what the workload used, from the decision
+    log. A failure is reported, never raised: the workload's exit status stands."""
+    used: list[Used] = []
+    for log_path in logs:
+        try:
+            lines = log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            record = backend.parse_decision(line)
+            if record is not None:
+                used.append(Used(record.host, record.port, record.allowed, record.reason))
     try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(learned_profile(profile, used))
+        os.chmod(path, 0o644)  # a profile is no secret; the umask here is 077
+        uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+        if uid and gid and uid.isdigit() and gid.isdigit():
+            os.chown(path, int(uid), int(gid))  # the caller's, not root's
+    except OSError as exc:
+        log.error("--learn: cannot write %s: %s", path, exc.strerror or exc)
+        return
+    through, denied = summary(used)
+    log.warning("learned %d destination(s) (%d request(s) denied); suggested "
+                "profile written to %s", through, denied, path)
 
 
 def _remove_tree(path: Path) -> None:
@@ -383,9 +385,10 @@ def _cleanup(name: str) -> None:
 
 
 def _reap_stale() -> None:
-    """Remove what a killed supervisor left (its proxies died with it: PDEATHSIG)."""
+    """Remove what a supervisor killed outright left behind."""
     if os.geteuid() != 0:
         return
     for record in state.all_states():
         if record.runtime == NamespaceRuntime.name and not record.alive:
+            record.kill_orphans()
             _cleanup(record.name)

@@ -40,6 +40,48 @@ def resolve_user(requested: str | None) -> SandboxUser:
     return SandboxUser(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir)
 
 
+def check_command(program: str, user: SandboxUser, path: str) -> None:
+    """Fail in one line, before the fence is built, when `program` will not start as
+    `user`: not on PATH, or behind a directory that user cannot enter (a virtualenv or a
+    pyenv under root's home, mode 0700). Decided by a child process holding the user's
+    credentials, so ACLs and groups count as they will in the sandbox."""
+    as_root = shutil.which(program, path=path)
+    real = os.path.realpath(as_root) if as_root else None
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        answer = b"?"
+        try:
+            os.close(read_fd)
+            os.setgroups(os.getgrouplist(user.name, user.gid))
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+            if shutil.which(program, path=path):  # execvp's search, as the user
+                answer = b"ok"
+            elif real is not None:
+                shut = [str(d) for d in (*reversed(Path(real).parents), Path(real))
+                        if not os.access(d, os.X_OK)]
+                answer = ("closed:" + (shut[0] if shut else real)).encode()
+            else:
+                answer = b"missing"
+            os.write(write_fd, answer)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        answer_text = fh.read().decode(errors="replace")
+    os.waitpid(pid, 0)
+    if answer_text == "missing":
+        what = "no such executable file" if os.sep in program else "command not found"
+        raise UsageError(f"{program}: {what}", remedy="give its full path, or install it")
+    if answer_text.startswith("closed:"):
+        closed = answer_text.removeprefix("closed:")
+        raise UsageError(
+            f"{as_root}: the workload's user {user.name} cannot run it ({closed} is closed "
+            "to that user)",
+            remedy=f"install it where {user.name} can read it, or choose another --user")
+
+
 def bwrap_path() -> str:
     path = shutil.which("bwrap")
     if path is None:
@@ -85,6 +127,33 @@ def read_child_pid(info_fd: int) -> int | None:
         return int(json.loads(chunks)["child-pid"])
     except (ValueError, KeyError):
         return None
+
+
+def open_init(init_pid: int | None, parent_pid: int) -> int | None:
+    """A pidfd for the sandbox's init while it is still the child of the bwrap we started:
+    killing it ends every process in the sandbox's PID namespace, and a pidfd cannot hit
+    a recycled PID."""
+    if init_pid is None:
+        return None
+    try:
+        fd = os.pidfd_open(init_pid)
+    except OSError:
+        return None
+    if _parent_of(init_pid) != parent_pid:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return None
 
 
 def workload_pids(init_pid: int) -> list[int]:

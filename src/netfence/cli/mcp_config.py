@@ -1,0 +1,158 @@
+"""`netfence mcp-config`: the JSON an MCP client (Claude Desktop, Cursor, VS Code) needs to
+start a server behind the fence, or to reach a fenced HTTP server.
+
+stdio servers: the client starts `netfence run ... -- COMMAND` itself and speaks MCP over
+its stdin/stdout. netfence needs root and clients run as their user, so the command goes
+through `sudo -n` (a sudoers rule lets the user run netfence without a password) unless
+--no-sudo. HTTP servers: the client gets the ingress URL, and stderr shows the
+`netfence run --detach` command that starts the server on that port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+
+from netfence.backends import SUPPORTED
+from netfence.cli import output
+from netfence.errors import UsageError
+from netfence.profile import load_profile
+from netfence.runtimes.state import check_name
+
+Format = Literal["claude", "cursor", "vscode"]
+FORMATS = ("claude", "cursor", "vscode")
+BUILTIN_PROFILES = ("none", "network")
+DEFAULT_TARGET_PORT = 8000
+
+
+def netfence_invocation() -> list[str]:
+    """How to start this netfence by absolute path: clients run with their own PATH (and
+    sudo with its secure_path), where `netfence` may not be found."""
+    script = Path(sys.argv[0])
+    if script.name == "netfence" and script.exists():
+        return [str(script.absolute())]
+    found = shutil.which("netfence")
+    if found:
+        return [os.path.abspath(found)]
+    return [sys.executable, "-m", "netfence"]
+
+
+def _profile_ref(ref: str) -> str:
+    """A built-in name as is; a file by absolute path (the client's cwd is unknown).
+    Loading it here reports a bad profile now, not when the client starts it."""
+    load_profile(ref)
+    return ref if ref in BUILTIN_PROFILES else str(Path(ref).absolute())
+
+
+def _command(command: tuple[str, ...]) -> list[str]:
+    """The workload's program by absolute path when found on this PATH (the client's and
+    sudo's PATH may lack ~/.local/bin and the like); otherwise as given."""
+    first = command[0]
+    if os.sep not in first:
+        found = shutil.which(first)
+        if found:
+            first = os.path.abspath(found)
+    return [first, *command[1:]]
+
+
+def run_arguments(*, name: str, profile: str, proxy: str | None,
+                  allow_host: tuple[str, ...] = (), allow_port: tuple[int, ...] = (),
+                  allow_cidr: tuple[str, ...] = (), env: tuple[str, ...] = (),
+                  transport: str = "stdio", target_port: int | None = None,
+                  port: int | None = None) -> list[str]:
+    """The `netfence run` options (after `run`, before `--`) for these settings."""
+    args = ["run", "--name", name, "--profile", profile]
+    if proxy:
+        args += ["--proxy", proxy]
+    for flag, values in (("--allow-host", allow_host), ("--allow-port", allow_port),
+                         ("--allow-cidr", allow_cidr), ("--env", env)):
+        for value in values:
+            args += [flag, str(value)]
+    if transport != "stdio":
+        args += ["--transport", transport, "--target-port", str(target_port),
+                 "--port", str(port)]
+    return args
+
+
+def client_entry(fmt: Format, *, command: list[str] | None = None,
+                 url: str | None = None, transport: str = "stdio") -> dict[str, Any]:
+    """One server's entry in the client's own format."""
+    if command is not None:
+        entry: dict[str, Any] = {"command": command[0], "args": command[1:]}
+        if fmt == "vscode":
+            entry = {"type": "stdio", **entry}
+        return entry
+    assert url is not None
+    kind = "sse" if transport == "sse" else "http"
+    return {"type": kind, "url": url}
+
+
+def client_config(fmt: Format, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    # VS Code's mcp.json keys servers by "servers"; Claude Desktop and Cursor by "mcpServers".
+    return {"servers" if fmt == "vscode" else "mcpServers": {name: entry}}
+
+
+@click.command("mcp-config", context_settings={"ignore_unknown_options": True,
+                                               "allow_interspersed_args": False})
+@click.option("--name", required=True, help="The server's name in the client and in netfence.")
+@click.option("--profile", "profile_ref", default="none", show_default=True,
+              help="none | network | FILE (JSON or YAML)")
+@click.option("--allow-host", multiple=True, help="Allowed host (*.example.com for subdomains).")
+@click.option("--allow-port", multiple=True, type=click.IntRange(1, 65535),
+              help="Allowed destination port (default 80 and 443).")
+@click.option("--allow-cidr", multiple=True, help="Private range the server may reach.")
+@click.option("--proxy", default=None, help=f"Proxy backend: {' | '.join(SUPPORTED)}.")
+@click.option("--env", "env_pairs", multiple=True, metavar="K=V",
+              help="Environment variable for the server (e.g. its API token).")
+@click.option("--transport", type=click.Choice(["stdio", "sse", "streamable-http"]),
+              default="stdio", show_default=True)
+@click.option("--target-port", type=click.IntRange(1, 65535), default=None,
+              help=f"Port the server listens on (HTTP transports; default {DEFAULT_TARGET_PORT}).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Host port of the ingress on 127.0.0.1 (HTTP transports; required).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="claude",
+              show_default=True, help="claude and cursor: mcpServers; vscode: servers.")
+@click.option("--sudo/--no-sudo", default=True, show_default=True,
+              help="Start netfence through `sudo -n` (clients run as you; netfence needs root).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def mcp_config(name: str, profile_ref: str, allow_host: tuple[str, ...],
+               allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], proxy: str | None,
+               env_pairs: tuple[str, ...], transport: str, target_port: int | None,
+               port: int | None, fmt: Format, sudo: bool, command: tuple[str, ...]) -> None:
+    """Print the MCP client config for COMMAND behind the fence:
+    netfence mcp-config --name N --profile P -- COMMAND [ARGS...]"""
+    check_name(name)
+    if proxy is not None and proxy.strip().lower() not in SUPPORTED:
+        raise UsageError(f"unknown proxy {proxy!r} (--proxy); supported: {', '.join(SUPPORTED)}")
+    for pair in env_pairs:
+        if "=" not in pair or pair.startswith("="):
+            raise UsageError(f"--env {pair!r}: expected K=V")
+    if transport == "stdio" and (target_port or port):
+        raise UsageError("--target-port and --port need --transport sse or streamable-http")
+    if transport != "stdio" and port is None:
+        raise UsageError(f"--transport {transport} needs --port: the client's URL must not "
+                         "change between runs")
+    args = run_arguments(
+        name=name, profile=_profile_ref(profile_ref), proxy=proxy, allow_host=allow_host,
+        allow_port=allow_port, allow_cidr=allow_cidr, env=env_pairs, transport=transport,
+        target_port=target_port or DEFAULT_TARGET_PORT, port=port)
+    launcher = (["sudo", "-n"] if sudo else []) + netfence_invocation()
+    full = [*launcher, *args, "--", *_command(command)]
+    if transport == "stdio":
+        entry = client_entry(fmt, command=full)
+    else:
+        path = "/sse" if transport == "sse" else "/mcp"
+        entry = client_entry(fmt, url=f"http://127.0.0.1:{port}{path}", transport=transport)
+        # Started by hand (a password prompt is fine there), in the background.
+        starter = [*(["sudo"] if sudo else []), *netfence_invocation(), "run", "--detach",
+                   *args[1:], "--", *_command(command)]
+        output.err.print(f"start the server with: {shlex.join(starter)}", markup=False)
+    output.out.print(json.dumps(client_config(fmt, name, entry), indent=2), markup=False,
+                     highlight=False)

@@ -1,0 +1,29 @@
+"""Fixtures shared by the integration tests that run fences."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.fakenet import FakeNet
+from tests.support.fence import leftovers, nothing_new
+
+BACKENDS = ("envoy", "squid")
+
+
+@pytest.fixture(params=BACKENDS)
+def proxy(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def nothing_left_behind() -> Iterator[None]:
+    with nothing_new(leftovers):
+        yield
+
+
+@pytest.fixture
+def net_args(fakenet: FakeNet) -> list[str]:
+    """Options that point a fence at the simulated internet."""
+    return ["--dns-upstream", fakenet.dns, "--allow-cidr", fakenet.cidr]
