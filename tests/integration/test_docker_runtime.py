@@ -301,21 +301,21 @@ def test_a_port_joining_the_external_bridge_does_not_stall_egress(
     """A Linux bridge takes its lowest port's hardware address unless one was set: another
     workload's fence joining the shared external network would change it under a running
     egress proxy, whose cached gateway entry then points nowhere for up to a minute."""
-    name = new_name()
-    started = fenced(podman, proxy, net_args, "sleep", "60", name=name,
-                     allow=("allowed.test",), extra=("--detach",))
-    assert started.returncode == 0, started.stderr
+    # Fetch (so the egress proxy has dialed out through the gateway and cached its
+    # address), wait for a line on stdin, fetch again.
+    text = ("curl -sS -m 5 http://allowed.test/before; echo; read go; "
+            "curl -sS -m 5 http://allowed.test/after; echo; echo done")
+    proc = subprocess.Popen(
+        netfence_argv("run", "--proxy", proxy, *net_args, "--name", new_name(),
+                      "--allow-host", "allowed.test", "--", podman.workload_image,
+                      "sh", "-c", text),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=podman.env())
     port = f"nfp{secrets.token_hex(4)}"  # our own veth pair, removed below
     try:
-        workload = podman.client.containers.get(name)
-
-        def fetch(path: str) -> str:
-            code, out = workload.exec_run(
-                ["curl", "-sS", "-m", "5", f"http://allowed.test/{path}"])
-            return f"{code} {out.decode(errors='replace')}"
-
-        # The egress proxy has dialed out through the gateway: its ARP entry is fresh.
-        assert "fakenet ok" in fetch("before"), fetch("before")
+        assert proc.stdin is not None and proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        assert "fakenet ok host=allowed.test path=/before" in first, first
         gateway = podman.client.networks.get(EXTERNAL_NETWORK).attrs["IPAM"]["Config"][0][
             "Gateway"]
         links = subprocess.run(["ip", "-json", "address", "show"], capture_output=True,
@@ -329,11 +329,20 @@ def test_a_port_joining_the_external_bridge_does_not_stall_egress(
         subprocess.run(["ip", "link", "set", port, "master", bridge, "up"], check=True)
         subprocess.run(["ip", "link", "set", f"{port}p", "up"], check=True)
         assert _link_address(bridge) == before
-        after = fetch("after")
-        assert "fakenet ok host=allowed.test path=/after" in after, after
+        out, err = proc.communicate(b"go\n", timeout=60)
+        assert "fakenet ok host=allowed.test path=/after" in out.decode(), out + err
+        assert proc.returncode == 0, err
     finally:
         subprocess.run(["ip", "link", "delete", port], capture_output=True)
-        nf(podman, "stop", name)
+        if proc.poll() is None:
+            # Stopped the way a user would, so that its teardown runs: a kill would leave
+            # the containers behind.
+            proc.terminate()
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # --- errors: one line, exit status 2 ------------------------------------------------------
