@@ -252,9 +252,13 @@ def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) ->
                      "curl -s -m 5 http://other.test/ >/dev/null; exec sleep 60",
                      allow=("allowed.test",), name=name, extra=("--detach",))
     assert started.returncode == 0, started.stderr
+    # Without NETFENCE_RUNTIME (as a user types them) ps, logs and stop find the workload
+    # by what its supervisor recorded; `ps` with it asks the engine.
+    plain = {"NETFENCE_RUNTIME": ""}
     try:
-        listed = nf(podman, "ps", "--json").stdout.decode()
-        assert name in listed, listed
+        for env in (plain, {}):
+            listed = nf(podman, "ps", "--json", **env).stdout.decode()
+            assert name in listed, (env, listed)
         # Labels on everything it owns.
         owned = podman.client.containers.list(
             all=True, filters={"label": f"io.netfence.workload={name}"})
@@ -265,15 +269,16 @@ def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) ->
         deadline = time.monotonic() + 20
         text = ""
         while time.monotonic() < deadline and "other.test" not in text:
-            text = nf(podman, "logs", name, "--json").stdout.decode()
+            text = nf(podman, "logs", name, "--json", **plain).stdout.decode()
             time.sleep(0.3)
         assert "allowed.test" in text and "other.test" in text, text
-        denied = nf(podman, "logs", name, "--denied", "--json").stdout.decode()
+        denied = nf(podman, "logs", name, "--denied", "--json", **plain).stdout.decode()
         assert "other.test" in denied and "allowed.test" not in denied, denied
     finally:
-        stopped = nf(podman, "stop", name)
+        stopped = nf(podman, "stop", name, **plain)
     assert stopped.returncode == 0, stopped.stderr
     assert name not in nf(podman, "ps", "--json").stdout.decode()
+    assert name not in nf(podman, "ps", "--json", **plain).stdout.decode()
     assert not (STATE_ROOT / name).exists()
 
 

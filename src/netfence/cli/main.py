@@ -23,7 +23,7 @@ from netfence.cli.mcp_config import mcp_config
 from netfence.errors import NetfenceError, UsageError
 from netfence.policy import compile_policy
 from netfence.profile import Profile, load_profile, with_overrides
-from netfence.runtimes import WorkloadSpec, get_runtime
+from netfence.runtimes import WorkloadSpec, get_runtime, running, runtime_of
 from netfence.runtimes.resolver import host_resolver, parse_endpoint
 from netfence.runtimes.state import check_name, new_name
 
@@ -122,12 +122,16 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str, allow_host: tu
     sys.exit(code)
 
 
+_RUNTIME_OF_HELP = "Default: the runtime the workload was started with."
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--runtime", default=None)
+@click.option("--runtime", default=None,
+              help="Only this runtime's workloads (docker: all the engine has, asked by label).")
 def ps(as_json: bool, runtime: str | None) -> None:
     """List running workloads."""
-    states = get_runtime(runtime).list()
+    states = running(runtime)
     if as_json:
         output.print_json([dataclasses.asdict(s) for s in states])
         return
@@ -154,10 +158,10 @@ def ps(as_json: bool, runtime: str | None) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--runtime", default=None)
+@click.option("--runtime", default=None, help=_RUNTIME_OF_HELP)
 def stop(name: str, runtime: str | None) -> None:
     """Stop a workload and remove everything it owns."""
-    get_runtime(runtime).stop(name)
+    runtime_of(name, runtime).stop(name)
     output.err.print(f"netfence: stopped {name}", markup=False)
 
 
@@ -166,10 +170,10 @@ def stop(name: str, runtime: str | None) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new decisions.")
 @click.option("--denied", is_flag=True, help="Only denials.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--runtime", default=None)
+@click.option("--runtime", default=None, help=_RUNTIME_OF_HELP)
 def logs(name: str, follow: bool, denied: bool, as_json: bool, runtime: str | None) -> None:
     """The fence's decision log for a workload."""
-    for record in get_runtime(runtime).decisions(name, follow=follow):
+    for record in runtime_of(name, runtime).decisions(name, follow=follow):
         if denied and record.allowed:
             continue
         if as_json:

@@ -4,6 +4,6 @@ A runtime knows nothing of Envoy or Squid syntax: it hands a backend a Placement
 runs what the backend's ProxySetup says.
 """
 
-from netfence.runtimes.base import Runtime, WorkloadSpec, get_runtime
+from netfence.runtimes.base import Runtime, WorkloadSpec, get_runtime, running, runtime_of
 
-__all__ = ["Runtime", "WorkloadSpec", "get_runtime"]
+__all__ = ["Runtime", "WorkloadSpec", "get_runtime", "running", "runtime_of"]

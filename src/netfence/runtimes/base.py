@@ -14,6 +14,7 @@ from typing import Literal
 from netfence.backends import DecisionRecord, Endpoint, get_backend
 from netfence.errors import UsageError
 from netfence.profile import Profile
+from netfence.runtimes import state
 from netfence.runtimes.state import WorkloadState
 
 Transport = Literal["stdio", "sse", "streamable-http"]
@@ -102,3 +103,26 @@ def get_runtime(name: str | None = None) -> Runtime:
         return DockerRuntime()
     source = "--runtime" if name is not None else ENV_VAR
     raise UsageError(f"unknown runtime {chosen!r} ({source}); supported: {', '.join(SUPPORTED)}")
+
+
+def _asked_for(chosen: str | None) -> bool:
+    return chosen is not None or bool(os.environ.get(ENV_VAR))
+
+
+def runtime_of(name: str, chosen: str | None = None) -> Runtime:
+    """The runtime asked for (--runtime, NETFENCE_RUNTIME); else the one the workload was
+    started with, so that `stop NAME` and `logs NAME` need no flag."""
+    if not _asked_for(chosen):
+        record = state.load(state.check_name(name))
+        if record is not None:
+            chosen = record.runtime
+    return get_runtime(chosen)
+
+
+def running(chosen: str | None = None) -> list[WorkloadState]:
+    """The running workloads of the runtime asked for; else of every runtime, as their
+    supervisors recorded them (no container engine is asked)."""
+    if _asked_for(chosen):
+        return get_runtime(chosen).list()
+    others = [s for s in state.all_states() if s.runtime != "namespace" and s.alive]
+    return sorted([*get_runtime("namespace").list(), *others], key=lambda s: s.name)
