@@ -307,9 +307,9 @@ def test_a_port_joining_the_external_bridge_does_not_stall_egress(
     workload's fence joining the shared external network would change it under a running
     egress proxy, whose cached gateway entry then points nowhere for up to a minute."""
     # Fetch (so the egress proxy has dialed out through the gateway and cached its
-    # address), wait for a line on stdin, fetch again.
-    text = ("curl -sS -m 5 http://allowed.test/before; echo; read go; "
-            "curl -sS -m 5 http://allowed.test/after; echo; echo done")
+    # address), wait for a line on stdin, fetch again. One output line per fetch, always.
+    text = ('echo "$(curl -sS -m 5 http://allowed.test/before 2>&1)"; read go; '
+            'echo "$(curl -sS -m 5 http://allowed.test/after 2>&1)"; read go; echo done')
     proc = subprocess.Popen(
         netfence_argv("run", "--proxy", proxy, *net_args, "--name", new_name(),
                       "--allow-host", "allowed.test", "--", podman.workload_image,
@@ -334,9 +334,14 @@ def test_a_port_joining_the_external_bridge_does_not_stall_egress(
         subprocess.run(["ip", "link", "set", port, "master", bridge, "up"], check=True)
         subprocess.run(["ip", "link", "set", f"{port}p", "up"], check=True)
         assert _link_address(bridge) == before
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        after = proc.stdout.readline().decode()
+        assert "fakenet ok host=allowed.test path=/after" in after, after
+        # Gone before the fence is: a bridge with a port left is not removed with its network.
+        subprocess.run(["ip", "link", "delete", port], check=True)
         out, err = proc.communicate(b"go\n", timeout=60)
-        assert "fakenet ok host=allowed.test path=/after" in out.decode(), out + err
-        assert proc.returncode == 0, err
+        assert out == b"done\n" and proc.returncode == 0, out + err
     finally:
         subprocess.run(["ip", "link", "delete", port], capture_output=True)
         if proc.poll() is None:

@@ -62,11 +62,14 @@ class Engine:
         return {**os.environ, "DOCKER_HOST": self.url, "NETFENCE_RUNTIME": "docker", **extra}
 
     def managed(self) -> list[str]:
-        """Containers and networks netfence labelled that exist now."""
+        """Containers and networks netfence labelled that exist now, and the host's bridges
+        for them (netavark keeps a bridge that still has a port when its network goes)."""
         label = {"label": f"{LABEL_MANAGED}=true"}
         found = [f"container {c.name}" for c in self.client.containers.list(all=True,
                                                                           filters=label)]
         found += [f"network {n.name}" for n in self.client.networks.list(filters=label)]
+        found += [f"link {link.name}" for link in Path("/sys/class/net").iterdir()
+                  if link.name.startswith("podman") and link.name != "podman0"]
         return found
 
 
