@@ -70,15 +70,18 @@ class Case:
     after_denial_may_close: bool = True
 
 
-def legacy_ipv4(target: Target) -> bool:
-    """A legacy spelling of an IPv4 address (0x7f000001, 127.1, 0177.0.0.1), not a quad."""
+def legacy_ipv4(target: Target, policy: Policy, expected: Decision) -> bool:
+    """A legacy spelling of an IPv4 address (0x7f000001, 127.1, 0177.0.0.1), not a quad,
+    with every name allowed (else the name stage decides, as the policy does)."""
     ip = parse_ip(target.host)
-    return isinstance(ip, ipaddress.IPv4Address) and target.host.rstrip(".") != str(ip)
+    return (policy.allow_all and isinstance(ip, ipaddress.IPv4Address)
+            and target.host.rstrip(".") != str(ip))
 
 
-def several_answers(target: Target) -> bool:
-    """A name whose DNS answer holds more than one address, or changes (rebinding)."""
-    return len(set(answers(target.host))) > 1
+def several_answers_one_denied(target: Target, policy: Policy, expected: Decision) -> bool:
+    """A name whose DNS answer holds more than one address, or changes (rebinding), that
+    the policy denies for an address: only then may a backend have resolved it."""
+    return len(set(answers(target.host))) > 1 and expected.reason.value.endswith("_address")
 
 
 @dataclass(frozen=True)
@@ -88,13 +91,13 @@ class Difference:
 
     backend: str
     reason: str  # the reason the backend's 403 names
-    applies: Callable[[Target], bool]
+    applies: Callable[[Target, Policy, Decision], bool]
     why: str
 
 
 # Both deny, the words differ: nothing is dialed.
 SAFE_DIFFERENCES: tuple[Difference, ...] = (
-    Difference("envoy", Reason.DENIED_ADDRESS_IN_ANSWER.value, several_answers,
+    Difference("envoy", Reason.DENIED_ADDRESS_IN_ANSWER.value, several_answers_one_denied,
                "Envoy's dial view (the fence's DNS) refused an answer holding a denied "
                "address after RBAC passed its first one; Envoy cannot tell which it was"),
     Difference("envoy", Reason.INVALID_HOST.value, legacy_ipv4,
@@ -110,9 +113,10 @@ STRICTER: tuple[Difference, ...] = (
 
 
 def _documented(table: tuple[Difference, ...], backend: str, reason: str | None,
-                target: Target) -> Difference | None:
+                target: Target, policy: Policy) -> Difference | None:
+    expected = reference(policy, target)
     return next((d for d in table if d.backend == backend and d.reason == reason and
-                 d.applies(target)), None)
+                 d.applies(target, policy, expected)), None)
 
 
 def answers(host: str) -> tuple[str, ...]:
@@ -121,6 +125,15 @@ def answers(host: str) -> tuple[str, ...]:
     if name == REBIND_NAME:
         return REBIND_ANSWERS
     return ANSWERS.get(name, ())
+
+
+def destination_addresses(host: str) -> set[str]:
+    """Every address a request for `host` may be served from, as the server reports it."""
+    ip = parse_ip(host)
+    if ip is None:
+        return set(answers(host))
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return {str(ip), *([str(mapped)] if mapped else [])}
 
 
 def reference(policy: Policy, target: Target) -> Decision:
@@ -186,9 +199,13 @@ def judge(backend: str, policy: Policy, case: Case, index: int, seen: Observed,
             return Verdict(False, True, f"BYPASS {where}: {seen.outcome.value} "
                                         f"({seen.detail}) where the policy says {why}")
         if seen.server is not None:
-            # The address actually dialed (the server that answered) must be one the
-            # policy allows for this destination.
-            dialed = seen.server.rsplit(":", 1)[0]
+            # The address actually dialed (the server that answered) must be the
+            # destination's own (its literal, or one of its DNS answers: not the server of
+            # a Host header or of userinfo) and one the policy allows for it.
+            dialed = seen.server.rsplit(":", 1)[0].strip("[]")
+            if dialed not in destination_addresses(read.host):
+                return Verdict(False, True, f"BYPASS {where}: answered by {seen.server}, "
+                                            f"which is not {read.host}")
             decision = policy.decide(read.host, read.port, dialed)
             if not decision.allowed:
                 return Verdict(False, True, f"BYPASS {where}: answered by {seen.server}, "
@@ -211,7 +228,7 @@ def judge(backend: str, policy: Policy, case: Case, index: int, seen: Observed,
                                      f" ({expected.describe()})")
     assert target is not None
     if expected.allowed:
-        if _documented(STRICTER, backend, seen.reason, target):
+        if _documented(STRICTER, backend, seen.reason, target, policy):
             return Verdict(True, False, "", f"stricter: {seen.reason}")
         if not case.form_ok:
             return Verdict(True, False, "", f"form denied: {seen.reason}")
@@ -219,7 +236,7 @@ def judge(backend: str, policy: Policy, case: Case, index: int, seen: Observed,
                                      f"policy allows ({expected.describe()})")
     if seen.reason == expected.reason.value:
         return Verdict(True, False, "")
-    if _documented(SAFE_DIFFERENCES, backend, seen.reason, target):
+    if _documented(SAFE_DIFFERENCES, backend, seen.reason, target, policy):
         return Verdict(True, False, "", f"reason {seen.reason} for {expected.reason.value}")
     if not case.form_ok:
         return Verdict(True, False, "", f"form: {seen.reason} for {expected.reason.value}")

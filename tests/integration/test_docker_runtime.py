@@ -143,12 +143,17 @@ class TestEgressMatrix:
         try:
             external = podman.client.networks.get(EXTERNAL_NETWORK)
             ext_gateway = external.attrs["IPAM"]["Config"][0]["Gateway"]
+            # Another workload's fence, on the shared external network: never reachable,
+            # whatever --allow-cidr says.
+            neighbour = podman.client.containers.get(f"{holder}-dns").attrs[
+                "NetworkSettings"]["Networks"][EXTERNAL_NETWORK]["IPAddress"]
             # The workload's own internal gateway: the first address of its subnet (Podman
             # gives each network a /24).
             text = (
                 "gw=$(python3 -c \"import socket, ipaddress; a = socket.gethostbyname("
                 "socket.gethostname()); print(ipaddress.ip_interface(a + '/24').network[1])\");"
-                f" for u in http://$gw/ http://{ext_gateway}/ http://{fakenet.host_ip}/; do "
+                f" for u in http://$gw/ http://{ext_gateway}/ http://{fakenet.host_ip}/"
+                f" http://{neighbour}/; do "
                 "printf '%s ' $u; curl -sS -m 10 -w ' %{http_code}' $u | tr -d '\\n'; echo;"
                 " done")
             # Lift every private range: the gateways must be denied as host addresses.
@@ -157,7 +162,7 @@ class TestEgressMatrix:
             out = parse_status(script(podman, proxy, net_args, text, extra=extra))
         finally:
             nf(podman, "stop", holder)
-        assert len(out) == 3, out
+        assert len(out) == 4, out
         for url, got in out.items():
             assert got.startswith("403 ") and "host_address" in got, (url, got)
 
@@ -229,6 +234,25 @@ def test_ingress_reaches_an_http_workload(podman: Engine, proxy: str,
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
+
+
+def test_detached_http_workload_is_up_when_run_returns(podman: Engine, proxy: str,
+                                                       net_args: list[str]) -> None:
+    """`run --detach` returns once the workload and its ingress are up, with the URL."""
+    name = new_name()
+    started = nf(podman, "run", "--proxy", proxy, *net_args, "--name", name, "--detach",
+                 "--transport", "streamable-http", "--target-port", "8000", "--",
+                 podman.workload_image, "python3", "-c", echo_server("0.0.0.0", 8000))
+    try:
+        assert started.returncode == 0, started.stderr
+        err = started.stderr.decode()
+        assert f"{name}: clients connect to http://127.0.0.1:" in err, err
+        base = err.split("clients connect to ", 1)[1].split()[0].removesuffix("/mcp")
+        status, body = get_when_up(f"{base}/index.html", timeout=30)
+        assert status == 200 and body == ECHO_BODY, (status, body)
+    finally:
+        stopped = nf(podman, "stop", name)
+    assert stopped.returncode == 0, stopped.stderr
 
 
 def test_stdio_passthrough_is_byte_exact(podman: Engine, proxy: str,

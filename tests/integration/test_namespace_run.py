@@ -4,9 +4,11 @@ Squid and dnsmasq, a simulated internet; every case runs for both backends."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -162,6 +164,28 @@ class TestContainment:
         pids = [int(p) for p in out.split("pids [")[1].split("]")[0].split(", ")]
         assert max(pids) < 20, out  # its own PID namespace: only the sandbox's processes
 
+    def test_host_unix_sockets_under_run_are_out_of_reach(self, proxy: str,
+                                                          net_args: list[str]) -> None:
+        """A Unix socket crosses network namespaces: an engine's, D-Bus's or the user
+        session's would be a way out of the fence. A socket any user may connect to, where
+        those live, must not be there for the workload."""
+        path = Path("/run") / f"nf-test-{os.getpid()}-{proxy}.sock"
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(path))
+            try:
+                path.chmod(0o777)
+                listener.listen()
+                code = ("import socket\ns = socket.socket(socket.AF_UNIX)\n"
+                        f"try:\n s.connect({str(path)!r})\n print('CONNECTED')\n"
+                        "except OSError as e:\n print('refused', e.errno)\n"
+                        "print(open('/etc/resolv.conf').read())")
+                done = fenced(proxy, net_args, "python3", "-c", code)
+            finally:
+                path.unlink()
+        out = done.stdout.decode()
+        assert "refused 2" in out and "CONNECTED" not in out, out + done.stderr.decode()
+        assert "nameserver 127.0.0.1" in out, out  # the fence's DNS, still in place
+
     def test_fence_state_cannot_be_read_or_written(self, proxy: str,
                                                    net_args: list[str]) -> None:
         name = f"nf-cfgtest-{proxy}"
@@ -305,6 +329,24 @@ def test_ingress_reaches_an_http_server_inside(proxy: str, net_args: list[str]) 
     assert f"http://127.0.0.1:{port}/mcp".encode() in err
 
 
+def test_detached_http_workload_prints_its_url(proxy: str, net_args: list[str]) -> None:
+    name = f"nf-detach-url-{proxy}"
+    started = netfence("run", "--proxy", proxy, *net_args, "--name", name, "--detach",
+                       "--transport", "sse", "--target-port", "8000", "--", "python3", "-c",
+                       echo_server("127.0.0.1", 8000))
+    try:
+        assert started.returncode == 0, started.stderr
+        err = started.stderr.decode()
+        assert f"{name}: clients connect to http://127.0.0.1:" in err, err
+        url = err.split("clients connect to ", 1)[1].split()[0]
+        assert url.endswith("/sse"), url
+        status, body = get_when_up(url.removesuffix("/sse") + "/index.html", timeout=20)
+        assert status == 200 and body == ECHO_BODY, (status, body)
+    finally:
+        stopped = netfence("stop", name)
+    assert stopped.returncode == 0, stopped.stderr
+
+
 def test_detach_ps_logs_stop(proxy: str, net_args: list[str]) -> None:
     name = f"nf-detach-{proxy}"
     started = netfence("run", "--proxy", proxy, *net_args, "--allow-host", "allowed.test",
@@ -347,6 +389,56 @@ class TestUsers:
             netfence_argv("run", "--proxy", proxy, *net_args, *extra, "--", "id", "-u"),
             capture_output=True, timeout=60, env={**os.environ, **env})
         assert done.stdout == f"{uid}\n".encode(), done.stderr
+
+    def test_paths_are_opened_with_the_sudo_callers_permissions(
+            self, proxy: str, net_args: list[str]) -> None:
+        """Through sudo, --profile and --learn are the caller's files: a root-only file is
+        neither read (its text must not reach an error) nor overwritten."""
+        caller = {**os.environ, "SUDO_UID": "65534", "SUDO_GID": "65534"}  # nobody
+        private = Path(tempfile.mkdtemp(prefix="nf-root-only-"))  # 0700, root's
+        theirs = Path(tempfile.mkdtemp(prefix="nf-caller-"))
+        try:
+            os.chown(theirs, 65534, 65534)
+            secret = private / "shadow"
+            secret.write_text("root:SECRET-HASH:19000\n")
+            read = subprocess.run(netfence_argv("check", "--profile", str(secret), "x.test"),
+                                  capture_output=True, timeout=60, env=caller)
+            assert read.returncode == 2 and b"Permission denied" in read.stderr, read.stderr
+            assert b"SECRET" not in read.stderr
+
+            def learn(target: Path) -> subprocess.CompletedProcess[bytes]:
+                return subprocess.run(
+                    netfence_argv("run", "--proxy", proxy, *net_args, "--learn", str(target),
+                                  "--", "true"), capture_output=True, timeout=60, env=caller)
+
+            refused = learn(secret)
+            assert refused.returncode == 0 and b"cannot write" in refused.stderr, refused.stderr
+            assert secret.read_text() == "root:SECRET-HASH:19000\n"
+            assert secret.stat().st_uid == 0
+            written = learn(theirs / "learned.yaml")
+            assert written.returncode == 0, written.stderr
+            info = (theirs / "learned.yaml").stat()
+            assert (info.st_uid, info.st_mode & 0o777) == (65534, 0o644)
+        finally:
+            shutil.rmtree(private)
+            shutil.rmtree(theirs)
+
+    def test_the_callers_environment_does_not_reach_the_root_launcher(
+            self, proxy: str, net_args: list[str]) -> None:
+        """--env is for the workload: nsenter still runs as root, and a PATH (or
+        LD_PRELOAD) of the caller's choosing must not pick what it runs."""
+        bait = Path(tempfile.mkdtemp(prefix="nf-path-"))
+        try:
+            fake = bait / "nsenter"
+            fake.write_text(f"#!/bin/sh\ntouch {bait}/RAN-AS-ROOT\nexec /usr/bin/nsenter \"$@\"\n")
+            fake.chmod(0o755)
+            done = fenced(proxy, net_args, "sh", "-c", "echo \"$PATH\"",
+                          extra=("--env", f"PATH={bait}:/usr/bin:/bin"))
+            assert done.returncode == 0, done.stderr
+            assert not (bait / "RAN-AS-ROOT").exists()
+            assert done.stdout.decode().strip() == f"{bait}:/usr/bin:/bin"  # still the workload's
+        finally:
+            shutil.rmtree(bait)
 
     @pytest.mark.parametrize("user", ["root", "0", "no-such-user-xyz"])
     def test_refused_users_fail_before_the_fence_is_built(self, proxy: str,

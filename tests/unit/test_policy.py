@@ -292,6 +292,10 @@ NOT_LIFTED: list[tuple[list[str], str, Reason]] = [
     (["0.0.0.0/0", "::/0"], "169.254.169.254", R.LINK_LOCAL_ADDRESS),
     (["0.0.0.0/0", "::/0"], "fe80::1", R.LINK_LOCAL_ADDRESS),
     (["0.0.0.0/0", "::/0"], "64:ff9b::7f00:1", R.LOOPBACK_ADDRESS),
+    # The IPv4-compatible form carries any IPv4 address: never lifted.
+    (["::/0"], "::127.0.0.1", R.SPECIAL_ADDRESS),
+    (["::/96"], "::169.254.169.254", R.SPECIAL_ADDRESS),
+    (["::/96"], "::10.1.2.3", R.SPECIAL_ADDRESS),
 ]
 
 

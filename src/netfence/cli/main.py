@@ -24,6 +24,7 @@ from netfence.errors import NetfenceError, UsageError
 from netfence.policy import compile_policy
 from netfence.profile import Profile, load_profile, with_overrides
 from netfence.runtimes import WorkloadSpec, get_runtime, running, runtime_of
+from netfence.runtimes.caller import caller_permissions
 from netfence.runtimes.resolver import host_resolver, parse_endpoint
 from netfence.runtimes.state import check_name, new_name
 
@@ -44,8 +45,10 @@ def _profile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, ...],
           allow_cidr: tuple[str, ...]) -> Profile:
-    return with_overrides(load_profile(profile_ref), allow_host=allow_host,
-                          allow_port=allow_port, allow_cidr=allow_cidr)
+    with caller_permissions():  # the caller's file: read it as they could
+        profile = load_profile(profile_ref)
+    return with_overrides(profile, allow_host=allow_host, allow_port=allow_port,
+                          allow_cidr=allow_cidr)
 
 
 def _proxy_option(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -96,6 +96,9 @@ _V6: tuple[tuple[str, Reason], ...] = (
     ("ff00::/8", Reason.SPECIAL_ADDRESS),
 )
 _UNLIFTABLE = {Reason.LOOPBACK_ADDRESS, Reason.LINK_LOCAL_ADDRESS, Reason.HOST_ADDRESS}
+# The deprecated IPv4-compatible form (::a.b.c.d) carries any IPv4 address, loopback and
+# the host's included (a sit tunnel delivers it), and nobody needs it: never lifted.
+_NEVER_LIFTED = {ipaddress.IPv6Network("::/96")}
 
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits: a proxy dialing one of
 # them reaches that IPv4 address, so each IPv4 range is denied in these forms too.
@@ -159,5 +162,6 @@ def denied_ranges() -> tuple[DeniedRange, ...]:
     out: list[DeniedRange] = []
     for text, reason in (*_V4, *_V6):
         for net in with_embedded_forms(ipaddress.ip_network(text)):
-            out.append(DeniedRange(net, reason, reason not in _UNLIFTABLE))
+            out.append(DeniedRange(net, reason,
+                                   reason not in _UNLIFTABLE and net not in _NEVER_LIFTED))
     return tuple(out)

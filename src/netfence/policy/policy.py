@@ -75,7 +75,9 @@ class Policy:
     any_port: bool = False
     ports: tuple[int, ...] = DEFAULT_PORTS
     allowed_cidrs: tuple[IPNetwork, ...] = ()
-    host_addresses: tuple[IPAddress, ...] = ()
+    # The host's own addresses, and networks a runtime treats the same way (the fence's
+    # own container networks): denied whatever allow_cidr says.
+    host_addresses: tuple[IPAddress | IPNetwork, ...] = ()
     inbound_hosts: tuple[HostPattern, ...] = ()
     denied: tuple[DeniedRange, ...] = field(default_factory=denied_ranges)
 
@@ -217,7 +219,13 @@ class Policy:
         return any(p.matches(text) for p in self.inbound_hosts)
 
 
-def compile_policy(profile: Profile, host_addresses: Iterable[IPAddress] = (),
+def _within(item: IPAddress | IPNetwork, network: IPNetwork) -> bool:
+    if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return item.network_address in network and item.broadcast_address in network
+    return item in network
+
+
+def compile_policy(profile: Profile, host_addresses: Iterable[IPAddress | IPNetwork] = (),
                    learn: bool = False) -> Policy:
     """The policy a profile means; host_addresses are the host's own, read by the runtime.
 
@@ -236,7 +244,7 @@ def compile_policy(profile: Profile, host_addresses: Iterable[IPAddress] = (),
         # anyway; leaving it out keeps the more precise reason, loopback or link-local.
         host_addresses=tuple(
             a for a in dict.fromkeys(host_addresses)
-            if not any(a in r.network for r in denied_ranges() if not r.liftable)
+            if not any(_within(a, r.network) for r in denied_ranges() if not r.liftable)
         ),
         inbound_hosts=profile.network.inbound.allow_host,
     )

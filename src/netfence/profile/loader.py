@@ -73,7 +73,9 @@ def load_profile(ref: str) -> Profile:
         raise ProfileError(
             f"{ref}: no such profile file (built-in profiles: {', '.join(BUILTIN_PROFILES)})"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ProfileError(f"{ref}: cannot read profile: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
         raise ProfileError(f"{ref}: cannot read profile: {exc}") from None
     import yaml  # only for a profile file: start-up with a built-in profile is measured
 

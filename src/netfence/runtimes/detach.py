@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from netfence.errors import NetfenceError
+
+log = logging.getLogger(__name__)
 
 
 class Readiness:
@@ -50,6 +53,9 @@ def detach(name: str, supervise: Callable[[Readiness], int]) -> int:
         message = fh.read().decode(errors="replace")
     if not message.startswith("ok"):
         raise NetfenceError(message or f"workload {name} failed to start")
+    url = message.removeprefix("ok").strip()
+    if url:  # the supervisor's own stderr is its log file by now: say it here
+        log.warning("%s: clients connect to %s", name, url)
     return 0
 
 

@@ -17,7 +17,8 @@ def parse_endpoint(text: str, default_port: int = 53) -> Endpoint:
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         if rest:
-            port = int(rest.removeprefix(":")) if rest.startswith(":") else -1
+            port_text = rest.removeprefix(":")
+            port = int(port_text) if rest.startswith(":") and port_text.isdigit() else -1
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
         port = int(port_text) if port_text.isdigit() else -1
@@ -25,6 +26,9 @@ def parse_endpoint(text: str, default_port: int = 53) -> Endpoint:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise UsageError(f"--dns-upstream {text!r}: expected IP[:PORT]") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        # A zone is free text (a newline in it would write config lines): none taken.
+        raise UsageError(f"--dns-upstream {text!r}: an IPv6 zone (%...) is not supported")
     if not 1 <= port <= 65535:
         raise UsageError(f"--dns-upstream {text!r}: the port must be 1-65535")
     return Endpoint(str(ip), port)

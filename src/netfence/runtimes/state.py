@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from netfence.errors import UsageError
 STATE_ROOT = Path(os.environ.get("NETFENCE_STATE_DIR", "/run/netfence"))
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 RECORD = "workload.json"
+CLAIMANT = "claimant"  # pid and start time of the run that claimed the name
 
 
 def new_name() -> str:
@@ -83,15 +85,34 @@ def state_dir(name: str) -> Path:
 
 
 def claim(name: str) -> Path:
-    """Create the workload's state dir; a live workload of that name is an error."""
+    """Create the workload's state dir; a live workload of that name is an error, also
+    one still starting (its supervisor has not saved a record yet)."""
     STATE_ROOT.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     path = state_dir(name)
-    existing = load(name)
-    if existing is not None and existing.alive:
-        raise UsageError(f"a workload named {name!r} is already running (netfence stop {name})")
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(mode=STATE_DIR_MODE)
+    # One claim at a time: two runs of one name must not both find the place free.
+    fd = os.open(STATE_ROOT, os.O_RDONLY | os.O_DIRECTORY)  # flock works on a directory
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        existing = load(name)
+        if (existing is not None and existing.alive) or _claimant_alive(path):
+            raise UsageError(f"a workload named {name!r} is already running",
+                             remedy=f"netfence stop {name}, or choose another --name")
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(mode=STATE_DIR_MODE)
+        me = os.getpid()
+        # Until the supervisor saves its record, this says the name is taken.
+        (path / CLAIMANT).write_text(f"{me} {process_start_time(me) or ''}")
+    finally:
+        os.close(fd)  # closing releases the lock
     return path
+
+
+def _claimant_alive(path: Path) -> bool:
+    try:
+        pid, _, started = (path / CLAIMANT).read_text().partition(" ")
+    except OSError:
+        return False
+    return pid.isdigit() and bool(started) and process_start_time(int(pid)) == started
 
 
 def save(state: WorkloadState) -> None:

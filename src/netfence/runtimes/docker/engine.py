@@ -89,6 +89,6 @@ def engine_errors(what: str = "") -> Iterator[None]:
     except docker.errors.APIError as exc:
         prefix = f"{what}: " if what else ""
         raise NetfenceError(f"{prefix}container engine error: {_reason(exc)}") from None
-    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+    except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
         raise NetfenceError(f"lost the container engine: {_reason(exc)}",
                             remedy=_REMEDY) from None

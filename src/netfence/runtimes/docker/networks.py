@@ -120,7 +120,11 @@ def networks_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     import time
 
     path = LOCK_PATH if LOCK_PATH.parent.is_dir() else state.STATE_ROOT.parent / LOCK_PATH.name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise NetfenceError(f"cannot open the network lock {path}: {exc.strerror}",
+                            remedy="run netfence with sudo, as the runs holding it do") from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -203,15 +207,18 @@ def remove_network(client: DockerClient, name: str) -> None:
 
 
 def _host_links() -> list[dict[str, object]]:
+    """The host's interfaces and addresses; an error when they cannot be read, since a
+    bridge that cannot be inspected cannot be shown to carry no host address."""
     try:
         done = subprocess.run(["ip", "-json", "address", "show"], capture_output=True,
                               text=True, timeout=10)
-    except FileNotFoundError:
-        return []
-    if done.returncode != 0:
-        return []
-    links = json.loads(done.stdout or "[]")
-    return links if isinstance(links, list) else []
+        links = json.loads(done.stdout or "[]") if done.returncode == 0 else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        links = None
+    if not isinstance(links, list):
+        raise NetfenceError("cannot read the host's interfaces (`ip -json address show`)",
+                            remedy="apt-get install iproute2")
+    return links
 
 
 def bridge_carrying(address: str, links: list[dict[str, object]]) -> str | None:

@@ -43,6 +43,7 @@ from netfence.backends.dnsmasq import dns_setup
 from netfence.errors import NetfenceError, PrivilegeError, UsageError
 from netfence.policy import compile_policy
 from netfence.profile.hosts import IPAddress
+from netfence.profile.model import IPNetwork
 from netfence.runtimes import state
 from netfence.runtimes.base import Runtime, WorkloadSpec, read_decisions
 from netfence.runtimes.detach import Readiness, detach, redirect_own_stdio
@@ -132,10 +133,12 @@ class Fence:
             internal = networks.create_internal(client, spec.name)
             self.undo.callback(networks.remove_network, client, internal.name or self.internal)
             plan = self.plan = networks.plan_addresses(*networks.subnet_of(internal))
-            self.external_gateway = networks.subnet_of(external)[1]
-            gateways = [self.external_gateway, str(plan.gateway or "")]
+            external_subnet, self.external_gateway = networks.subnet_of(external)
             placement = self.placement = self._placement(plan, resolver)
-            policy = compile_policy(spec.profile, _host_addresses(gateways))
+            # Every fence's containers are on the external network: it is denied like the
+            # host's addresses, so --allow-cidr never lets one workload reach another's.
+            policy = compile_policy(spec.profile, _host_addresses(
+                [external_subnet, networks.subnet_of(internal)[0]]))
             self.setup = self.backend.setup(policy, placement) + dns_setup(policy, placement)
             write_setup(self.setup, self.state_dir)
             # Created (so on the external network) before the lock goes: a concurrent
@@ -224,9 +227,11 @@ class Fence:
     def _strip_bridge(self) -> None:
         assert self.plan is not None
         if not networks.strip_host_addresses(self.plan):
-            log.warning("%s: the host keeps an address on %s; host services listening on "
-                        "all addresses are reachable from the workload", self.spec.name,
-                        self.internal)
+            # Fail closed: with it, every host service listening on all addresses would be
+            # reachable from the workload, around the fence.
+            raise PrivilegeError(
+                f"the engine gave the host an address on {self.internal}, and only root can "
+                "remove it", remedy="run netfence with sudo, on the engine's host")
 
     def _create_workload(self, plan: networks.AddressPlan) -> None:
         spec = self.spec
@@ -258,12 +263,13 @@ class Fence:
 
     # -- running ------------------------------------------------------------------------
 
-    def run_workload(self, attach: bool) -> int:
-        """Start the workload (and then the ingress), wait for it; its exit status."""
+    def run_workload(self, ready: Readiness) -> int:
+        """Start the workload (and then the ingress), wait for it; its exit status. A
+        detached run is told it started once both are up."""
         assert self.workload is not None
         workload = self.workload
         attachment = None
-        if attach:
+        if not ready.detached:
             attachment = containers.Attachment(self.client, workload,
                                                stdin=self.spec.transport == "stdio")
         if self.plan is not None:
@@ -277,8 +283,10 @@ class Fence:
             if self.record is not None:
                 self.record.url = self.url
                 state.save(self.record)
-        if self.url:
+        if self.url and not ready.detached:
             log.warning("%s: clients connect to %s", self.spec.name, self.url)
+        # A detached workload's output stays with the engine: `docker logs NAME`.
+        ready.ok(self.url)
         code = _wait_forwarding(workload, self.signals)
         if attachment is not None:
             attachment.finish()
@@ -292,14 +300,14 @@ def _signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def _host_addresses(extra: list[str | None]) -> tuple[IPAddress, ...]:
+def _host_addresses(fence_subnets: list[str]) -> tuple[IPAddress | IPNetwork, ...]:
+    """The host's addresses and the fence's own networks (their gateways included)."""
     from netfence.runtimes.namespace.netns import host_addresses
 
-    found = list(host_addresses())
-    for text in extra:
-        if text:
-            with contextlib.suppress(ValueError):
-                found.append(ipaddress.ip_address(text))
+    found: list[IPAddress | IPNetwork] = list(host_addresses())
+    for text in fence_subnets:
+        with contextlib.suppress(ValueError):
+            found.append(ipaddress.ip_network(text, strict=False))
     return tuple(found)
 
 
@@ -417,10 +425,8 @@ class DockerRuntime(Runtime):
                     decision_logs=[str(p) for p in fence.setup.decision_logs],
                 )
                 state.save(fence.record)
-                # A detached workload's output stays with the engine: `docker logs NAME`.
-                ready.ok(fence.url)
                 with engine_errors():
-                    return fence.run_workload(attach=not spec.detach)
+                    return fence.run_workload(ready)
             except (NetfenceError, Interrupted) as exc:
                 ready.failed(exc)
                 if isinstance(exc, Interrupted):

@@ -34,6 +34,7 @@ from netfence.policy.learn import Used, learned_profile, summary
 from netfence.profile import Profile
 from netfence.runtimes import state
 from netfence.runtimes.base import ProgressHook, Runtime, WorkloadSpec, read_decisions
+from netfence.runtimes.caller import caller_permissions
 from netfence.runtimes.detach import Readiness, detach, redirect_own_stdio
 from netfence.runtimes.namespace import netns, processes, sandbox
 from netfence.runtimes.namespace.relay import Relays
@@ -154,14 +155,14 @@ class Fence:
         os.close(resolv_w)
         info_r, info_w = os.pipe()
         argv = sandbox.sandbox_argv(
-            netns.netns_path(ns_name(spec.name)), user, spec.command, resolv_r, info_w,
-            hidden=(state.STATE_ROOT, netns.NETNS_DIR),
+            netns.netns_path(ns_name(spec.name)), user, spec.command, self.workload_env(user),
+            resolv_r, info_w, hidden=(state.STATE_ROOT, netns.NETNS_DIR),
         )
         self.signals.check()
         # A signal that arrives from here on waits in the queue until the forwarder
         # passes it to the workload.
         proc = subprocess.Popen(
-            argv, env=self.workload_env(user), pass_fds=(resolv_r, info_w),
+            argv, env=sandbox.LAUNCH_ENV, pass_fds=(resolv_r, info_w),
             stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], process_group=0,
         )
         os.close(resolv_r)
@@ -313,7 +314,7 @@ class NamespaceRuntime(Runtime):
         fence.record.decision_logs = [str(p) for p in fence.setup.decision_logs]
         fence.record.workload_log = str(log_path) if detached else None
         state.save(fence.record)
-        if fence.url:
+        if fence.url and not detached:  # detached: `netfence run` says it (detach.py)
             log.warning("%s: clients connect to %s", spec.name, fence.url)
         return stdio
 
@@ -358,13 +359,12 @@ def write_learned(path: Path, profile: Profile, backend: NetworkProxy,
             if record is not None:
                 used.append(Used(record.host, record.port, record.allowed, record.reason))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(learned_profile(profile, used))
-        os.chmod(path, 0o644)  # a profile is no secret; the umask here is 077
-        uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
-        if uid and gid and uid.isdigit() and gid.isdigit():
-            os.chown(path, int(uid), int(gid))  # the caller's, not root's
+        # Written as the caller: a file they could write themselves, and theirs.
+        with caller_permissions():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                os.fchmod(fh.fileno(), 0o644)  # a profile is no secret; the umask is 077
+                fh.write(learned_profile(profile, used))
     except OSError as exc:
         log.error("--learn: cannot write %s: %s", path, exc.strerror or exc)
         return

@@ -10,10 +10,16 @@ import json
 import os
 import pwd
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from netfence.errors import NetfenceError, UsageError
+
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# All that nsenter and bwrap get from us; the workload's own environment is bwrap's
+# --setenv arguments.
+LAUNCH_ENV = {"PATH": SYSTEM_PATH}
 
 
 @dataclass(frozen=True)
@@ -94,20 +100,34 @@ def sandbox_argv(
     netns_file: Path,
     user: SandboxUser,
     command: tuple[str, ...],
+    env: Mapping[str, str],
     resolv_fd: int,
     info_fd: int,
     hidden: tuple[Path, ...],
 ) -> list[str]:
-    """nsenter joins the namespace and drops to the user; bwrap builds the rest."""
+    """nsenter joins the namespace and drops to the user; bwrap builds the rest.
+
+    The workload's environment (partly the caller's: --env) reaches only the workload,
+    through bwrap: nsenter runs as root, where PATH or LD_PRELOAD would choose its code.
+    Start the argv with LAUNCH_ENV as its environment."""
+    nsenter = shutil.which("nsenter", path=SYSTEM_PATH)
+    if nsenter is None:
+        raise NetfenceError("nsenter is not installed", remedy="apt-get install util-linux")
+    setenv = [arg for key, value in env.items() for arg in ("--setenv", key, value)]
     argv = [
-        "nsenter", f"--net={netns_file}", f"--setuid={user.uid}", f"--setgid={user.gid}", "--",
-        bwrap_path(),
+        nsenter, f"--net={netns_file}", f"--setuid={user.uid}", f"--setgid={user.gid}", "--",
+        bwrap_path(), "--clearenv", *setenv,
         "--bind", "/", "/",
         "--dev", "/dev",
         "--proc", "/proc",
+        # A Unix socket is reached through the file system, from any network namespace:
+        # the engines', D-Bus's, systemd's and the user session's all live under /run.
+        # The workload gets an empty one.
+        "--tmpfs", "/run",
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--ro-bind-data", str(resolv_fd), "/etc/resolv.conf",
+        # Where the file really is: /etc/resolv.conf is often a link into /run.
+        "--ro-bind-data", str(resolv_fd), os.path.realpath("/etc/resolv.conf"),
         "--info-fd", str(info_fd),
     ]
     for path in hidden:

@@ -1,0 +1,39 @@
+"""Claiming a workload name: one live claimant per name, stale claims are taken over."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netfence.errors import UsageError
+from netfence.runtimes import state
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(state, "STATE_ROOT", tmp_path / "state")
+    return tmp_path / "state"
+
+
+def test_a_name_being_started_cannot_be_claimed_again(root: Path) -> None:
+    path = state.claim("web")
+    (path / "envoy.json").write_text("{}")  # what the first run has written so far
+    with pytest.raises(UsageError, match="'web' is already running"):
+        state.claim("web")
+    assert (path / "envoy.json").exists()  # the second claim removed nothing
+
+
+def test_a_claim_left_by_a_dead_run_is_taken_over(root: Path) -> None:
+    path = state.claim("web")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (path / state.CLAIMANT).write_text(f"{gone.pid} 1")  # that run has ended
+    (path / "stale").write_text("")
+    again = state.claim("web")
+    assert again == path and not (path / "stale").exists()
+
+
+def test_claims_of_other_names_are_independent(root: Path) -> None:
+    assert state.claim("a") != state.claim("b")
