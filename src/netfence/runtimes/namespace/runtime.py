@@ -279,9 +279,11 @@ class NamespaceRuntime(Runtime):
         # gives up at its next step, the workload gets it, the teardown is not cut short.
         with StopSignals() as signals:
             fence = Fence(spec, backend, record, signals, self.progress)
+            ran = False
             try:
                 stdio = self._start(spec, fence, detached=ready.detached)
                 ready.ok(fence.url)
+                ran = True
                 return fence.run_workload(stdio)
             except (NetfenceError, Interrupted) as exc:
                 ready.failed(exc)
@@ -290,9 +292,10 @@ class NamespaceRuntime(Runtime):
                 raise
             finally:
                 fence.close()
-                if spec.learn is not None and fence.setup.decision_logs:
+                if spec.learn is not None and ran and fence.setup.decision_logs:
                     # After the proxies stopped (their logs are complete), before the state
-                    # dir (which holds the logs) goes.
+                    # dir (which holds the logs) goes; never for a start that failed, which
+                    # would replace the file with an empty profile.
                     write_learned(spec.learn, spec.profile, backend, fence.setup.decision_logs)
                 _remove_tree(state_dir)
 
