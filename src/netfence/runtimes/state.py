@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from netfence.backends.base import STATE_DIR_MODE
-from netfence.errors import UsageError
+from netfence.errors import PrivilegeError, UsageError
 
 STATE_ROOT = Path(os.environ.get("NETFENCE_STATE_DIR", "/run/netfence"))
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
@@ -124,16 +124,27 @@ def save(state: WorkloadState) -> None:
     tmp.replace(path)
 
 
+def _unreadable() -> PrivilegeError:
+    return PrivilegeError(f"the workloads' state in {STATE_ROOT} is root's",
+                          remedy="run it with sudo")
+
+
 def load(name: str) -> WorkloadState | None:
     try:
         data = json.loads((state_dir(name) / RECORD).read_text())
         return WorkloadState(**data)
+    except PermissionError:
+        raise _unreadable() from None
     except (OSError, ValueError, TypeError):
         return None
 
 
 def all_states() -> list[WorkloadState]:
-    if not STATE_ROOT.is_dir():
-        return []
-    states = (load(p.name) for p in sorted(STATE_ROOT.iterdir()) if p.is_dir())
+    try:
+        if not STATE_ROOT.is_dir():
+            return []
+        entries = sorted(p for p in STATE_ROOT.iterdir() if p.is_dir())
+    except PermissionError:
+        raise _unreadable() from None
+    states = (load(p.name) for p in entries)
     return [s for s in states if s is not None]
