@@ -6,6 +6,7 @@ runs for both backends."""
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ import pytest
 from netfence.runtimes import state
 from netfence.runtimes.docker.networks import (
     EXTERNAL_NETWORK,
+    INTERNAL_POOL,
     bridge_carrying,
     internal_network_name,
 )
@@ -288,8 +290,11 @@ def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) ->
             all=True, filters={"label": f"io.netfence.workload={name}"})
         roles = {c.labels["io.netfence.role"] for c in owned}
         assert roles == {"workload", "dns", "egress"}, roles
-        assert podman.client.networks.get(internal_network_name(name)).attrs["Labels"][
-            "io.netfence.workload"] == name
+        internal = podman.client.networks.get(internal_network_name(name)).attrs
+        assert internal["Labels"]["io.netfence.workload"] == name
+        # A subnet of ours, given at creation (Docker Engine needs one for fixed addresses).
+        subnet = ipaddress.ip_network(internal["IPAM"]["Config"][0]["Subnet"])
+        assert subnet.subnet_of(INTERNAL_POOL), subnet
         deadline = time.monotonic() + 20
         text = ""
         while time.monotonic() < deadline and "other.test" not in text:

@@ -5,6 +5,7 @@ tests/integration/test_docker_runtime.py."""
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import subprocess
 import tarfile
@@ -360,3 +361,16 @@ def test_envoy_program_follows_the_placement(tmp_path: Path) -> None:
     assert inside.processes[0].argv[0] == "envoy"
     on_host = backend.setup(policy, _placement(tmp_path))
     assert on_host.processes[0].argv[0].endswith("envoy") and "/" in on_host.processes[0].argv[0]
+
+
+def test_internal_subnets_come_from_our_pool_and_skip_what_is_taken() -> None:
+    pool = networks.INTERNAL_POOL
+    assert networks.free_subnet([]) == ipaddress.IPv4Network(f"{pool.network_address}/24")
+    first, second, third, fourth = list(pool.subnets(new_prefix=24))[:4]
+    # An engine network on the first, a host's /23 (a VPN) over the third and fourth.
+    taken = [first, ipaddress.IPv4Network(f"{third.network_address}/23")]
+    assert networks.free_subnet(taken) == second
+    assert networks.free_subnet([*taken, second]) == list(pool.subnets(new_prefix=24))[4]
+    assert fourth.overlaps(taken[1])
+    with pytest.raises(NetfenceError, match="no free /24"):
+        networks.free_subnet([pool])

@@ -159,19 +159,67 @@ def ensure_external(client: DockerClient) -> Network:
             raise
 
 
+# Internal networks get a subnet of ours: the fence gives its containers fixed addresses,
+# which Docker Engine accepts only on a network created with a subnet (Podman on any).
+# Clear of Docker's (172.17-31.x, 192.168.x) and Podman's (10.88.x, 10.89.x) default pools.
+INTERNAL_POOL = ipaddress.IPv4Network("10.213.0.0/16")
+_SUBNET_ATTEMPTS = 8
+
+
+def taken_subnets(client: DockerClient) -> list[ipaddress.IPv4Network]:
+    """IPv4 networks in use: the engine's networks and the host's own interfaces."""
+    found: list[ipaddress.IPv4Network] = []
+    with engine_errors("listing networks"):
+        engine_networks = client.networks.list()
+    for network in engine_networks:
+        for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
+            with contextlib.suppress(ValueError, TypeError):
+                net = ipaddress.ip_network(config.get("Subnet"), strict=False)
+                if isinstance(net, ipaddress.IPv4Network):
+                    found.append(net)
+    for link in _host_links():
+        infos = link.get("addr_info")
+        for info in infos if isinstance(infos, list) else []:
+            if isinstance(info, dict) and info.get("family") == "inet":
+                with contextlib.suppress(ValueError, TypeError):
+                    found.append(ipaddress.IPv4Interface(
+                        f"{info['local']}/{info['prefixlen']}").network)
+    return found
+
+
+def free_subnet(taken: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+    """The first /24 of INTERNAL_POOL that overlaps nothing taken."""
+    for candidate in INTERNAL_POOL.subnets(new_prefix=24):
+        if not any(candidate.overlaps(net) for net in taken):
+            return candidate
+    raise NetfenceError(f"no free /24 left in {INTERNAL_POOL} for an internal network",
+                        remedy="stop workloads you no longer need")
+
+
 def create_internal(client: DockerClient, workload: str) -> Network:
+    """The workload's internal network, on a free subnet. Call with networks_lock held."""
     import docker.errors
+    from docker.types import IPAMConfig, IPAMPool
 
     name = internal_network_name(workload)
+    taken = taken_subnets(client)
     with engine_errors("internal network"):
-        try:
-            return client.networks.create(name, driver="bridge", internal=True,
-                                          labels=labels(workload, "internal"))
-        except docker.errors.APIError as exc:
-            if _conflict(exc):
-                raise UsageError(f"a network named {name!r} already exists",
-                                 remedy=f"netfence stop {workload} --runtime docker") from None
-            raise
+        for _ in range(_SUBNET_ATTEMPTS):
+            subnet = free_subnet(taken)
+            try:
+                return client.networks.create(
+                    name, driver="bridge", internal=True, labels=labels(workload, "internal"),
+                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet))]))
+            except docker.errors.APIError as exc:
+                if _conflict(exc):
+                    raise UsageError(f"a network named {name!r} already exists",
+                                     remedy=f"netfence stop {workload} --runtime docker"
+                                     ) from None
+                # Docker: "Pool overlaps ..."; Podman: "subnet ... is already used ...".
+                if not any(w in str(exc).lower() for w in ("overlap", "already used")):
+                    raise
+                taken.append(subnet)  # another engine user took it meanwhile
+        raise NetfenceError(f"could not find a free subnet for {name}")
 
 
 def _attached(client: DockerClient, network: str) -> bool:
