@@ -9,8 +9,9 @@ without sending anything in between: an idle stream that a proxy must not cut).
     python mcp_server.py streamable-http PORT
 
 The HTTP transports listen on 127.0.0.1 inside the workload's namespace; netfence's
-ingress forwards to it. The file imports only the standard library and `mcp`: the tests
-copy it, with the `mcp` distribution, to a place the unprivileged workload can read.
+ingress forwards to it. The file imports only the standard library, `mcp` and what `mcp`
+depends on: the tests copy it, with the `mcp` distribution and its dependencies, to a place
+the unprivileged workload can read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ import urllib.request
 import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from sse_starlette import EventSourceResponse
+
+# The SDK's event streams send a keep-alive every 15 s by default: `wait` would then test
+# only 15 s of silence. No keep-alives, so a proxy's idle or route timeout shows.
+EventSourceResponse.DEFAULT_PING_INTERVAL = 0
 
 FETCH_TIMEOUT = 10.0
 MAX_WAIT = 120.0
