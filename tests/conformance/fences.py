@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from netfence.policy import Policy, compile_policy
 from netfence.profile import load_profile, with_overrides
-from netfence.runtimes.namespace.netns import host_addresses
+from netfence.runtimes.netns import host_addresses
 from tests.conformance.harness import Fenced
 from tests.support.fakenet import FakeNet
 from tests.support.fakenet_server import HOST_IP

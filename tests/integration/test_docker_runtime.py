@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 import pytest
@@ -290,6 +291,22 @@ def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) ->
             all=True, filters={"label": f"io.netfence.workload={name}"})
         roles = {c.labels["io.netfence.role"] for c in owned}
         assert roles == {"workload", "dns", "egress"}, roles
+        # Every capability dropped but the few each fence process needs; none for the
+        # workload.
+        wanted = {"workload": set(), "dns": {"NET_BIND_SERVICE", "SETUID", "SETGID"},
+                  "egress": {"NET_BIND_SERVICE"} if proxy == "envoy" else
+                  {"CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "NET_BIND_SERVICE"}}
+        def caps(container: Any, key: str) -> set[str]:
+            return {c.removeprefix("CAP_") for c in container.attrs["HostConfig"][key] or []}
+
+        by_role = {c.labels["io.netfence.role"]: c for c in owned}
+        # Podman reports its default set minus what it dropped (the workload drops it all);
+        # Docker reports ALL dropped plus what it added.
+        default = caps(by_role["workload"], "CapDrop")
+        for role, container in by_role.items():
+            dropped = caps(container, "CapDrop")
+            kept = caps(container, "CapAdd") | (set() if "ALL" in dropped else default - dropped)
+            assert kept == wanted[role], (role, container.attrs["HostConfig"])
         internal = podman.client.networks.get(internal_network_name(name)).attrs
         assert internal["Labels"]["io.netfence.workload"] == name
         # A subnet of ours, given at creation (Docker Engine needs one for fixed addresses).

@@ -88,6 +88,9 @@ class ProcessSpec:
     # "ingress" or "dns". Runtimes that run each process apart (containers) name and order
     # them by it: the ingress needs the workload started, the others must precede it.
     role: str = ""
+    # The Linux capabilities the process needs when started as root on its own (a runtime
+    # that drops every other one, as the docker runtime does for its containers).
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

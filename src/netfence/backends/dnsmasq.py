@@ -115,6 +115,8 @@ def dns_setup(policy: Policy, placement: Placement) -> ProxySetup:
         # log-facility=- sends the query log to stderr; the runtime keeps it in this file.
         stderr=state / QUERY_LOG_NAME,
         role="dns",
+        # Port 53, then it drops to its own user.
+        capabilities=("NET_BIND_SERVICE", "SETUID", "SETGID"),
     )
     return ProxySetup(
         files=(FileSpec(conf, render_config(policy, placement)),),

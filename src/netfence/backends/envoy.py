@@ -871,6 +871,7 @@ class EnvoyProxy(NetworkProxy):
             stdout=state / "envoy.stdout.log",
             stderr=state / "envoy.stderr.log",
             role="egress",
+            capabilities=("NET_BIND_SERVICE",),  # its listeners, nothing else
         )
         return ProxySetup(
             files=(FileSpec(config_path, content),),

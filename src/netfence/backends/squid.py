@@ -392,8 +392,12 @@ def _process(placement: Placement, role: str, conf: Path, pages: Path,
             "squid", "-N", "-f", str(conf), "-n", service_name(placement, role))
     # Pre-created for the proxy user: Squid reopens them as /dev/stdout and /dev/stderr.
     logs = (FileSpec(stdout, "", owner=SQUID_USER), FileSpec(stderr, "", owner=SQUID_USER))
+    # The wrapper hands the error pages to the proxy user and enters them (so passes their
+    # 0700 as root), then Squid drops to that user.
     spec = ProcessSpec(f"squid-{role}", argv, (ready,), stdout, stderr,
-                       stop_signal=signal.SIGINT, role=role)
+                       stop_signal=signal.SIGINT, role=role,
+                       capabilities=("CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID",
+                                     "NET_BIND_SERVICE"))
     return spec, logs
 
 

@@ -213,7 +213,7 @@ def check(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, 
           allow_cidr: tuple[str, ...], resolved_ip: str | None, as_json: bool,
           target: str) -> None:
     """Decide HOST[:PORT] (default port 443) as the fence would; exit 0 allowed, 1 denied."""
-    from netfence.runtimes.namespace.netns import host_addresses
+    from netfence.runtimes.netns import host_addresses
 
     policy = compile_policy(_load(profile_ref, allow_host, allow_port, allow_cidr),
                             host_addresses())

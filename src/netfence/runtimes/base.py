@@ -91,6 +91,15 @@ def read_decisions(workload: WorkloadState, follow: bool) -> Iterator[DecisionRe
                 time.sleep(0.2)
 
 
+def tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a fence process's log, on one line, for an error message."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
 def get_runtime(name: str | None = None) -> Runtime:
     chosen = name if name is not None else os.environ.get(ENV_VAR) or "namespace"
     if chosen.strip().lower() == "namespace":

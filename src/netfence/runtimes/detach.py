@@ -13,7 +13,7 @@ from netfence.errors import NetfenceError
 log = logging.getLogger(__name__)
 
 
-class Readiness:
+class ReadyPipe:
     """The supervisor's end of the pipe to `netfence run --detach`; inert when attached."""
 
     def __init__(self, fd: int | None = None) -> None:
@@ -34,7 +34,7 @@ class Readiness:
             self._fd = None
 
 
-def detach(name: str, supervise: Callable[[Readiness], int]) -> int:
+def detach(name: str, supervise: Callable[[ReadyPipe], int]) -> int:
     """Run `supervise` in a new session; return 0 once it reports the fence up."""
     ready_r, ready_w = os.pipe()
     # Fork before anything opens sockets or threads (the engine client's do not survive it).
@@ -43,7 +43,7 @@ def detach(name: str, supervise: Callable[[Readiness], int]) -> int:
         os.setsid()
         code = 1
         try:
-            code = supervise(Readiness(ready_w))
+            code = supervise(ReadyPipe(ready_w))
         except BaseException:
             code = 1
         finally:

@@ -15,29 +15,22 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from netfence.backends import Endpoint, ProcessSpec
+from netfence.backends import ProcessSpec
 from netfence.errors import NetfenceError, UsageError
-from netfence.runtimes.docker.engine import engine_errors
-from netfence.runtimes.namespace.netns import open_socket
+from netfence.runtimes.base import tail
+from netfence.runtimes.docker.engine import engine_errors, is_conflict
+from netfence.runtimes.netns import accepts
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
 
 READY_TIMEOUT = 30.0
-# Fence processes need only these; everything else is dropped.
-FENCE_CAPS: Mapping[str, tuple[str, ...]] = {
-    "dns": ("NET_BIND_SERVICE", "SETUID", "SETGID"),
-    # Squid's wrapper hands its error pages to the proxy user and enters them (so needs
-    # to pass their 0700 as root), then Squid drops to that user.
-    "squid": ("CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "NET_BIND_SERVICE"),
-    "envoy": ("NET_BIND_SERVICE",),
-}
 _REDIRECT = 'o=$1 e=$2; shift 2; exec "$@" >>"$o" 2>>"$e"'
 
 
@@ -58,12 +51,6 @@ def workload_command(command: Sequence[str]) -> tuple[str, list[str] | None]:
     if rest[:1] == ["--"]:
         rest = rest[1:]
     return image, rest or None
-
-
-def is_conflict(exc: Exception) -> bool:
-    status = getattr(exc, "status_code", None)
-    text = str(exc).lower()
-    return status == 409 or "already in use" in text or "already exists" in text
 
 
 def create(client: DockerClient, name: str, image: str, **options: Any) -> Container:
@@ -112,7 +99,7 @@ class Readiness:
         if status.get("Status") in ("exited", "dead") or status.get("Running") is False:
             raise NetfenceError(
                 f"{self.container.name} exited with status {status.get('ExitCode')} while "
-                f"starting: {_tail(self.spec.stderr) or _tail(self.spec.stdout) or 'no output'}"
+                f"starting: {tail(self.spec.stderr) or tail(self.spec.stdout) or 'no output'}"
             )
         pid = status.get("Pid") or 0
         path = Path(f"/proc/{pid}/ns/net")
@@ -129,36 +116,12 @@ class Readiness:
                 time.sleep(1.0)
                 self._netns()
                 return
-            pending = [e for e in pending if not _accepts(e, netns)]
+            pending = [e for e in pending if not accepts(e, netns)]
             if pending and time.monotonic() > deadline:
                 raise NetfenceError(f"{self.container.name} did not start listening on "
                                     f"{', '.join(map(str, pending))} within {timeout:.0f} s")
             if pending:
                 time.sleep(0.05)
-
-
-def _accepts(endpoint: Endpoint, netns: Path) -> bool:
-    host = "127.0.0.1" if endpoint.host == "0.0.0.0" else endpoint.host
-    try:
-        sock = open_socket(host, socket.SOCK_STREAM, netns)
-    except OSError:
-        return False
-    sock.settimeout(0.5)
-    try:
-        sock.connect((host, endpoint.port))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
 
 
 def published_port(container: Container, port: int) -> int:

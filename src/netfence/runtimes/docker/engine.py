@@ -92,3 +92,11 @@ def engine_errors(what: str = "") -> Iterator[None]:
     except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
         raise NetfenceError(f"lost the container engine: {_reason(exc)}",
                             remedy=_REMEDY) from None
+
+
+def is_conflict(exc: Exception) -> bool:
+    """Whether the engine refused a name that is taken (Docker says "already in use" or
+    "already exists"; Podman says "already used" too, for a network's name)."""
+    text = str(exc).lower()
+    return getattr(exc, "status_code", None) == 409 or any(
+        words in text for words in ("already in use", "already exists", "already used"))

@@ -39,6 +39,7 @@ from netfence.runtimes.docker.engine import (
     LABEL_ROLE,
     LABEL_WORKLOAD,
     engine_errors,
+    is_conflict,
 )
 
 if TYPE_CHECKING:
@@ -108,12 +109,6 @@ def labels(workload: str | None, role: str) -> dict[str, str]:
     return out
 
 
-def _conflict(exc: Exception) -> bool:
-    status = getattr(exc, "status_code", None)
-    text = str(exc).lower()
-    return status == 409 or "already exists" in text or "already used" in text
-
-
 @contextlib.contextmanager
 def networks_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Serialises creating, joining and removing the shared external network."""
@@ -154,7 +149,7 @@ def ensure_external(client: DockerClient) -> Network:
             return client.networks.create(EXTERNAL_NETWORK, driver="bridge",
                                           labels=labels(None, "external"))
         except docker.errors.APIError as exc:
-            if _conflict(exc):  # another engine user made it just now
+            if is_conflict(exc):  # another engine user made it just now
                 return client.networks.get(EXTERNAL_NETWORK)
             raise
 
@@ -211,14 +206,16 @@ def create_internal(client: DockerClient, workload: str) -> Network:
                     name, driver="bridge", internal=True, labels=labels(workload, "internal"),
                     ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet))]))
             except docker.errors.APIError as exc:
-                if _conflict(exc):
+                # Docker: "Pool overlaps ..."; Podman: "subnet ... is already used ...".
+                text = str(exc).lower()
+                if "overlap" in text or ("subnet" in text and "already used" in text):
+                    taken.append(subnet)  # another engine user took it meanwhile
+                    continue
+                if is_conflict(exc):
                     raise UsageError(f"a network named {name!r} already exists",
                                      remedy=f"netfence stop {workload} --runtime docker"
                                      ) from None
-                # Docker: "Pool overlaps ..."; Podman: "subnet ... is already used ...".
-                if not any(w in str(exc).lower() for w in ("overlap", "already used")):
-                    raise
-                taken.append(subnet)  # another engine user took it meanwhile
+                raise
         raise NetfenceError(f"could not find a free subnet for {name}")
 
 

@@ -46,7 +46,7 @@ from netfence.profile.hosts import IPAddress
 from netfence.profile.model import IPNetwork
 from netfence.runtimes import state
 from netfence.runtimes.base import Runtime, WorkloadSpec, read_decisions
-from netfence.runtimes.detach import Readiness, detach, redirect_own_stdio
+from netfence.runtimes.detach import ReadyPipe, detach, redirect_own_stdio
 from netfence.runtimes.docker import containers, images, networks
 from netfence.runtimes.docker.engine import (
     LABEL_COMMAND,
@@ -182,7 +182,6 @@ class Fence:
 
         spec = self.spec
         name = containers.container_name(spec.name, process.role)
-        key = fence_image_key(process, self.backend)
         options: dict[str, Any] = {}
         if self._publishes(process):
             # The host side of the ingress: loopback only.
@@ -193,7 +192,7 @@ class Fence:
             network=external, hostname=name, labels=_labels(spec, process.role),
             mounts=[Mount(target=str(self.state_dir), source=str(self.state_dir),
                           type="bind")],
-            cap_drop=["ALL"], cap_add=list(containers.FENCE_CAPS.get(key, ())),
+            cap_drop=["ALL"], cap_add=list(process.capabilities),
             # label=disable: an SELinux host would otherwise deny the bind-mounted state.
             security_opt=["no-new-privileges", "label=disable"],
             stop_signal=_signal_name(process.stop_signal),
@@ -263,7 +262,7 @@ class Fence:
 
     # -- running ------------------------------------------------------------------------
 
-    def run_workload(self, ready: Readiness) -> int:
+    def run_workload(self, ready: ReadyPipe) -> int:
         """Start the workload (and then the ingress), wait for it; its exit status. A
         detached run is told it started once both are up."""
         assert self.workload is not None
@@ -302,7 +301,7 @@ def _signal_name(signum: int) -> str:
 
 def _host_addresses(fence_subnets: list[str]) -> tuple[IPAddress | IPNetwork, ...]:
     """The host's addresses and the fence's own networks (their gateways included)."""
-    from netfence.runtimes.namespace.netns import host_addresses
+    from netfence.runtimes.netns import host_addresses
 
     found: list[IPAddress | IPNetwork] = list(host_addresses())
     for text in fence_subnets:
@@ -401,10 +400,10 @@ class DockerRuntime(Runtime):
             ) from None
         if spec.detach:
             return detach(spec.name, lambda ready: self._supervise(spec, backend, state_dir, ready))
-        return self._supervise(spec, backend, state_dir, Readiness())
+        return self._supervise(spec, backend, state_dir, ReadyPipe())
 
     def _supervise(self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path,
-                   ready: Readiness) -> int:
+                   ready: ReadyPipe) -> int:
         # From here to the end of the teardown a stop signal is only recorded: the start
         # gives up at its next step, the workload gets it, the teardown is not cut short.
         with StopSignals() as signals:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from netfence.backends import Endpoint, ProcessSpec
+from netfence.backends import ProcessSpec
 from netfence.errors import NetfenceError
-from netfence.runtimes.namespace.netns import open_socket
+from netfence.runtimes.base import tail
+from netfence.runtimes.netns import accepts
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE = 3.0
@@ -37,26 +36,6 @@ def start(spec: ProcessSpec) -> subprocess.Popen[bytes]:
                                 remedy="run `netfence doctor`") from None
 
 
-def _accepts(at: Endpoint) -> bool:
-    sock = open_socket(at.host, socket.SOCK_STREAM, at.netns)
-    sock.settimeout(0.5)
-    try:
-        sock.connect((at.host, at.port))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
-
-
-def tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
-
-
 def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes],
                check: Callable[[], None] = lambda: None, timeout: float = 15.0) -> None:
     """Until every ready endpoint accepts connections; a process that exits is an error.
@@ -70,7 +49,7 @@ def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes],
                 f"{spec.name} exited with status {proc.returncode} while starting: "
                 f"{tail(spec.stderr) or tail(spec.stdout) or 'no output'}"
             )
-        pending = [e for e in pending if not _accepts(e)]
+        pending = [e for e in pending if not accepts(e, e.netns)]
         if pending and time.monotonic() > deadline:
             raise NetfenceError(f"{spec.name} did not start listening on "
                                 f"{', '.join(map(str, pending))} within {timeout:.0f} s")

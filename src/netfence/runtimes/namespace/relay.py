@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from netfence.backends import Endpoint
-from netfence.runtimes.namespace.netns import open_socket
+from netfence.runtimes.netns import open_socket
 
 DNS_TIMEOUT = 5.0
 _CHUNK = 65536

@@ -32,11 +32,11 @@ from netfence.errors import NetfenceError, PrivilegeError
 from netfence.policy import compile_policy
 from netfence.policy.learn import Used, learned_profile, summary
 from netfence.profile import Profile
-from netfence.runtimes import state
+from netfence.runtimes import netns, state
 from netfence.runtimes.base import ProgressHook, Runtime, WorkloadSpec, read_decisions
 from netfence.runtimes.caller import caller_permissions
-from netfence.runtimes.detach import Readiness, detach, redirect_own_stdio
-from netfence.runtimes.namespace import netns, processes, sandbox
+from netfence.runtimes.detach import ReadyPipe, detach, redirect_own_stdio
+from netfence.runtimes.namespace import processes, sandbox
 from netfence.runtimes.namespace.relay import Relays
 from netfence.runtimes.resolver import host_resolver
 from netfence.runtimes.signals import Interrupted, StopSignals
@@ -262,10 +262,10 @@ class NamespaceRuntime(Runtime):
         state_dir = state.claim(spec.name)
         if spec.detach:
             return detach(spec.name, lambda ready: self._supervise(spec, backend, state_dir, ready))
-        return self._supervise(spec, backend, state_dir, Readiness())
+        return self._supervise(spec, backend, state_dir, ReadyPipe())
 
     def _supervise(
-        self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path, ready: Readiness
+        self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path, ready: ReadyPipe
     ) -> int:
         me = os.getpid()
         # Saved before anything starts, so whatever this supervisor leaves if it is killed

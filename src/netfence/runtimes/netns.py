@@ -1,4 +1,5 @@
-"""Network namespaces (through iproute2's `ip`), and sockets created inside them.
+"""Network namespaces (through iproute2's `ip`), sockets created inside them, and the
+host's own addresses: what both runtimes need of the kernel's network namespaces.
 
 `ip` rather than a netlink library: three short calls cost about 7 ms, where importing
 pyroute2 alone cost about 100 ms of every `netfence run`'s start.
@@ -19,6 +20,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from netfence.backends import Endpoint
 from netfence.errors import NetfenceError
 from netfence.profile.hosts import IPAddress
 
@@ -100,3 +102,20 @@ def open_socket(host: str, kind: socket.SocketKind, netns_file: Path | None) -> 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with entered(netns_file):
         return socket.socket(family, kind)
+
+
+def accepts(at: Endpoint, netns_file: Path | None) -> bool:
+    """Whether something listens on `at` (0.0.0.0: any address) in that namespace."""
+    host = "127.0.0.1" if at.host == "0.0.0.0" else at.host
+    try:
+        sock = open_socket(host, socket.SOCK_STREAM, netns_file)
+    except OSError:
+        return False
+    sock.settimeout(0.5)
+    try:
+        sock.connect((host, at.port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
