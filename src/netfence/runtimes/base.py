@@ -1,25 +1,29 @@
-"""What every runtime offers, and the description of a workload to run."""
+"""The runtime interface: the workload a runtime is asked to run, the fence it builds for
+that workload, and what every runtime offers the CLI.
+
+supervisor.py drives a Fence through its life; a runtime supplies only what differs.
+"""
 
 from __future__ import annotations
 
 import abc
-import contextlib
-import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from netfence.backends import DecisionRecord, Endpoint, get_backend
-from netfence.errors import UsageError
+from netfence.backends import DecisionRecord, Endpoint, ProxySetup
 from netfence.profile import Profile
-from netfence.runtimes import state
 from netfence.runtimes.state import WorkloadState
 
 Transport = Literal["stdio", "sse", "streamable-http"]
-ENV_VAR = "NETFENCE_RUNTIME"
-SUPPORTED = ("namespace", "docker")
+
+# Where the workload finds its fence, whichever runtime placed it: the egress proxy its
+# proxy variables name, and the DNS server its resolv.conf names.
+WORKLOAD_PROXY_PORT = 3128
+DNS_PORT = 53
+# How long a workload has to exit after a stop signal is passed to it, before SIGKILL.
+WORKLOAD_STOP_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,44 @@ class WorkloadSpec:
     user: str | None = None
     detach: bool = False
     # Learn mode: let every public destination through and, at exit, write a profile
-    # allowing exactly what was used to this file (namespace runtime).
+    # allowing exactly what was used to this file.
     learn: Path | None = None
 
 
 # Told each step while a fence starts, then None once the workload is about to start (or
 # the start failed). The CLI shows it on stderr; a runtime imports no terminal library.
 ProgressHook = Callable[[str | None], None]
+
+
+class Fence(abc.ABC):
+    """One workload's fence and the workload itself, as one runtime places them.
+
+    The supervisor calls start, then launch, then wait, and close in every case; a step
+    that fails raises NetfenceError (or signals.Interrupted for a stop signal taken
+    between steps). Whatever a step creates, close removes, also after a failed step.
+    """
+
+    # What start leaves for the supervisor to record: the ingress URL (also after launch,
+    # when the ingress starts with the workload) and the proxies' files and logs.
+    url: str | None = None
+    setup: ProxySetup = ProxySetup(files=(), processes=())
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Build the fence: network, proxies, DNS, all listening."""
+
+    @abc.abstractmethod
+    def launch(self, detached: bool) -> None:
+        """Start the workload: on our stdio, or with its output kept for later."""
+
+    @abc.abstractmethod
+    def wait(self) -> int:
+        """Until the workload exits, passing it stop signals; its exit status, shell-style
+        (128 + N for a death by signal N)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Remove everything start and launch created."""
 
 
 class Runtime(abc.ABC):
@@ -68,70 +103,3 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def decisions(self, name: str, follow: bool = False) -> Iterator[DecisionRecord]:
         """The fence's decision log for a workload."""
-
-
-def read_decisions(workload: WorkloadState, follow: bool) -> Iterator[DecisionRecord]:
-    """A workload's decision records, oldest first; with `follow`, then new ones as the
-    proxies write them, until the workload ends."""
-    backend = get_backend(workload.proxy)
-    with contextlib.ExitStack() as stack:
-        handles = [stack.enter_context(open(p, errors="replace"))
-                   for p in workload.decision_logs if Path(p).exists()]
-        while True:
-            got = False
-            for fh in handles:
-                for line in fh:
-                    record = backend.parse_decision(line)
-                    if record is not None:
-                        got = True
-                        yield record
-            if not follow or not workload.alive:
-                return
-            if not got:
-                time.sleep(0.2)
-
-
-def tail(path: Path, lines: int = 5) -> str:
-    """The last lines of a fence process's log, on one line, for an error message."""
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
-
-
-def get_runtime(name: str | None = None) -> Runtime:
-    chosen = name if name is not None else os.environ.get(ENV_VAR) or "namespace"
-    if chosen.strip().lower() == "namespace":
-        from netfence.runtimes.namespace import NamespaceRuntime
-
-        return NamespaceRuntime()
-    if chosen.strip().lower() == "docker":
-        from netfence.runtimes.docker import DockerRuntime
-
-        return DockerRuntime()
-    source = "--runtime" if name is not None else ENV_VAR
-    raise UsageError(f"unknown runtime {chosen!r} ({source}); supported: {', '.join(SUPPORTED)}")
-
-
-def _asked_for(chosen: str | None) -> bool:
-    return chosen is not None or bool(os.environ.get(ENV_VAR))
-
-
-def runtime_of(name: str, chosen: str | None = None) -> Runtime:
-    """The runtime asked for (--runtime, NETFENCE_RUNTIME); else the one the workload was
-    started with, so that `stop NAME` and `logs NAME` need no flag."""
-    if not _asked_for(chosen):
-        record = state.load(state.check_name(name))
-        if record is not None:
-            chosen = record.runtime
-    return get_runtime(chosen)
-
-
-def running(chosen: str | None = None) -> list[WorkloadState]:
-    """The running workloads of the runtime asked for; else of every runtime, as their
-    supervisors recorded them (no container engine is asked)."""
-    if _asked_for(chosen):
-        return get_runtime(chosen).list()
-    others = [s for s in state.all_states() if s.runtime != "namespace" and s.alive]
-    return sorted([*get_runtime("namespace").list(), *others], key=lambda s: s.name)

@@ -57,7 +57,7 @@ class WorkloadState:
 
     @property
     def alive(self) -> bool:
-        return process_start_time(self.supervisor_pid) == self.supervisor_start
+        return is_running(self.supervisor_pid, self.supervisor_start)
 
     def own(self, pid: int) -> None:
         """Record a process the supervisor started (the caller saves the record)."""
@@ -66,18 +66,45 @@ class WorkloadState:
     def kill_orphans(self) -> None:
         """SIGKILL the recorded processes that still run (same PID and start time)."""
         for pid, started in self.processes:
-            if isinstance(pid, int) and started and process_start_time(pid) == started:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            if isinstance(pid, int) and isinstance(started, str):
+                kill(pid, started)
 
 
-def process_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat: with the PID, it identifies one process (no PID reuse)."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 (the state) on."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()
+
+
+def process_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: with the PID, it identifies one process (no PID reuse)."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def is_running(pid: int, started: str) -> bool:
+    """Whether that very process runs: a zombie has finished (only its parent's wait is
+    missing), so `stop` need not wait for a reaper."""
+    fields = _stat(pid)
+    return bool(started) and fields is not None and fields[19] == started and fields[0] != "Z"
+
+
+def kill(pid: int, started: str, signum: int = signal.SIGKILL) -> None:
+    """Signal that very process, if it still runs: through a pidfd opened before its
+    identity is checked, so a PID reused in between is never hit."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if is_running(pid, started):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signum)
+    finally:
+        os.close(fd)
 
 
 def state_dir(name: str) -> Path:

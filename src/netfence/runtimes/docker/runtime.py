@@ -20,23 +20,18 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netfence.backends import (
-    DecisionRecord,
     Endpoint,
     NetworkProxy,
     Placement,
     ProcessSpec,
     ProxySetup,
-    get_backend,
     write_setup,
 )
 from netfence.backends.dnsmasq import dns_setup
@@ -45,8 +40,13 @@ from netfence.policy import compile_policy
 from netfence.profile.hosts import IPAddress
 from netfence.profile.model import IPNetwork
 from netfence.runtimes import state
-from netfence.runtimes.base import Runtime, WorkloadSpec, read_decisions
-from netfence.runtimes.detach import ReadyPipe, detach, redirect_own_stdio
+from netfence.runtimes.base import (
+    DNS_PORT,
+    WORKLOAD_PROXY_PORT,
+    WORKLOAD_STOP_GRACE,
+    Fence,
+    WorkloadSpec,
+)
 from netfence.runtimes.docker import containers, images, networks
 from netfence.runtimes.docker.engine import (
     LABEL_COMMAND,
@@ -59,7 +59,8 @@ from netfence.runtimes.docker.engine import (
     engine_errors,
 )
 from netfence.runtimes.resolver import host_resolver
-from netfence.runtimes.signals import Interrupted, StopSignals
+from netfence.runtimes.signals import StopSignals
+from netfence.runtimes.supervisor import SupervisedRuntime
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -68,11 +69,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("netfence")
 
-EGRESS_PORT = 3128
-DNS_PORT = 53
 # The ingress listener's port inside its container; the host port is published to it.
 INGRESS_PORT = 8080
-STOP_GRACE = 10.0
 _PATHS = {"sse": "/sse", "streamable-http": "/mcp"}
 _START_ORDER = {"dns": 0, "egress": 1, "ingress": 2}
 
@@ -95,7 +93,7 @@ def _labels(spec: WorkloadSpec, role: str) -> dict[str, str]:
     return {**networks.labels(spec.name, role), LABEL_PROXY: spec.proxy}
 
 
-class Fence:
+class DockerFence(Fence):
     """One workload's containers and networks; each step registers its undo."""
 
     def __init__(self, client: DockerClient, spec: WorkloadSpec, backend: NetworkProxy,
@@ -115,11 +113,15 @@ class Fence:
         self.placement: Placement | None = None
         self.internal = networks.internal_network_name(spec.name)
         self.workload: Container | None = None
-        self.record: state.WorkloadState | None = None
+        self.attachment: containers.Attachment | None = None
 
     # -- set-up ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        with engine_errors():
+            self._start()
+
+    def _start(self) -> None:
         spec, client = self.spec, self.client
         resolver = container_resolver(spec)
         _check_names_free(client, spec.name)
@@ -165,8 +167,9 @@ class Fence:
             ingress_upstream = Endpoint(plan.workload, spec.target_port)
         return Placement(
             state_dir=self.state_dir,
-            egress_listen=Endpoint(plan.egress, EGRESS_PORT),
-            workload_proxy=f"{containers.container_name(spec.name, 'egress')}:{EGRESS_PORT}",
+            egress_listen=Endpoint(plan.egress, WORKLOAD_PROXY_PORT),
+            workload_proxy=f"{containers.container_name(spec.name, 'egress')}:"
+                           f"{WORKLOAD_PROXY_PORT}",
             dns_listen=Endpoint(plan.dns, DNS_PORT),
             upstream_resolver=resolver,
             ingress_listen=ingress_listen,
@@ -262,37 +265,39 @@ class Fence:
 
     # -- running ------------------------------------------------------------------------
 
-    def run_workload(self, ready: ReadyPipe) -> int:
-        """Start the workload (and then the ingress), wait for it; its exit status. A
-        detached run is told it started once both are up."""
+    def launch(self, detached: bool) -> None:
+        """Start the workload, then the ingress (a separate ingress needs the workload)."""
+        with engine_errors():
+            self._launch(detached)
+
+    def _launch(self, detached: bool) -> None:
         assert self.workload is not None
         workload = self.workload
-        attachment = None
-        if not ready.detached:
-            attachment = containers.Attachment(self.client, workload,
-                                               stdin=self.spec.transport == "stdio")
+        if not detached:
+            self.attachment = containers.Attachment(self.client, workload,
+                                                    stdin=self.spec.transport == "stdio")
+            self.undo.callback(self.attachment.close)
         if self.plan is not None:
             self._strip_bridge()  # again: an engine may have restored it meanwhile
         with engine_errors(f"starting {workload.name}"):
             workload.start()
-        if attachment is not None:
-            attachment.start()
+        if self.attachment is not None:
+            self.attachment.start()
+        # A detached workload's output stays with the engine: `docker logs NAME`.
         if "ingress" in self.fence:
             self._start_fence(*self.fence["ingress"])
-            if self.record is not None:
-                self.record.url = self.url
-                state.save(self.record)
-        if self.url and not ready.detached:
-            log.warning("%s: clients connect to %s", self.spec.name, self.url)
-        # A detached workload's output stays with the engine: `docker logs NAME`.
-        ready.ok(self.url)
-        code = _wait_forwarding(workload, self.signals)
-        if attachment is not None:
-            attachment.finish()
+
+    def wait(self) -> int:
+        assert self.workload is not None
+        with engine_errors():
+            code = _wait_forwarding(self.workload, self.signals)
+        if self.attachment is not None:
+            self.attachment.finish()
         return code
 
     def close(self) -> None:
-        self.undo.close()
+        with engine_errors("removing the fence"):
+            self.undo.close()
 
 
 def _signal_name(signum: int) -> str:
@@ -370,11 +375,11 @@ def _wait_forwarding(container: Container, signals: StopSignals) -> int:
             with contextlib.suppress(Exception):
                 container.kill(signal=_signal_name(signum))
             if deadline is None:
-                deadline = time.monotonic() + STOP_GRACE
+                deadline = time.monotonic() + WORKLOAD_STOP_GRACE
         if deadline is not None and time.monotonic() > deadline:
             with contextlib.suppress(Exception):
                 container.kill(signal="SIGKILL")
-            deadline = time.monotonic() + STOP_GRACE
+            deadline = time.monotonic() + WORKLOAD_STOP_GRACE
         waiter.join(0.1)
     if "error" in result:
         raise NetfenceError(f"lost the workload container: {result['error']}")
@@ -382,65 +387,21 @@ def _wait_forwarding(container: Container, signals: StopSignals) -> int:
     return code
 
 
-class DockerRuntime(Runtime):
+class DockerRuntime(SupervisedRuntime):
     name = "docker"
 
-    def run(self, spec: WorkloadSpec) -> int:
-        backend = get_backend(spec.proxy)
-        state.check_name(spec.name)
+    def prepare(self, spec: WorkloadSpec) -> None:
         containers.workload_command(spec.command)
-        # The state dir holds root's configs; the containers get it through a bind mount.
-        os.umask(0o077)
-        try:
-            state_dir = state.claim(spec.name)
-        except PermissionError:
-            raise PrivilegeError(
-                f"cannot create the workload's state directory under {state.STATE_ROOT}",
-                remedy="run with sudo, or set NETFENCE_STATE_DIR to a directory of yours"
-            ) from None
-        if spec.detach:
-            return detach(spec.name, lambda ready: self._supervise(spec, backend, state_dir, ready))
-        return self._supervise(spec, backend, state_dir, ReadyPipe())
 
-    def _supervise(self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path,
-                   ready: ReadyPipe) -> int:
-        # From here to the end of the teardown a stop signal is only recorded: the start
-        # gives up at its next step, the workload gets it, the teardown is not cut short.
-        with StopSignals() as signals:
-            fence: Fence | None = None
-            try:
-                if ready.detached:
-                    redirect_own_stdio(state_dir / "supervisor.log")
-                client = connect()
-                fence = Fence(client, spec, backend, state_dir, signals)
-                with engine_errors():
-                    fence.start()
-                me = os.getpid()
-                fence.record = state.WorkloadState(
-                    name=spec.name, runtime=self.name, proxy=backend.name,
-                    command=list(spec.command), supervisor_pid=me,
-                    supervisor_start=state.process_start_time(me) or "",
-                    started_at=time.time(), state_dir=str(state_dir), url=fence.url,
-                    decision_logs=[str(p) for p in fence.setup.decision_logs],
-                )
-                state.save(fence.record)
-                with engine_errors():
-                    return fence.run_workload(ready)
-            except (NetfenceError, Interrupted) as exc:
-                ready.failed(exc)
-                if isinstance(exc, Interrupted):
-                    return exc.exit_code
-                raise
-            finally:
-                try:
-                    if fence is not None:
-                        fence.close()
-                except NetfenceError as exc:
-                    # Whatever could not be removed is still found by its labels.
-                    log.warning("%s: teardown incomplete (%s); `netfence stop %s "
-                                "--runtime docker` retries it", spec.name, exc, spec.name)
-                finally:
-                    shutil.rmtree(state_dir, ignore_errors=True)
+    def fence(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
+              signals: StopSignals) -> DockerFence:
+        return DockerFence(connect(), spec, backend, Path(record.state_dir), signals)
+
+    def remove(self, name: str, record: state.WorkloadState | None) -> bool:
+        client = connect()
+        found = bool(_owned(client, name))
+        teardown(client, name)
+        return found or record is not None
 
     # -- ps, stop, logs ---------------------------------------------------------------
 
@@ -464,32 +425,6 @@ class DockerRuntime(Runtime):
                 state_dir=str(state.state_dir(name)),
             ))
         return sorted(out, key=lambda s: s.name)
-
-    def stop(self, name: str) -> None:
-        state.check_name(name)
-        record = state.load(name)
-        if record is not None and record.runtime != self.name:
-            record = None
-        client = connect()
-        owned = _owned(client, name)
-        if record is None and not owned:
-            raise NetfenceError(f"no docker workload named {name!r}",
-                                remedy="see `netfence ps --runtime docker`")
-        if record is not None and record.alive:
-            os.kill(record.supervisor_pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE + 20
-            while record.alive and time.monotonic() < deadline:
-                time.sleep(0.1)
-        teardown(client, name)
-        if record is not None or not state.load(name):
-            shutil.rmtree(state.state_dir(name), ignore_errors=True)
-
-    def decisions(self, name: str, follow: bool = False) -> Iterator[DecisionRecord]:
-        current = state.load(state.check_name(name))
-        if current is None or current.runtime != self.name:
-            raise NetfenceError(f"no docker workload named {name!r}",
-                                remedy="see `netfence ps --runtime docker`")
-        yield from read_decisions(current, follow)
 
 
 def _owned(client: DockerClient, name: str) -> list[Container]:

@@ -1,5 +1,2 @@
-"""The namespace runtime: Linux namespaces and bubblewrap, no container engine."""
-
-from netfence.runtimes.namespace.runtime import NamespaceRuntime
-
-__all__ = ["NamespaceRuntime"]
+"""The namespace runtime: Linux namespaces and bubblewrap, no container engine
+(runtime.py; sandbox.py starts the workload, relay.py and processes.py serve the fence)."""

@@ -11,11 +11,16 @@ from collections.abc import Callable
 
 from netfence.backends import ProcessSpec
 from netfence.errors import NetfenceError
-from netfence.runtimes.base import tail
+from netfence.runtimes.logs import tail
 from netfence.runtimes.netns import accepts
+from netfence.runtimes.waiting import wait_for
 
 PR_SET_PDEATHSIG = 1
-STOP_GRACE = 3.0
+# How long a fence process has to exit after its stop signal, before SIGKILL.
+FENCE_STOP_GRACE = 3.0
+READY_TIMEOUT = 15.0
+# Each round is a few syscalls; waiting longer between them costs every run.
+READY_INTERVAL = 0.005
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -37,28 +42,27 @@ def start(spec: ProcessSpec) -> subprocess.Popen[bytes]:
 
 
 def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes],
-               check: Callable[[], None] = lambda: None, timeout: float = 15.0) -> None:
+               check: Callable[[], None] = lambda: None, timeout: float = READY_TIMEOUT) -> None:
     """Until every ready endpoint accepts connections; a process that exits is an error.
     `check` runs each round: it raises to give up (a stop signal came)."""
-    deadline = time.monotonic() + timeout
     pending = list(spec.ready)
-    while pending:
-        check()
+
+    def listening() -> bool:
         if proc.poll() is not None:
             raise NetfenceError(
                 f"{spec.name} exited with status {proc.returncode} while starting: "
                 f"{tail(spec.stderr) or tail(spec.stdout) or 'no output'}"
             )
-        pending = [e for e in pending if not accepts(e, e.netns)]
-        if pending and time.monotonic() > deadline:
-            raise NetfenceError(f"{spec.name} did not start listening on "
-                                f"{', '.join(map(str, pending))} within {timeout:.0f} s")
-        if pending:
-            time.sleep(0.005)  # each round is a few syscalls; waiting longer costs every run
+        pending[:] = [e for e in pending if not accepts(e, e.netns)]
+        return not pending
+
+    if not wait_for(listening, timeout, READY_INTERVAL, check):
+        raise NetfenceError(f"{spec.name} did not start listening on "
+                            f"{', '.join(map(str, pending))} within {timeout:.0f} s")
 
 
 def stop_all(started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]],
-             grace: float = STOP_GRACE) -> None:
+             grace: float = FENCE_STOP_GRACE) -> None:
     """Ask every process to stop at once, then kill what is still running after the grace."""
     for spec, proc in started:
         if proc.poll() is None:

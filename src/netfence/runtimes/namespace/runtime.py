@@ -10,43 +10,43 @@ import contextlib
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from netfence.backends import (
-    DecisionRecord,
     Endpoint,
     NetworkProxy,
     Placement,
     ProcessSpec,
     ProxySetup,
-    get_backend,
     write_setup,
 )
 from netfence.backends.dnsmasq import dns_setup
-from netfence.errors import NetfenceError, PrivilegeError
+from netfence.errors import PrivilegeError
 from netfence.policy import compile_policy
-from netfence.policy.learn import Used, learned_profile, summary
-from netfence.profile import Profile
 from netfence.runtimes import netns, state
-from netfence.runtimes.base import ProgressHook, Runtime, WorkloadSpec, read_decisions
-from netfence.runtimes.caller import caller_permissions
-from netfence.runtimes.detach import ReadyPipe, detach, redirect_own_stdio
+from netfence.runtimes.base import (
+    DNS_PORT,
+    WORKLOAD_PROXY_PORT,
+    WORKLOAD_STOP_GRACE,
+    Fence,
+    ProgressHook,
+    WorkloadSpec,
+)
 from netfence.runtimes.namespace import processes, sandbox
 from netfence.runtimes.namespace.relay import Relays
 from netfence.runtimes.resolver import host_resolver
-from netfence.runtimes.signals import Interrupted, StopSignals
+from netfence.runtimes.signals import StopSignals
+from netfence.runtimes.supervisor import SupervisedRuntime
 
 log = logging.getLogger("netfence")
 
-EGRESS_PORT = 3128
-DNS_PORT = 53
 LOOPBACK = "127.0.0.1"
-STOP_GRACE = 10.0
+WORKLOAD_LOG = "workload.log"
 # A minimal environment: the host's variables (tokens, cloud keys) stay out of the fence.
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -68,7 +68,7 @@ def _url(spec: WorkloadSpec, port: int) -> str:
     return f"http://{LOOPBACK}:{port}{path}"
 
 
-class Fence:
+class NamespaceFence(Fence):
     """One workload's fence; every step registers its own undo on `self.undo`."""
 
     def __init__(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
@@ -82,6 +82,7 @@ class Fence:
         self.undo = contextlib.ExitStack()
         self.url: str | None = None
         self.setup = ProxySetup(files=(), processes=())
+        self.forwarder: _Forwarder | None = None
 
     def start(self) -> None:
         spec = self.spec
@@ -94,7 +95,7 @@ class Fence:
         relays = Relays()
         self.undo.callback(relays.close)
 
-        inside = Endpoint(LOOPBACK, EGRESS_PORT, nsfile)
+        inside = Endpoint(LOOPBACK, WORKLOAD_PROXY_PORT, nsfile)
         if self.backend.listens_in_netns:
             egress = inside
         else:
@@ -116,7 +117,7 @@ class Fence:
         placement = Placement(
             state_dir=self.state_dir,
             egress_listen=egress,
-            workload_proxy=f"{LOOPBACK}:{EGRESS_PORT}",
+            workload_proxy=f"{LOOPBACK}:{WORKLOAD_PROXY_PORT}",
             dns_listen=dns,
             upstream_resolver=spec.dns_upstream or host_resolver(),
             ingress_listen=ingress_listen,
@@ -147,8 +148,18 @@ class Fence:
         env.update(self.setup.env)
         return env
 
-    def run_workload(self, stdio: tuple[int, int, int]) -> int:
+    def launch(self, detached: bool) -> None:
         spec = self.spec
+        stdio = (0, 1, 2)
+        if detached:
+            # The workload's output is kept in its state dir; nothing reads its stdin.
+            log_path = self.state_dir / WORKLOAD_LOG
+            out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            self.undo.callback(os.close, out)
+            self.undo.callback(os.close, devnull)
+            stdio = (devnull, out, out)
+            self.record.workload_log = str(log_path)
         user = sandbox.resolve_user(spec.user)
         resolv_r, resolv_w = os.pipe()
         os.write(resolv_w, f"nameserver {LOOPBACK}\noptions timeout:2 attempts:2\n".encode())
@@ -170,7 +181,13 @@ class Fence:
         init_pid = sandbox.read_child_pid(info_r)
         os.close(info_r)
         self._own(proc.pid, *([init_pid] if init_pid else []))
-        return _Forwarder(proc, init_pid, self.signals).wait()
+        self.forwarder = _Forwarder(proc, init_pid, self.signals)
+        # Stops the sandbox if the supervisor gives up before waiting for it.
+        self.undo.callback(self.forwarder.close)
+
+    def wait(self) -> int:
+        assert self.forwarder is not None
+        return self.forwarder.wait()
 
     def _own(self, *pids: int) -> None:
         for pid in pids:
@@ -198,7 +215,7 @@ class _Forwarder:
         self.init_pid = init_pid
         self.init_fd = sandbox.open_init(init_pid, proc.pid)
         # Readable the moment the sandbox exits: no polling delay added to every run.
-        self.exit_fd = os.pidfd_open(proc.pid)
+        self.exit_fd: int | None = os.pidfd_open(proc.pid)
         self.signals = signals
         self.deadline: float | None = None
         self.killed_for: int | None = None
@@ -212,7 +229,7 @@ class _Forwarder:
             self.killed_for = self.killed_for or signum
             self._kill()
         if self.deadline is None:
-            self.deadline = time.monotonic() + STOP_GRACE
+            self.deadline = time.monotonic() + WORKLOAD_STOP_GRACE
 
     def _kill(self) -> None:
         # The init first: bwrap's --die-with-parent is not armed yet in a sandbox that is
@@ -225,173 +242,66 @@ class _Forwarder:
 
     def wait(self) -> int:
         """The sandbox's exit status, shell-style (128 + N for a signal)."""
-        try:
-            while True:
-                # A signal from before the sandbox existed is delivered on the first round.
-                for signum in self.signals.take():
-                    self._deliver(signum)
-                exited, _, _ = select.select([self.exit_fd], [], [], 0.1)
-                if exited:
-                    code = self.proc.wait()
-                    break
-                if self.deadline is not None and time.monotonic() > self.deadline:
-                    self._kill()
-        finally:
-            os.close(self.exit_fd)
-            if self.init_fd is not None:
-                os.close(self.init_fd)
+        assert self.exit_fd is not None
+        while True:
+            # A signal from before the sandbox existed is delivered on the first round.
+            for signum in self.signals.take():
+                self._deliver(signum)
+            exited, _, _ = select.select([self.exit_fd], [], [], 0.1)
+            if exited:
+                code = self.proc.wait()
+                break
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self._kill()
         if code == -signal.SIGKILL and self.killed_for is not None:
             return 128 + self.killed_for  # stopped on that signal's account
         return code if code >= 0 else 128 - code
 
+    def close(self) -> None:
+        """Kill the sandbox if it still runs; release the pidfds."""
+        if self.proc.poll() is None:
+            self._kill()
+            self.proc.wait()
+        for fd in (self.exit_fd, self.init_fd):
+            if fd is not None:
+                os.close(fd)
+        self.exit_fd = self.init_fd = None
 
-class NamespaceRuntime(Runtime):
+
+class NamespaceRuntime(SupervisedRuntime):
     name = "namespace"
+    # Three fence processes' grace, and the namespace's removal.
+    teardown_time = processes.FENCE_STOP_GRACE * 3 + 5
 
-    def run(self, spec: WorkloadSpec) -> int:
+    def prepare(self, spec: WorkloadSpec) -> None:
         require_root()
-        # Logs and sockets the proxies create in the state dir are for root only.
-        os.umask(0o077)
         sandbox.bwrap_path()
         user = sandbox.resolve_user(spec.user)  # a bad --user fails before anything is built
         path = spec.env.get("PATH") or os.environ.get("PATH") or DEFAULT_PATH
         sandbox.check_command(spec.command[0], user, path)
-        backend = get_backend(spec.proxy)
-        state.check_name(spec.name)
         _reap_stale()
-        state_dir = state.claim(spec.name)
-        if spec.detach:
-            return detach(spec.name, lambda ready: self._supervise(spec, backend, state_dir, ready))
-        return self._supervise(spec, backend, state_dir, ReadyPipe())
 
-    def _supervise(
-        self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path, ready: ReadyPipe
-    ) -> int:
-        me = os.getpid()
-        # Saved before anything starts, so whatever this supervisor leaves if it is killed
-        # outright is found and removed by the next netfence command.
-        record = state.WorkloadState(
-            name=spec.name, runtime=self.name, proxy=backend.name, command=list(spec.command),
-            supervisor_pid=me, supervisor_start=state.process_start_time(me) or "",
-            started_at=time.time(), state_dir=str(state_dir))
-        state.save(record)
-        # From here to the end of the teardown a stop signal is only recorded: the start
-        # gives up at its next step, the workload gets it, the teardown is not cut short.
-        with StopSignals() as signals:
-            fence = Fence(spec, backend, record, signals, self.progress)
-            ran = False
-            try:
-                stdio = self._start(spec, fence, detached=ready.detached)
-                ready.ok(fence.url)
-                ran = True
-                return fence.run_workload(stdio)
-            except (NetfenceError, Interrupted) as exc:
-                ready.failed(exc)
-                if isinstance(exc, Interrupted):
-                    return exc.exit_code
-                raise
-            finally:
-                fence.close()
-                if spec.learn is not None and ran and fence.setup.decision_logs:
-                    # After the proxies stopped (their logs are complete), before the state
-                    # dir (which holds the logs) goes; never for a start that failed, which
-                    # would replace the file with an empty profile.
-                    write_learned(spec.learn, spec.profile, backend, fence.setup.decision_logs)
-                _remove_tree(state_dir)
+    def fence(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
+              signals: StopSignals) -> NamespaceFence:
+        return NamespaceFence(spec, backend, record, signals, self.progress)
 
-    def _start(self, spec: WorkloadSpec, fence: Fence,
-               detached: bool) -> tuple[int, int, int]:
-        """Start the fence and record the workload; the workload's stdin, stdout, stderr."""
-        stdio = (0, 1, 2)
-        log_path = fence.state_dir / "workload.log"
-        try:
-            fence.start()
-        finally:
-            self.report(None)  # the progress display ends before any other output
-        if detached:
-            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            stdio = (devnull, fd, fd)
-            redirect_own_stdio(log_path)
-        fence.record.url = fence.url
-        fence.record.decision_logs = [str(p) for p in fence.setup.decision_logs]
-        fence.record.workload_log = str(log_path) if detached else None
-        state.save(fence.record)
-        if fence.url and not detached:  # detached: `netfence run` says it (detach.py)
-            log.warning("%s: clients connect to %s", spec.name, fence.url)
-        return stdio
+    def remove(self, name: str, record: state.WorkloadState | None) -> bool:
+        require_root()
+        found = netns.exists(ns_name(name))
+        netns.remove(ns_name(name))
+        return found or record is not None
 
     def list(self) -> list[state.WorkloadState]:
         _reap_stale()
         return [s for s in state.all_states() if s.runtime == self.name and s.alive]
 
-    def stop(self, name: str) -> None:
-        require_root()
-        current = state.load(state.check_name(name))
-        if current is None:
-            raise NetfenceError(f"no workload named {name!r}", remedy="see `netfence ps`")
-        if current.alive:
-            os.kill(current.supervisor_pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE + processes.STOP_GRACE * 3 + 5
-            while current.alive and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if current.alive:
-                raise NetfenceError(f"{name} did not stop within the grace period")
-        current.kill_orphans()
-        _cleanup(current.name)
-
-    def decisions(self, name: str, follow: bool = False) -> Iterator[DecisionRecord]:
-        current = state.load(state.check_name(name))
-        if current is None:
-            raise NetfenceError(f"no workload named {name!r}", remedy="see `netfence ps`")
-        yield from read_decisions(current, follow)
-
-
-def write_learned(path: Path, profile: Profile, backend: NetworkProxy,
-                  logs: tuple[Path, ...]) -> None:
-    """Learn mode's result: a profile allowing what the workload used, from the decision
-    log. A failure is reported, never raised: the workload's exit status stands."""
-    used: list[Used] = []
-    for log_path in logs:
-        try:
-            lines = log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            record = backend.parse_decision(line)
-            if record is not None:
-                used.append(Used(record.host, record.port, record.allowed, record.reason))
-    try:
-        # Written as the caller: a file they could write themselves, and theirs.
-        with caller_permissions():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                os.fchmod(fh.fileno(), 0o644)  # a profile is no secret; the umask is 077
-                fh.write(learned_profile(profile, used))
-    except OSError as exc:
-        log.error("--learn: cannot write %s: %s", path, exc.strerror or exc)
-        return
-    through, denied = summary(used)
-    log.warning("learned %d destination(s) (%d request(s) denied); suggested "
-                "profile written to %s", through, denied, path)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _cleanup(name: str) -> None:
-    netns.remove(ns_name(name))
-    _remove_tree(state.state_dir(name))
-
 
 def _reap_stale() -> None:
-    """Remove what a supervisor killed outright left behind."""
+    """Remove what a supervisor killed outright (or whose teardown failed) left behind."""
     if os.geteuid() != 0:
         return
     for record in state.all_states():
         if record.runtime == NamespaceRuntime.name and not record.alive:
             record.kill_orphans()
-            _cleanup(record.name)
+            netns.remove(ns_name(record.name))
+            shutil.rmtree(record.state_dir, ignore_errors=True)

@@ -1,0 +1,190 @@
+"""The supervisor that every runtime shares: claim the name, detach if asked, start the
+fence, launch the workload, pass it stop signals, tear everything down; and `stop` and
+`logs` for the workloads it records.
+
+A runtime supplies what differs: the checks before anything exists (`prepare`), its
+Fence (`fence`), and the removal of what a workload left (`remove`).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from netfence.backends import DecisionRecord, NetworkProxy, get_backend
+from netfence.errors import NetfenceError, PrivilegeError
+from netfence.policy.learn import Used, learned_profile, summary
+from netfence.profile import Profile
+from netfence.runtimes import state
+from netfence.runtimes.base import WORKLOAD_STOP_GRACE, Fence, Runtime, WorkloadSpec
+from netfence.runtimes.caller import caller_permissions
+from netfence.runtimes.detach import ReadyPipe, detach, redirect_own_stdio
+from netfence.runtimes.logs import decision_records, read_decisions
+from netfence.runtimes.signals import Interrupted, StopSignals
+from netfence.runtimes.waiting import wait_for
+
+log = logging.getLogger("netfence")
+
+SUPERVISOR_LOG = "supervisor.log"
+
+
+class SupervisedRuntime(Runtime):
+    """A runtime whose every workload has a netfence process supervising it."""
+
+    # How long a supervisor may take to remove its fence once the workload has gone.
+    teardown_time: float = 20.0
+
+    @abc.abstractmethod
+    def prepare(self, spec: WorkloadSpec) -> None:
+        """Everything that can be checked before anything is created (one-line errors)."""
+
+    @abc.abstractmethod
+    def fence(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
+              signals: StopSignals) -> Fence:
+        """The fence for this run (nothing is created yet)."""
+
+    @abc.abstractmethod
+    def remove(self, name: str, record: state.WorkloadState | None) -> bool:
+        """Remove what a workload whose supervisor is gone left behind; whether anything
+        of it was found (the record counts when there is one)."""
+
+    # -- run ------------------------------------------------------------------------
+
+    def run(self, spec: WorkloadSpec) -> int:
+        backend = get_backend(spec.proxy)
+        state.check_name(spec.name)
+        self.prepare(spec)
+        # The state dir holds root's configs, logs and sockets: for root only.
+        os.umask(0o077)
+        try:
+            state_dir = state.claim(spec.name)
+        except PermissionError:
+            raise PrivilegeError(
+                f"cannot create the workload's state directory under {state.STATE_ROOT}",
+                remedy="run with sudo, or set NETFENCE_STATE_DIR to a directory of yours"
+            ) from None
+        if spec.detach:
+            return detach(spec.name, lambda ready: self._supervise(spec, backend, state_dir, ready))
+        return self._supervise(spec, backend, state_dir, ReadyPipe())
+
+    def _supervise(self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path,
+                   ready: ReadyPipe) -> int:
+        me = os.getpid()
+        # Saved before anything starts, so whatever this supervisor leaves if it is killed
+        # outright is found (and removed) by the next netfence command.
+        record = state.WorkloadState(
+            name=spec.name, runtime=self.name, proxy=backend.name, command=list(spec.command),
+            supervisor_pid=me, supervisor_start=state.process_start_time(me) or "",
+            started_at=time.time(), state_dir=str(state_dir))
+        state.save(record)
+        # From here to the end of the teardown a stop signal is only recorded: the start
+        # gives up at its next step, the workload gets it, the teardown is not cut short.
+        with StopSignals() as signals:
+            if ready.detached:
+                redirect_own_stdio(state_dir / SUPERVISOR_LOG)
+            fence: Fence | None = None
+            launched = False
+            try:
+                fence = self.fence(spec, backend, record, signals)
+                try:
+                    fence.start()
+                finally:
+                    self.report(None)  # the progress display ends before any other output
+                _record(record, fence)
+                fence.launch(detached=ready.detached)
+                launched = True
+                _record(record, fence)
+                if fence.url and not ready.detached:  # detached: `netfence run` says it
+                    log.warning("%s: clients connect to %s", spec.name, fence.url)
+                ready.ok(fence.url)
+                return fence.wait()
+            except (NetfenceError, Interrupted) as exc:
+                ready.failed(exc)
+                if isinstance(exc, Interrupted):
+                    return exc.exit_code
+                raise
+            finally:
+                self._teardown(spec, backend, fence, launched, state_dir)
+
+    def _teardown(self, spec: WorkloadSpec, backend: NetworkProxy, fence: Fence | None,
+                  launched: bool, state_dir: Path) -> None:
+        complete = True
+        if fence is not None:
+            try:
+                fence.close()
+            except NetfenceError as exc:
+                complete = False
+                log.warning("%s: teardown incomplete (%s); `netfence stop %s` retries it",
+                            spec.name, exc, spec.name)
+        if spec.learn is not None and launched and fence is not None:
+            # After the proxies stopped (their logs are complete), before the state dir
+            # (which holds the logs) goes; never for a start that failed, which would
+            # replace the file with an empty profile.
+            write_learned(spec.learn, spec.profile, backend.name, fence.setup.decision_logs)
+        if complete:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        # Otherwise the record stays: `stop` (or, for some runtimes, the next command)
+        # finds the dead supervisor's leftovers through it.
+
+    # -- stop, logs -------------------------------------------------------------------
+
+    def _record_of(self, name: str) -> state.WorkloadState | None:
+        record = state.load(state.check_name(name))
+        return record if record is not None and record.runtime == self.name else None
+
+    def _missing(self, name: str) -> NetfenceError:
+        return NetfenceError(f"no {self.name} workload named {name!r}",
+                             remedy="see `netfence ps`")
+
+    def stop(self, name: str) -> None:
+        record = self._record_of(name)
+        if record is not None and record.alive:
+            state.kill(record.supervisor_pid, record.supervisor_start, signal.SIGTERM)
+            done = wait_for(lambda: not record.alive, WORKLOAD_STOP_GRACE + self.teardown_time)
+            if not done:
+                # A supervisor that hangs is killed: what it leaves is removed just below.
+                log.warning("%s: the supervisor did not stop in time; killing it", name)
+                state.kill(record.supervisor_pid, record.supervisor_start)
+                wait_for(lambda: not record.alive, 5.0)
+        if record is not None:
+            record.kill_orphans()
+        if not self.remove(name, record) and record is None:
+            raise self._missing(name)
+        shutil.rmtree(state.state_dir(name), ignore_errors=True)
+
+    def decisions(self, name: str, follow: bool = False) -> Iterator[DecisionRecord]:
+        record = self._record_of(name)
+        if record is None:
+            raise self._missing(name)
+        yield from read_decisions(record, follow)
+
+
+def _record(record: state.WorkloadState, fence: Fence) -> None:
+    record.url = fence.url
+    record.decision_logs = [str(p) for p in fence.setup.decision_logs]
+    state.save(record)
+
+
+def write_learned(path: Path, profile: Profile, proxy: str, logs: tuple[Path, ...]) -> None:
+    """Learn mode's result: a profile allowing what the workload used, from the decision
+    log. A failure is reported, never raised: the workload's exit status stands."""
+    used = [Used(r.host, r.port, r.allowed, r.reason) for r in decision_records(logs, proxy)]
+    try:
+        # Written as the caller: a file they could write themselves, and theirs.
+        with caller_permissions():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                os.fchmod(fh.fileno(), 0o644)  # a profile is no secret; the umask is 077
+                fh.write(learned_profile(profile, used))
+    except OSError as exc:
+        log.error("--learn: cannot write %s: %s", path, exc.strerror or exc)
+        return
+    through, denied = summary(used)
+    log.warning("learned %d destination(s) (%d request(s) denied); suggested "
+                "profile written to %s", through, denied, path)
