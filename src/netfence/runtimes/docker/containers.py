@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -22,15 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from netfence.backends import ProcessSpec
 from netfence.errors import NetfenceError, UsageError
-from netfence.runtimes.base import tail
 from netfence.runtimes.docker.engine import engine_errors, is_conflict
+from netfence.runtimes.logs import tail
 from netfence.runtimes.netns import accepts
+from netfence.runtimes.waiting import wait_for
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
 
 READY_TIMEOUT = 30.0
+READY_INTERVAL = 0.05
 _REDIRECT = 'o=$1 e=$2; shift 2; exec "$@" >>"$o" 2>>"$e"'
 
 
@@ -106,22 +107,22 @@ class Readiness:
         return path if pid and os.access(path, os.R_OK) else None
 
     def wait(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
         pending = list(self.spec.ready)
-        while pending:
+
+        def listening() -> bool:
             netns = self._netns()
             if netns is None:
                 # Not this host's engine (or not root): no way to probe from inside, so a
                 # container still running after a moment is taken as ready.
                 time.sleep(1.0)
                 self._netns()
-                return
-            pending = [e for e in pending if not accepts(e, netns)]
-            if pending and time.monotonic() > deadline:
-                raise NetfenceError(f"{self.container.name} did not start listening on "
-                                    f"{', '.join(map(str, pending))} within {timeout:.0f} s")
-            if pending:
-                time.sleep(0.05)
+                return True
+            pending[:] = [e for e in pending if not accepts(e, netns)]
+            return not pending
+
+        if not wait_for(listening, timeout, READY_INTERVAL):
+            raise NetfenceError(f"{self.container.name} did not start listening on "
+                                f"{', '.join(map(str, pending))} within {timeout:.0f} s")
 
 
 def published_port(container: Container, port: int) -> int:
@@ -137,8 +138,6 @@ def published_port(container: Container, port: int) -> int:
 
 # --- the workload's stdio --------------------------------------------------------------
 
-_HEADER = struct.Struct(">BxxxL")
-
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
@@ -147,23 +146,15 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-class Demuxer:
-    """Splits the engine's multiplexed attach stream (8-byte frame headers) into the
-    workload's stdout and stderr, byte for byte."""
+def pump_frames(sock: socket.socket, stdout_fd: int, stderr_fd: int) -> None:
+    """Copy the engine's multiplexed attach stream (one frame per write, its header naming
+    the stream) to our stdout and stderr, byte for byte, until the stream ends."""
+    from docker.utils.socket import STDERR, STDOUT, frames_iter
 
-    def __init__(self, stdout: int, stderr: int) -> None:
-        self.fds = {1: stdout, 2: stderr}
-        self.buffer = b""
-
-    def feed(self, chunk: bytes) -> None:
-        self.buffer += chunk
-        while len(self.buffer) >= _HEADER.size:
-            kind, size = _HEADER.unpack_from(self.buffer)
-            end = _HEADER.size + size
-            if len(self.buffer) < end:
-                return
-            payload, self.buffer = self.buffer[_HEADER.size:end], self.buffer[end:]
-            fd = self.fds.get(kind)
+    fds = {STDOUT: stdout_fd, STDERR: stderr_fd}
+    with contextlib.suppress(OSError):
+        for stream, payload in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
+            fd = fds.get(stream)
             if fd is not None and payload:
                 with contextlib.suppress(BrokenPipeError):
                     _write_all(fd, payload)
@@ -185,7 +176,7 @@ class Attachment:
         self.threads: list[threading.Thread] = []
 
     def start(self, stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2) -> None:
-        reader = threading.Thread(target=self._pump_out, args=(stdout_fd, stderr_fd),
+        reader = threading.Thread(target=pump_frames, args=(self.sock, stdout_fd, stderr_fd),
                                   name="netfence-stdout", daemon=True)
         reader.start()
         self.threads.append(reader)
@@ -207,21 +198,13 @@ class Attachment:
             # Half-close: the workload reads EOF on its stdin.
             self.sock.shutdown(socket.SHUT_WR)
 
-    def _pump_out(self, stdout_fd: int, stderr_fd: int) -> None:
-        demux = Demuxer(stdout_fd, stderr_fd)
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    break
-                demux.feed(chunk)
-        except OSError:
-            pass
-
     def finish(self, timeout: float = 10.0) -> None:
         """Wait for the output stream to drain (the engine closes it at exit)."""
         for thread in self.threads:
             thread.join(timeout)
+        self.close()
+
+    def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
         with contextlib.suppress(Exception):

@@ -21,7 +21,6 @@ concurrent runs never remove it from under each other.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
@@ -112,28 +111,23 @@ def labels(workload: str | None, role: str) -> dict[str, str]:
 @contextlib.contextmanager
 def networks_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Serialises creating, joining and removing the shared external network."""
-    import time
+    import filelock
 
     path = LOCK_PATH if LOCK_PATH.parent.is_dir() else state.STATE_ROOT.parent / LOCK_PATH.name
+    # filelock opens with O_NOFOLLOW (since 3.20.1): /run/lock is world-writable.
+    lock = filelock.FileLock(path, timeout=timeout, mode=0o600)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        lock.acquire()
+    except filelock.Timeout:
+        raise NetfenceError("timed out waiting for another netfence run to finish setting "
+                            "up its networks") from None
     except OSError as exc:
         raise NetfenceError(f"cannot open the network lock {path}: {exc.strerror}",
                             remedy="run netfence with sudo, as the runs holding it do") from None
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise NetfenceError("timed out waiting for another netfence run to "
-                                        "finish setting up its networks") from None
-                time.sleep(0.05)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        lock.release()
 
 
 def ensure_external(client: DockerClient) -> Network:
