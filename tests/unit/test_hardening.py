@@ -106,9 +106,7 @@ def test_remedies_name_the_flag_and_the_range() -> None:
     assert pol.decide("10.1.2.3", 80).remedy == (
         "add its range to network.outbound.allow_cidr or pass --allow-cidr 10.1.2.3/32")
     rule = next(r for r in pol.address_rules() if r.reason is R.PRIVATE_ADDRESS)
-    from netfence.policy.decision import address_remedy
-    assert address_remedy(rule) is not None and f"in {rule.network})" in (address_remedy(rule)
-                                                                          or "")
+    assert rule.remedy is not None and f"in {rule.network})" in (rule.remedy or "")
 
 
 # --- the host grammar backends enforce -----------------------------------------------------

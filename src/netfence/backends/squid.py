@@ -39,7 +39,7 @@ from netfence.backends.base import (
 )
 from netfence.errors import UsageError
 from netfence.policy import DENIED_NAMES, AddressRule, Policy, Reason
-from netfence.policy.decision import REMEDIES, address_remedy, remedy_text
+from netfence.policy.decision import REMEDIES, remedy_text
 from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork
 from netfence.policy.policy import MAX_NAME_LENGTH, NAME_RE
 from netfence.profile import HostPattern
@@ -379,7 +379,7 @@ def error_pages(directory: Path, *, ingress: bool,
         specs.append(FileSpec(directory / page_name(reason), _deny_page(reason, remedy=remedy),
                               owner=SQUID_USER))
     for rule in rules:
-        body = _deny_page(rule.reason, f" {rule.network}", address_remedy(rule))
+        body = _deny_page(rule.reason, f" {rule.network}", rule.remedy)
         specs.append(FileSpec(directory / rule_page_name(rule), body, owner=SQUID_USER))
     return tuple(specs)
 

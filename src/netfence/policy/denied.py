@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from netfence.policy.decision import Reason
+from netfence.policy.decision import Reason, remedy_text
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -48,6 +48,11 @@ class AddressRule:
     reason: Reason
     network: IPNetwork
     networks: tuple[IPNetwork, ...]
+
+    @property
+    def remedy(self) -> str | None:
+        """The remedy for a denial by this rule (for a backend that knows only the rule)."""
+        return remedy_text(self.reason, "HOST", "PORT", str(self.network))
 
 
 @dataclass(frozen=True)
