@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netfence.policy import Decision, Policy, Reason, compile_policy
-from netfence.profile import BUILTIN_PROFILES, HostPattern, Profile, with_overrides
+from netfence.policy.denied import is_denied_name, is_denied_zone
+from netfence.profile import BUILTIN_PROFILES, HostPattern, Profile, canonical_host, with_overrides
 from netfence.profile.loader import parse_profile
 
 R = Reason
@@ -192,6 +193,17 @@ def test_denied_names(host: str) -> None:
                                   "other.docker.internal", "localhostx.com"])
 def test_near_denied_names_are_ordinary_names(host: str) -> None:
     assert ALLOW_ALL.decide(host, 443).allowed
+
+
+def test_one_denied_name_test() -> None:
+    for host in DENIED_NAMES:
+        assert is_denied_name(str(canonical_host(host))), host
+    for name in ("notlocalhost", "localhost.example.com", "docker.internal",
+                 "other.docker.internal", "x.host.docker.internal"):
+        assert not is_denied_name(name), name
+    # A zone is denied with every name below it; a denied name alone is not a zone.
+    assert is_denied_zone("localhost") and is_denied_zone("a.localhost")
+    assert not is_denied_zone("host.docker.internal")
 
 
 # --- the host's own addresses ------------------------------------------------------------

@@ -31,7 +31,7 @@ from netfence.backends.base import (
 )
 from netfence.policy import DENIED_NAMES, AddressRule, Policy, Reason
 from netfence.policy.decision import remedy_text
-from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork
+from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork, is_denied_name, is_denied_zone
 from netfence.policy.policy import MAX_NAME_LENGTH, VALID_HOST_RE
 from netfence.profile import HostPattern
 
@@ -195,11 +195,11 @@ def denied_domains() -> list[str]:
 
 
 def _denied_domain(domain: str) -> bool:
-    """Whether an allowed domain would shadow or duplicate a denied one (so must go)."""
-    name = domain.removeprefix("*.")
-    if domain in DENIED_NAMES:
-        return True
-    return any(name == s or name.endswith("." + s) for s in DENIED_SUFFIXES)
+    """Whether an allowed domain would shadow or duplicate a denied one (so must go): a
+    denied name, or `*.name` where every name below is denied."""
+    if domain.startswith("*."):
+        return is_denied_zone(domain[2:])
+    return is_denied_name(domain)
 
 
 def pattern_domains(pattern: HostPattern) -> list[str]:

@@ -40,7 +40,7 @@ from netfence.backends.base import (
 from netfence.errors import UsageError
 from netfence.policy import DENIED_NAMES, AddressRule, Policy, Reason
 from netfence.policy.decision import REMEDIES, remedy_text
-from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork
+from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork, is_denied_zone
 from netfence.policy.policy import MAX_NAME_LENGTH, NAME_RE
 from netfence.profile import HostPattern
 
@@ -182,9 +182,9 @@ def domain_values(patterns: Iterable[HostPattern]) -> list[str]:
 
 
 def denied_name_values() -> list[str]:
-    suffixes = set(DENIED_SUFFIXES)
-    names = [n for n in DENIED_NAMES if n not in suffixes]
-    return ["." + s for s in DENIED_SUFFIXES] + names
+    """`.suffix` for each denied suffix, then the denied names not under one (Squid drops
+    an entry another in the same ACL covers)."""
+    return ["." + s for s in DENIED_SUFFIXES] + [n for n in DENIED_NAMES if not is_denied_zone(n)]
 
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")

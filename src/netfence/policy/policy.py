@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from netfence.policy.decision import Decision, Reason
 from netfence.policy.denied import (
     ADDRESS_CLASS_ORDER,
-    DENIED_NAMES,
-    DENIED_SUFFIXES,
     AddressRule,
     DeniedRange,
     IPNetwork,
     base_network,
     denied_ranges,
     embedded_v4,
+    is_denied_name,
     subtract,
     with_embedded_forms,
 )
@@ -169,7 +168,7 @@ class Policy:
             return Decision(False, Reason.INVALID_HOST, host, port)
         if isinstance(target, str):
             name = target
-            if name in DENIED_NAMES or any(name.endswith("." + s) for s in DENIED_SUFFIXES):
+            if is_denied_name(name):
                 return Decision(False, Reason.DENIED_NAME, name, port)
             if not self.name_allowed(name):
                 return Decision(False, Reason.NOT_ALLOWLISTED, name, port)
