@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netfence.policy import Decision, Policy, Reason, compile_policy
+from netfence.policy import LOOPBACK_HOSTS, Decision, Policy, Reason, compile_policy
 from netfence.policy.denied import is_denied_name, is_denied_zone
 from netfence.profile import BUILTIN_PROFILES, HostPattern, Profile, canonical_host, with_overrides
 from netfence.profile.loader import parse_profile
@@ -658,6 +658,13 @@ def test_inbound_hosts() -> None:
     assert not gated.inbound_allowed("localhost")
     assert not gated.inbound_allowed("evilsvc.test")
     assert not gated.inbound_allowed("mcp.example:8080")
+
+
+def test_inbound_allowlist_defaults_to_the_loopback_names() -> None:
+    assert Policy().inbound_allowlist == LOOPBACK_HOSTS
+    assert [str(p) for p in LOOPBACK_HOSTS] == ["localhost", "127.0.0.1", "::1"]
+    gated = policy_for(inbound={"allow_host": ["mcp.example"]})
+    assert gated.inbound_allowlist == (HostPattern("mcp.example"),)
 
 
 def test_policy_is_frozen() -> None:

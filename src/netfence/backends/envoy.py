@@ -671,9 +671,7 @@ def egress_listener(policy: Policy, placement: Placement) -> Json:
 
 
 def inbound_domains(policy: Policy) -> list[str]:
-    if not policy.inbound_hosts:
-        return ["localhost", "127.0.0.1", "[::1]"]
-    return host_domains(policy.inbound_hosts)
+    return host_domains(policy.inbound_allowlist)
 
 
 def ingress_listener(policy: Policy, placement: Placement) -> Json:

@@ -319,9 +319,7 @@ def render_egress(policy: Policy, placement: Placement) -> str:
 
 
 def inbound_values(policy: Policy) -> list[str]:
-    if not policy.inbound_hosts:
-        return ["localhost", "127.0.0.1", "[::1]"]
-    return domain_values(policy.inbound_hosts)
+    return domain_values(policy.inbound_allowlist)
 
 
 def render_ingress(policy: Policy, placement: Placement) -> str:

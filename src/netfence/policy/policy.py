@@ -63,6 +63,14 @@ NAME_RE = f"{LABEL_RE}(\\.{LABEL_RE})*"
 VALID_HOST_RE = f"({NAME_RE}|\\[{IPV6_RE}\\])"
 MAX_NAME_LENGTH = 253
 
+# The names of this machine's loopback: all that ingress accepts when the profile names no
+# inbound host, and what the workload reaches without its proxy (no_proxy).
+LOOPBACK_HOSTS: tuple[HostPattern, ...] = (
+    HostPattern("localhost"),
+    HostPattern("127.0.0.1", is_ip=True),
+    HostPattern("::1", is_ip=True),
+)
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -87,6 +95,11 @@ class Policy:
     @property
     def ip_literals(self) -> tuple[HostPattern, ...]:
         return tuple(h for h in self.hosts if h.is_ip)
+
+    @property
+    def inbound_allowlist(self) -> tuple[HostPattern, ...]:
+        """The inbound hosts in force: the profile's, else the loopback names only."""
+        return self.inbound_hosts or LOOPBACK_HOSTS
 
     @property
     def denies_everything(self) -> bool:
@@ -212,10 +225,7 @@ class Policy:
             target = canonical_host(host)
         except ValueError:
             return False
-        text = str(target)
-        if not self.inbound_hosts:
-            return text in ("localhost", "127.0.0.1", "::1")
-        return any(p.matches(text) for p in self.inbound_hosts)
+        return any(p.matches(str(target)) for p in self.inbound_allowlist)
 
 
 def _within(item: IPAddress | IPNetwork, network: IPNetwork) -> bool:
