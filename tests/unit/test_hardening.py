@@ -16,18 +16,19 @@ from hypothesis import strategies as st
 
 from netfence.backends.base import Endpoint, Placement
 from netfence.backends.dnsmasq import answer_filter, dns_setup
-from netfence.backends.envoy import (
+from netfence.backends.envoy import EnvoyProxy
+from netfence.backends.squid import SquidProxy
+from netfence.policy import ADDRESS_CLASS_ORDER, Policy, Reason, compile_policy
+from netfence.policy.learn import Used, learned_profile, summary
+from netfence.profile import BUILTIN_PROFILES, canonical_host, parse_host_pattern, with_overrides
+from netfence.profile.host_regex import (
+    IPV6_RE,
     LEGACY_IPV4,
-    EnvoyProxy,
+    VALID_HOST_RE,
     ipv4_spellings,
     ipv6_spellings,
     literal_spellings,
 )
-from netfence.backends.squid import SquidProxy
-from netfence.policy import ADDRESS_CLASS_ORDER, Policy, Reason, compile_policy
-from netfence.policy.learn import Used, learned_profile, summary
-from netfence.policy.policy import IPV6_RE, VALID_HOST_RE
-from netfence.profile import BUILTIN_PROFILES, canonical_host, parse_host_pattern, with_overrides
 from netfence.profile.hosts import parse_ip
 
 R = Reason

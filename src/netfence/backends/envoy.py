@@ -32,8 +32,9 @@ from netfence.backends.base import (
 from netfence.policy import DENIED_NAMES, AddressRule, Policy, Reason
 from netfence.policy.decision import remedy_text
 from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork, is_denied_name, is_denied_zone
-from netfence.policy.policy import MAX_NAME_LENGTH, VALID_HOST_RE
 from netfence.profile import HostPattern
+from netfence.profile.host_regex import LEGACY_IPV4, VALID_HOST_RE, literal_spellings
+from netfence.profile.hosts import MAX_NAME
 
 Json = dict[str, Any]
 
@@ -281,24 +282,13 @@ def _invalid_host_routes() -> list[Json]:
     wildcard domain, or the catch-all when every name is allowed."""
     bad = _authority_matcher(f"^{VALID_HOST_RE}(:[0-9]*)?$")
     bad["invert_match"] = True
-    long = _authority_matcher(f"^[^:\\[]{{{MAX_NAME_LENGTH + 1},}}(:[0-9]*)?$")
+    long = _authority_matcher(f"^[^:\\[]{{{MAX_NAME + 1},}}(:[0-9]*)?$")
     routes: list[Json] = []
     for matcher in (bad, long):
         for route in _forbidden(Reason.INVALID_HOST.value):
             route["match"]["headers"] = [matcher]
             routes.append(route)
     return routes
-
-
-# inet_aton's spellings of an IPv4 address other than the dotted quad: 1 to 3 parts, or 4
-# parts of which one is hex, octal (a leading zero) or beyond 255.
-_ANY_PART = r"(?:0[xX][0-9a-fA-F]*|[0-9]+)"
-_QUAD_PART = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_ODD_PART = r"(?:0[xX][0-9a-fA-F]*|0[0-9]+|[0-9]{4,}|[3-9][0-9][0-9]|2[6-9][0-9]|25[6-9])"
-LEGACY_IPV4 = "(?:" + "|".join(
-    [rf"{_ANY_PART}(?:\.{_ANY_PART}){{0,2}}"]
-    + [r"\.".join([_QUAD_PART] * i + [_ODD_PART] + [_ANY_PART] * (3 - i)) for i in range(4)]
-) + ")"
 
 
 def _legacy_literal_routes() -> list[Json]:
@@ -310,72 +300,6 @@ def _legacy_literal_routes() -> list[Json]:
     for route in routes:
         route["match"]["headers"] = [_authority_matcher(regex)]
     return routes
-
-
-def _ci(text: str) -> str:
-    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in text)
-
-
-def _number_spellings(value: int) -> str:
-    """How inet_aton reads a number: decimal, octal (leading 0) or hex (0x), any zeros."""
-    alts = [str(value), "0+" + (format(value, "o") if value else ""),
-            "0[xX]0*" + _ci(format(value, "x"))]
-    return "(?:" + "|".join(dict.fromkeys(alts)) + ")"
-
-
-def ipv4_spellings(ip: ipaddress.IPv4Address) -> str:
-    """RE2 for every spelling inet_aton reads as `ip`: 4, 3, 2 or 1 parts (the last part
-    holding the remaining bytes), each in decimal, octal or hex."""
-    b = ip.packed
-    layouts = [
-        (b[0], b[1], b[2], b[3]),
-        (b[0], b[1], (b[2] << 8) | b[3]),
-        (b[0], (b[1] << 16) | (b[2] << 8) | b[3]),
-        (int(ip),),
-    ]
-    alts = [r"\.".join(_number_spellings(v) for v in layout) for layout in layouts]
-    return "(?:" + "|".join(alts) + ")"
-
-
-def ipv6_spellings(ip: ipaddress.IPv6Address) -> str:
-    """RE2 for every RFC 4291 text form of `ip` (without brackets): hex groups with
-    optional leading zeros in any case, "::" for any run of zero groups, and the last 32
-    bits as a dotted quad."""
-    groups = [int.from_bytes(ip.packed[i:i + 2], "big") for i in range(0, 16, 2)]
-    tail_v4 = r"\.".join(str(x) for x in ip.packed[12:])
-
-    def group(g: int) -> str:
-        h = format(g, "x")
-        return f"0{{0,{4 - len(h)}}}" + _ci(h) if len(h) < 4 else _ci(h)
-
-    alts: list[str] = []
-    for n, tail in ((8, ""), (6, tail_v4)):
-        runs: list[tuple[int, int] | None] = [None]
-        runs += [(i, j) for i in range(n) for j in range(i + 1, n + 1)
-                 if all(g == 0 for g in groups[i:j])]
-        for run in runs:
-            if run is None:
-                parts = [group(g) for g in groups[:n]] + ([tail] if tail else [])
-                alts.append(":".join(parts))
-                continue
-            left = ":".join(group(g) for g in groups[:run[0]])
-            right = [group(g) for g in groups[run[1]:n]] + ([tail] if tail else [])
-            alts.append(f"{left}::{':'.join(right)}")
-    return "(?:" + "|".join(dict.fromkeys(alts)) + ")"
-
-
-def literal_spellings(pattern: HostPattern) -> tuple[str, str]:
-    """(RE2 for every spelling of an allowlisted IP literal, its canonical authority host).
-
-    An IPv4 address (or IPv4-mapped IPv6 address) is also written as the mapped IPv6
-    address, as Squid and the policy read both as one destination."""
-    ip = ipaddress.ip_address(pattern.name)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv4Address):
-        mapped = ipaddress.IPv6Address(f"::ffff:{ip}")
-        return f"(?:{ipv4_spellings(ip)}|\\[{ipv6_spellings(mapped)}\\])", str(ip)
-    return f"\\[{ipv6_spellings(ip)}\\]", f"[{ip}]"
 
 
 def literal_routes(policy: Policy) -> list[Json]:

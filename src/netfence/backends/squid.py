@@ -41,8 +41,9 @@ from netfence.errors import UsageError
 from netfence.policy import DENIED_NAMES, AddressRule, Policy, Reason
 from netfence.policy.decision import REMEDIES, remedy_text
 from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork, is_denied_zone
-from netfence.policy.policy import MAX_NAME_LENGTH, NAME_RE
 from netfence.profile import HostPattern
+from netfence.profile.host_regex import NAME_RE
+from netfence.profile.hosts import MAX_NAME
 
 SQUID_USER = "proxy"
 LOG_FORMAT_TAG = "nf1"
@@ -288,7 +289,7 @@ def render_egress(policy: Policy, placement: Placement) -> str:
     # here; the full IPv6 grammar would defeat Squid's regex optimiser.
     valid = f"^({NAME_RE}|\\[[0-9A-Fa-f:.]+\\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$"
     lines.append(f"acl nf_valid_host dstdom_regex -n {valid}")
-    lines.append(f"acl nf_long_host dstdom_regex -n ^[^[]{{{MAX_NAME_LENGTH + 1},}}$")
+    lines.append(f"acl nf_long_host dstdom_regex -n ^[^[]{{{MAX_NAME + 1},}}$")
     deny("nf_valid_host", Reason.INVALID_HOST, negate=True)
     deny("nf_long_host", Reason.INVALID_HOST)
     lines += _acl_lines(_acl(Reason.DENIED_NAME), "dstdomain -n", denied_name_values())

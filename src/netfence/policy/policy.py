@@ -28,41 +28,6 @@ from netfence.profile import HostPattern, Profile, canonical_host
 from netfence.profile.hosts import IPAddress
 from netfence.profile.model import DEFAULT_PORTS
 
-# Hosts as the policy's canonical_host accepts them, for backends that must refuse the rest
-# before anything resolves them (POSIX ERE and RE2 alike; Envoy and Squid strip one
-# trailing dot first). A label: letters, digits, '_' and inner '-', at most 63; a name at
-# most 253 characters (checked apart: MAX_NAME_LENGTH). IP literals are [IPv6] or
-# numbers and dots (legacy IPv4 spellings are syntactically names too).
-LABEL_RE = "[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_H16 = "[0-9A-Fa-f]{1,4}"
-_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_LS32 = f"({_H16}:{_H16}|{_OCTET}(\\.{_OCTET}){{3}})"
-
-
-def _h16s(n: int) -> str:
-    return f"({_H16}:){{{n}}}" if n else ""
-
-
-def _before(n: int) -> str:
-    return f"(({_H16}:){{0,{n}}}{_H16})?" if n else f"({_H16})?"
-
-
-# RFC 3986 IPv6address, as Python's ipaddress reads it (no zone id).
-IPV6_RE = "(" + "|".join([
-    f"{_h16s(6)}{_LS32}",
-    f"::{_h16s(5)}{_LS32}",
-    f"{_before(0)}::{_h16s(4)}{_LS32}",
-    f"{_before(1)}::{_h16s(3)}{_LS32}",
-    f"{_before(2)}::{_h16s(2)}{_LS32}",
-    f"{_before(3)}::{_H16}:{_LS32}",
-    f"{_before(4)}::{_LS32}",
-    f"{_before(5)}::{_H16}",
-    f"{_before(6)}::",
-]) + ")"
-NAME_RE = f"{LABEL_RE}(\\.{LABEL_RE})*"
-VALID_HOST_RE = f"({NAME_RE}|\\[{IPV6_RE}\\])"
-MAX_NAME_LENGTH = 253
-
 # The names of this machine's loopback: all that ingress accepts when the profile names no
 # inbound host, and what the workload reaches without its proxy (no_proxy).
 LOOPBACK_HOSTS: tuple[HostPattern, ...] = (
