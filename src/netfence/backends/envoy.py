@@ -34,7 +34,7 @@ from netfence.policy.decision import remedy_text
 from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork, is_denied_name, is_denied_zone
 from netfence.profile import HostPattern
 from netfence.profile.host_regex import LEGACY_IPV4, VALID_HOST_RE, literal_spellings
-from netfence.profile.hosts import MAX_NAME
+from netfence.profile.hosts import MAX_NAME, split_host_port
 
 Json = dict[str, Any]
 
@@ -723,15 +723,14 @@ def _default_envoy_path() -> str:
 
 
 def _split_authority(authority: str, method: str) -> tuple[str, int | None]:
-    host, port_text = authority, ""
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end != -1:
-            host, port_text = authority[1:end], authority[end + 1 :].removeprefix(":")
-    elif authority.count(":") == 1:
-        host, port_text = authority.split(":", 1)
+    """A logged authority's host and port (80 when a plain request names none); a
+    malformed one is kept whole as the host."""
+    try:
+        host, port_text = split_host_port(authority)
+    except ValueError:
+        host, port_text = authority, None
     port: int | None = None
-    if port_text.isdigit():
+    if port_text and port_text.isdigit():
         port = int(port_text)
     elif not port_text and method != "CONNECT":
         port = HTTP_DEFAULT_PORT
