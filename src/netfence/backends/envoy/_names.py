@@ -11,8 +11,9 @@ Json = dict[str, Any]
 
 DFP_CLUSTER = "dynamic_forward_proxy"
 INGRESS_CLUSTER = "ingress_upstream"
-# Two views of DNS (see egress_filters): the check view resolves at the upstream resolver,
-# the dial view at the fence's own DNS, which refuses answers holding a denied address.
+# Two views of DNS (see _listeners.egress_filters): the check view resolves at the upstream
+# resolver, the dial view at the fence's own DNS, which refuses answers holding a denied
+# address.
 DNS_CACHE_NAME = "netfence_dns_cache"
 DIAL_CACHE_NAME = "netfence_dial_view"
 # Plain HTTP without a port in its authority goes to 80.
