@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netfence.policy import Policy
+from netfence.policy import LOOPBACK_HOSTS, Policy
 
 STATE_DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -152,7 +152,7 @@ LOG_FIELDS = ("time", "workload", "method", "host", "port", "decision", "reason"
 def proxy_env(workload_proxy: str) -> dict[str, str]:
     """Proxy variables for the workload: both cases, since curl ignores HTTP_PROXY."""
     url = f"http://{workload_proxy}"
-    no_proxy = "localhost,127.0.0.1,::1"
+    no_proxy = ",".join(p.name for p in LOOPBACK_HOSTS)
     env: dict[str, str] = {}
     for key, value in (("http_proxy", url), ("https_proxy", url), ("no_proxy", no_proxy)):
         env[key] = env[key.upper()] = value

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from netfence.backends.base import Endpoint, FileSpec, Placement, ProcessSpec, ProxySetup
 from netfence.policy import DENIED_NAMES, Policy
-from netfence.policy.denied import DENIED_SUFFIXES
+from netfence.policy.denied import DENIED_SUFFIXES, is_denied_name
 from netfence.profile import HostPattern
 
 CONFIG_NAME = "dnsmasq.conf"
@@ -33,13 +33,6 @@ STDOUT_NAME = "dnsmasq.out"
 
 def _server(endpoint: Endpoint) -> str:
     return f"{endpoint.host}#{endpoint.port}"
-
-
-def is_denied_name(name: str) -> bool:
-    """Names the policy denies whatever the allowlist says (localhost and the like)."""
-    return name in DENIED_NAMES or any(
-        name == s or name.endswith("." + s) for s in DENIED_SUFFIXES
-    )
 
 
 def _covered_by_wildcard(name: str, wildcards: set[str]) -> bool:

@@ -39,10 +39,11 @@ from netfence.backends.base import (
 )
 from netfence.errors import UsageError
 from netfence.policy import DENIED_NAMES, AddressRule, Policy, Reason
-from netfence.policy.decision import REMEDIES, address_remedy, remedy_text
-from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork
-from netfence.policy.policy import MAX_NAME_LENGTH, NAME_RE
+from netfence.policy.decision import REMEDIES, remedy_text
+from netfence.policy.denied import DENIED_SUFFIXES, IPNetwork, is_denied_zone
 from netfence.profile import HostPattern
+from netfence.profile.host_regex import NAME_RE
+from netfence.profile.hosts import MAX_NAME
 
 SQUID_USER = "proxy"
 LOG_FORMAT_TAG = "nf1"
@@ -182,9 +183,9 @@ def domain_values(patterns: Iterable[HostPattern]) -> list[str]:
 
 
 def denied_name_values() -> list[str]:
-    suffixes = set(DENIED_SUFFIXES)
-    names = [n for n in DENIED_NAMES if n not in suffixes]
-    return ["." + s for s in DENIED_SUFFIXES] + names
+    """`.suffix` for each denied suffix, then the denied names not under one (Squid drops
+    an entry another in the same ACL covers)."""
+    return ["." + s for s in DENIED_SUFFIXES] + [n for n in DENIED_NAMES if not is_denied_zone(n)]
 
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -288,7 +289,7 @@ def render_egress(policy: Policy, placement: Placement) -> str:
     # here; the full IPv6 grammar would defeat Squid's regex optimiser.
     valid = f"^({NAME_RE}|\\[[0-9A-Fa-f:.]+\\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$"
     lines.append(f"acl nf_valid_host dstdom_regex -n {valid}")
-    lines.append(f"acl nf_long_host dstdom_regex -n ^[^[]{{{MAX_NAME_LENGTH + 1},}}$")
+    lines.append(f"acl nf_long_host dstdom_regex -n ^[^[]{{{MAX_NAME + 1},}}$")
     deny("nf_valid_host", Reason.INVALID_HOST, negate=True)
     deny("nf_long_host", Reason.INVALID_HOST)
     lines += _acl_lines(_acl(Reason.DENIED_NAME), "dstdomain -n", denied_name_values())
@@ -319,9 +320,7 @@ def render_egress(policy: Policy, placement: Placement) -> str:
 
 
 def inbound_values(policy: Policy) -> list[str]:
-    if not policy.inbound_hosts:
-        return ["localhost", "127.0.0.1", "[::1]"]
-    return domain_values(policy.inbound_hosts)
+    return domain_values(policy.inbound_allowlist)
 
 
 def render_ingress(policy: Policy, placement: Placement) -> str:
@@ -379,7 +378,7 @@ def error_pages(directory: Path, *, ingress: bool,
         specs.append(FileSpec(directory / page_name(reason), _deny_page(reason, remedy=remedy),
                               owner=SQUID_USER))
     for rule in rules:
-        body = _deny_page(rule.reason, f" {rule.network}", address_remedy(rule))
+        body = _deny_page(rule.reason, f" {rule.network}", rule.remedy)
         specs.append(FileSpec(directory / rule_page_name(rule), body, owner=SQUID_USER))
     return tuple(specs)
 

@@ -22,7 +22,7 @@ from netfence.cli.images import images as images_group
 from netfence.cli.mcp_config import mcp_config
 from netfence.errors import NetfenceError, UsageError
 from netfence.policy import compile_policy
-from netfence.profile import Profile, load_profile, with_overrides
+from netfence.profile import Profile, load_profile, split_host_port, with_overrides
 from netfence.runtimes import WorkloadSpec, get_runtime, running, runtime_of
 from netfence.runtimes.caller import caller_permissions
 from netfence.runtimes.resolver import host_resolver, parse_endpoint
@@ -192,13 +192,11 @@ def logs(name: str, follow: bool, denied: bool, as_json: bool, runtime: str | No
 
 
 def _split_target(target: str) -> tuple[str, int]:
-    if target.startswith("["):
-        host, _, rest = target[1:].partition("]")
-        port_text = rest.removeprefix(":") if rest else "443"
-    elif target.count(":") == 1:
-        host, _, port_text = target.partition(":")
-    else:
-        host, port_text = target, "443"
+    try:
+        host, port_text = split_host_port(target)
+    except ValueError:
+        host, port_text = target, ""
+    port_text = "443" if port_text is None else port_text
     if not port_text.isdigit():
         raise UsageError(f"{target!r}: expected HOST[:PORT]")
     return host, int(port_text)

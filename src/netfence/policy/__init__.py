@@ -8,11 +8,12 @@ from netfence.policy.denied import (
     DeniedRange,
     denied_ranges,
 )
-from netfence.policy.policy import Policy, compile_policy
+from netfence.policy.policy import LOOPBACK_HOSTS, Policy, compile_policy
 
 __all__ = [
     "ADDRESS_CLASS_ORDER",
     "DENIED_NAMES",
+    "LOOPBACK_HOSTS",
     "AddressRule",
     "Decision",
     "DeniedRange",

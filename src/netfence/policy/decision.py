@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from netfence.policy.denied import AddressRule
 
 
 class Reason(StrEnum):
@@ -64,11 +60,6 @@ def remedy_text(reason: Reason, host: str, port: int | str, address: str | None)
         # One address: /32 in IPv4, /128 in IPv6 (a /32 there would open a vast range).
         cidr = f"{address}/{128 if ':' in address else 32}"
     return template.format(host=host, port=port, cidr=cidr)
-
-
-def address_remedy(rule: AddressRule) -> str | None:
-    """The remedy for a denial by one address rule (a backend that knows only the rule)."""
-    return remedy_text(rule.reason, "HOST", "PORT", str(rule.network))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from netfence.policy.decision import Reason
+from netfence.policy.decision import Reason, remedy_text
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -26,6 +26,17 @@ DENIED_NAMES: tuple[str, ...] = (
 )
 # Every subdomain of these is denied too (RFC 6761 reserves all of *.localhost).
 DENIED_SUFFIXES: tuple[str, ...] = ("localhost",)
+
+
+def is_denied_zone(name: str) -> bool:
+    """Whether `name` and every name below it are denied (it is, or is under, a suffix)."""
+    return any(name == s or name.endswith("." + s) for s in DENIED_SUFFIXES)
+
+
+def is_denied_name(name: str) -> bool:
+    """Whether a canonical name is denied whatever the allowlist says (localhost and the
+    like): the one test the policy and every backend apply."""
+    return name in DENIED_NAMES or is_denied_zone(name)
 
 
 # The order in which backends check the address classes, so that they all report the
@@ -48,6 +59,11 @@ class AddressRule:
     reason: Reason
     network: IPNetwork
     networks: tuple[IPNetwork, ...]
+
+    @property
+    def remedy(self) -> str | None:
+        """The remedy for a denial by this rule (for a backend that knows only the rule)."""
+        return remedy_text(self.reason, "HOST", "PORT", str(self.network))
 
 
 @dataclass(frozen=True)

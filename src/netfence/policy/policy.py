@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from netfence.policy.decision import Decision, Reason
 from netfence.policy.denied import (
     ADDRESS_CLASS_ORDER,
-    DENIED_NAMES,
-    DENIED_SUFFIXES,
     AddressRule,
     DeniedRange,
     IPNetwork,
     base_network,
     denied_ranges,
     embedded_v4,
+    is_denied_name,
     subtract,
     with_embedded_forms,
 )
@@ -29,40 +28,13 @@ from netfence.profile import HostPattern, Profile, canonical_host
 from netfence.profile.hosts import IPAddress
 from netfence.profile.model import DEFAULT_PORTS
 
-# Hosts as the policy's canonical_host accepts them, for backends that must refuse the rest
-# before anything resolves them (POSIX ERE and RE2 alike; Envoy and Squid strip one
-# trailing dot first). A label: letters, digits, '_' and inner '-', at most 63; a name at
-# most 253 characters (checked apart: MAX_NAME_LENGTH). IP literals are [IPv6] or
-# numbers and dots (legacy IPv4 spellings are syntactically names too).
-LABEL_RE = "[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_H16 = "[0-9A-Fa-f]{1,4}"
-_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_LS32 = f"({_H16}:{_H16}|{_OCTET}(\\.{_OCTET}){{3}})"
-
-
-def _h16s(n: int) -> str:
-    return f"({_H16}:){{{n}}}" if n else ""
-
-
-def _before(n: int) -> str:
-    return f"(({_H16}:){{0,{n}}}{_H16})?" if n else f"({_H16})?"
-
-
-# RFC 3986 IPv6address, as Python's ipaddress reads it (no zone id).
-IPV6_RE = "(" + "|".join([
-    f"{_h16s(6)}{_LS32}",
-    f"::{_h16s(5)}{_LS32}",
-    f"{_before(0)}::{_h16s(4)}{_LS32}",
-    f"{_before(1)}::{_h16s(3)}{_LS32}",
-    f"{_before(2)}::{_h16s(2)}{_LS32}",
-    f"{_before(3)}::{_H16}:{_LS32}",
-    f"{_before(4)}::{_LS32}",
-    f"{_before(5)}::{_H16}",
-    f"{_before(6)}::",
-]) + ")"
-NAME_RE = f"{LABEL_RE}(\\.{LABEL_RE})*"
-VALID_HOST_RE = f"({NAME_RE}|\\[{IPV6_RE}\\])"
-MAX_NAME_LENGTH = 253
+# The names of this machine's loopback: all that ingress accepts when the profile names no
+# inbound host, and what the workload reaches without its proxy (no_proxy).
+LOOPBACK_HOSTS: tuple[HostPattern, ...] = (
+    HostPattern("localhost"),
+    HostPattern("127.0.0.1", is_ip=True),
+    HostPattern("::1", is_ip=True),
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +60,11 @@ class Policy:
     @property
     def ip_literals(self) -> tuple[HostPattern, ...]:
         return tuple(h for h in self.hosts if h.is_ip)
+
+    @property
+    def inbound_allowlist(self) -> tuple[HostPattern, ...]:
+        """The inbound hosts in force: the profile's, else the loopback names only."""
+        return self.inbound_hosts or LOOPBACK_HOSTS
 
     @property
     def denies_everything(self) -> bool:
@@ -169,7 +146,7 @@ class Policy:
             return Decision(False, Reason.INVALID_HOST, host, port)
         if isinstance(target, str):
             name = target
-            if name in DENIED_NAMES or any(name.endswith("." + s) for s in DENIED_SUFFIXES):
+            if is_denied_name(name):
                 return Decision(False, Reason.DENIED_NAME, name, port)
             if not self.name_allowed(name):
                 return Decision(False, Reason.NOT_ALLOWLISTED, name, port)
@@ -213,10 +190,7 @@ class Policy:
             target = canonical_host(host)
         except ValueError:
             return False
-        text = str(target)
-        if not self.inbound_hosts:
-            return text in ("localhost", "127.0.0.1", "::1")
-        return any(p.matches(text) for p in self.inbound_hosts)
+        return any(p.matches(str(target)) for p in self.inbound_allowlist)
 
 
 def _within(item: IPAddress | IPNetwork, network: IPNetwork) -> bool:

@@ -43,6 +43,25 @@ class HostPattern:
         return f"*.{self.name}" if self.subdomains else self.name
 
 
+def split_host_port(text: str) -> tuple[str, str | None]:
+    """HOST, HOST:PORT, [IPv6] or [IPv6]:PORT as (host, port as written).
+
+    Brackets are removed; the port is None when no colon introduces one ('' when one
+    does, with nothing after it) and is not checked: the caller knows its default and
+    range. Without brackets, several colons are an IPv6 address with no port. ValueError
+    for a bracket left open or anything but ':PORT' after the closing one.
+    """
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: expected [IPv6] or [IPv6]:PORT")
+        return host, rest[1:] if rest else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, None
+
+
 def _reject_unsafe_chars(raw: str) -> None:
     if raw == "":
         raise ValueError("empty host")

@@ -6,9 +6,9 @@ Models are frozen: a loaded profile is never mutated, overrides build a new one.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from netfence.profile.hosts import HostPattern, parse_host_pattern
 
@@ -20,9 +20,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-def _patterns(values: list[str]) -> tuple[HostPattern, ...]:
+def _entries(value: object, what: str) -> list[object]:
+    """A list field's entries (null is an empty list); anything else is refused."""
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of {what}")
+    return list(value)
+
+
+def _host_patterns(value: object) -> tuple[HostPattern, ...]:
     out: list[HostPattern] = []
-    for i, raw in enumerate(values):
+    for i, raw in enumerate(_entries(value, "host names")):
         if not isinstance(raw, str):
             raise ValueError(f"entry {i} must be a string, got {raw!r}")
         try:
@@ -34,31 +43,24 @@ def _patterns(values: list[str]) -> tuple[HostPattern, ...]:
     return tuple(out)
 
 
+# allow_host, outbound and inbound alike: host patterns, duplicates dropped.
+HostPatterns = Annotated[tuple[HostPattern, ...], BeforeValidator(_host_patterns)]
+
+
 class OutboundNetwork(_Strict):
     insecure_allow_all: bool = False
-    allow_host: tuple[HostPattern, ...] = ()
+    allow_host: HostPatterns = ()
     # None means "not given": the policy then uses DEFAULT_PORTS.
     allow_port: tuple[int, ...] | None = None
     allow_cidr: tuple[IPNetwork, ...] = ()
-
-    @field_validator("allow_host", mode="before")
-    @classmethod
-    def _hosts(cls, value: object) -> object:
-        if value is None:
-            return ()
-        if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise ValueError("must be a list of host names")
-        return _patterns(list(value))
 
     @field_validator("allow_port", mode="before")
     @classmethod
     def _ports(cls, value: object) -> object:
         if value is None:
             return None
-        if not isinstance(value, list | tuple):
-            raise ValueError("must be a list of port numbers")
         ports: list[int] = []
-        for i, port in enumerate(value):
+        for i, port in enumerate(_entries(value, "port numbers")):
             if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
                 raise ValueError(f"entry {i} {port!r}: a port is an integer from 1 to 65535")
             if port not in ports:
@@ -68,12 +70,8 @@ class OutboundNetwork(_Strict):
     @field_validator("allow_cidr", mode="before")
     @classmethod
     def _cidrs(cls, value: object) -> object:
-        if value is None:
-            return ()
-        if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise ValueError("must be a list of CIDR networks")
         nets: list[IPNetwork] = []
-        for i, raw in enumerate(value):
+        for i, raw in enumerate(_entries(value, "CIDR networks")):
             try:
                 net = ipaddress.ip_network(str(raw).strip(), strict=False)
             except ValueError:
@@ -86,16 +84,7 @@ class OutboundNetwork(_Strict):
 
 
 class InboundNetwork(_Strict):
-    allow_host: tuple[HostPattern, ...] = ()
-
-    @field_validator("allow_host", mode="before")
-    @classmethod
-    def _hosts(cls, value: object) -> object:
-        if value is None:
-            return ()
-        if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise ValueError("must be a list of host names")
-        return _patterns(list(value))
+    allow_host: HostPatterns = ()
 
 
 class Network(_Strict):

@@ -7,25 +7,20 @@ from pathlib import Path
 
 from netfence.backends import Endpoint
 from netfence.errors import NetfenceError, UsageError
+from netfence.profile import split_host_port
 
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 
 def parse_endpoint(text: str, default_port: int = 53) -> Endpoint:
     """IP, IP:PORT, [IPv6] or [IPv6]:PORT."""
-    host, port = text, default_port
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            port_text = rest.removeprefix(":")
-            port = int(port_text) if rest.startswith(":") and port_text.isdigit() else -1
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = int(port_text) if port_text.isdigit() else -1
     try:
+        host, port_text = split_host_port(text)
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise UsageError(f"--dns-upstream {text!r}: expected IP[:PORT]") from None
+    port_text = str(default_port) if port_text is None else port_text
+    port = int(port_text) if port_text.isdigit() else -1
     if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
         # A zone is free text (a newline in it would write config lines): none taken.
         raise UsageError(f"--dns-upstream {text!r}: an IPv6 zone (%...) is not supported")

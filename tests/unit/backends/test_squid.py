@@ -1,4 +1,5 @@
-"""Shape of the generated Squid configs: rule order, files, environment, decision log parsing."""
+"""backends/squid.py: the generated Squid configs (rule order, files, environment) and its
+decision-log parser."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from netfence.backends.squid import (
     service_name,
 )
 from netfence.errors import UsageError
-from netfence.policy import AddressRule, Policy, Reason
-from netfence.profile import HostPattern, parse_host_pattern
+from netfence.policy import AddressRule, Policy, Reason, compile_policy
+from netfence.profile import BUILTIN_PROFILES, HostPattern, parse_host_pattern
 
 
 def hosts(*raw: str) -> tuple[HostPattern, ...]:
@@ -391,3 +392,25 @@ def test_every_reason_round_trips_through_its_page() -> None:
     assert rule_network("ERR_NOT_ALLOWLISTED") is None
     assert reason_for_page("-") is Reason.ALLOWED
     assert reason_for_page("ERR_ACCESS_DENIED") is Reason.NOT_ALLOWLISTED
+
+
+def test_squid_decision_address_and_lines_without_request() -> None:
+    squid = SquidProxy()
+    record = squid.parse_decision(
+        "nf1 2026-01-02T03:04:05Z GET p.test 80 403 ERR_PRIVATE_ADDRESS__10.0.0.0_8 - 1 2 0")
+    assert record is not None
+    assert (record.reason, record.address) == ("private_address", "10.0.0.0/8")
+    assert "--allow-cidr ADDRESS/32 (the address is in 10.0.0.0/8)" in (record.remedy or "")
+    assert squid.parse_decision(
+        "nf1 2026-01-02T03:04:05Z - - - 0 ERR_CLIENT_GONE - 0 0 0") is None
+
+
+def test_squid_refuses_other_schemes_and_invalid_hosts_first(tmp_path: Path) -> None:
+    setup = SquidProxy().setup(compile_policy(BUILTIN_PROFILES["network"]),
+                               Placement(tmp_path, Endpoint("127.0.0.1", 3128), "x:3128",
+                                         Endpoint("127.0.0.1", 53), Endpoint("10.9.8.7", 53)))
+    conf = next(f.content for f in setup.files if f.path.name == "squid-egress.conf")
+    rules = [ln for ln in conf.splitlines() if ln.startswith("http_access ")]
+    assert rules[1:4] == ["http_access deny !nf_connect !nf_http",
+                          "http_access deny !nf_valid_host", "http_access deny nf_long_host"]
+    assert "relaxed_header_parser off" in conf and "uri_whitespace deny" in conf

@@ -1,4 +1,4 @@
-"""Backend selection (--proxy / NETFENCE_NETWORK_PROXY) and the workload's proxy variables."""
+"""backends/__init__.py: backend selection (--proxy / NETFENCE_NETWORK_PROXY)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,7 @@ import importlib
 
 import pytest
 
-from netfence.backends import (
-    DEFAULT_BACKEND,
-    ENV_VAR,
-    SUPPORTED,
-    NetworkProxy,
-    get_backend,
-    proxy_env,
-)
+from netfence.backends import DEFAULT_BACKEND, ENV_VAR, SUPPORTED, NetworkProxy, get_backend
 from netfence.errors import NetfenceError, UsageError
 
 
@@ -135,31 +128,3 @@ def test_unknown_value_fails_even_when_the_other_source_is_valid(
     monkeypatch.setenv(ENV_VAR, "squid")
     with pytest.raises(UsageError, match="haproxy"):
         get_backend("haproxy")
-
-
-# --- proxy_env ---------------------------------------------------------------------------
-
-PROXY_KEYS = {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"}
-
-
-@pytest.mark.parametrize("proxy", ["127.0.0.1:3128", "10.203.0.2:3128", "egress:3128"])
-def test_proxy_env_sets_both_cases(proxy: str) -> None:
-    env = proxy_env(proxy)
-    assert set(env) == PROXY_KEYS
-    url = f"http://{proxy}"
-    for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        assert env[key] == url
-    assert env["NO_PROXY"] == env["no_proxy"]
-    bypass = env["no_proxy"].split(",")
-    for loopback in ("localhost", "127.0.0.1", "::1"):
-        assert loopback in bypass
-    assert all(v for v in env.values())
-
-
-def test_proxy_env_returns_a_fresh_mapping() -> None:
-    first = proxy_env("127.0.0.1:3128")
-    first["HTTP_PROXY"] = "changed"
-    first["EXTRA"] = "x"
-    second = proxy_env("127.0.0.1:3128")
-    assert second["HTTP_PROXY"] == "http://127.0.0.1:3128"
-    assert "EXTRA" not in second

@@ -1,200 +1,25 @@
-"""compile_policy and Policy.decide: the reference decision every backend must agree with."""
+"""policy/policy.py: compile_policy and Policy.decide, the reference decision every backend
+must agree with."""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netfence.policy import Decision, Policy, Reason, compile_policy
-from netfence.profile import BUILTIN_PROFILES, HostPattern, Profile, with_overrides
+from netfence.policy import ADDRESS_CLASS_ORDER, LOOPBACK_HOSTS, Policy, Reason, compile_policy
+from netfence.profile import BUILTIN_PROFILES, HostPattern, Profile
 from netfence.profile.loader import parse_profile
+from tests.support.policies import ALLOW_ALL, EXAMPLE, allowlist, policy_for
 
 R = Reason
 
 
-def policy_for(outbound: dict[str, Any] | None = None, *, mode: str = "bridge",
-               inbound: dict[str, Any] | None = None, host_addresses: tuple[str, ...] = ()
-               ) -> Policy:
-    data = {"network": {"mode": mode, "outbound": outbound or {}, "inbound": inbound or {}}}
-    profile = parse_profile(data, "test")
-    return compile_policy(profile, [ipaddress.ip_address(a) for a in host_addresses])
-
-
-ALLOW_ALL = compile_policy(BUILTIN_PROFILES["network"])
-EXAMPLE = policy_for({"allow_host": ["example.com"]})
-
-# --- always-denied addresses -------------------------------------------------------------
-
-DENIED_ADDRESSES: list[tuple[str, Reason]] = [
-    # loopback
-    ("127.0.0.1", R.LOOPBACK_ADDRESS),
-    ("127.0.0.53", R.LOOPBACK_ADDRESS),
-    ("127.255.255.254", R.LOOPBACK_ADDRESS),
-    ("::1", R.LOOPBACK_ADDRESS),
-    # unspecified (dialing it reaches this host's own listeners)
-    ("0.0.0.0", R.LOOPBACK_ADDRESS),
-    ("0.1.2.3", R.LOOPBACK_ADDRESS),
-    ("::", R.LOOPBACK_ADDRESS),
-    # link-local, with the cloud metadata service
-    ("169.254.169.254", R.LINK_LOCAL_ADDRESS),
-    ("169.254.0.1", R.LINK_LOCAL_ADDRESS),
-    ("169.254.255.255", R.LINK_LOCAL_ADDRESS),
-    ("fe80::1", R.LINK_LOCAL_ADDRESS),
-    ("fe80::a9fe:a9fe", R.LINK_LOCAL_ADDRESS),
-    ("febf:ffff::1", R.LINK_LOCAL_ADDRESS),
-    # private
-    ("10.0.0.1", R.PRIVATE_ADDRESS),
-    ("10.255.255.255", R.PRIVATE_ADDRESS),
-    ("172.16.0.1", R.PRIVATE_ADDRESS),
-    ("172.31.255.254", R.PRIVATE_ADDRESS),
-    ("192.168.0.1", R.PRIVATE_ADDRESS),
-    ("192.168.255.255", R.PRIVATE_ADDRESS),
-    ("fc00::1", R.PRIVATE_ADDRESS),
-    ("fd12:3456:789a::1", R.PRIVATE_ADDRESS),
-    ("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", R.PRIVATE_ADDRESS),
-    # CGNAT
-    ("100.64.0.1", R.PRIVATE_ADDRESS),
-    ("100.127.255.254", R.PRIVATE_ADDRESS),
-    # multicast and broadcast
-    ("224.0.0.1", R.SPECIAL_ADDRESS),
-    ("239.255.255.250", R.SPECIAL_ADDRESS),
-    ("255.255.255.255", R.SPECIAL_ADDRESS),
-    ("ff02::1", R.SPECIAL_ADDRESS),
-    ("ff0e::fb", R.SPECIAL_ADDRESS),
-    # reserved and benchmarking
-    ("198.18.0.1", R.SPECIAL_ADDRESS),
-    ("198.19.255.254", R.SPECIAL_ADDRESS),
-    ("240.0.0.1", R.SPECIAL_ADDRESS),
-    ("250.1.2.3", R.SPECIAL_ADDRESS),
-    ("192.0.0.8", R.SPECIAL_ADDRESS),
-    ("192.88.99.1", R.SPECIAL_ADDRESS),
-    ("100::1", R.SPECIAL_ADDRESS),
-    ("fec0::1", R.SPECIAL_ADDRESS),
-    # documentation
-    ("192.0.2.1", R.SPECIAL_ADDRESS),
-    ("198.51.100.7", R.SPECIAL_ADDRESS),
-    ("203.0.113.9", R.SPECIAL_ADDRESS),
-    ("2001:db8::1", R.SPECIAL_ADDRESS),
-    ("3fff::1", R.SPECIAL_ADDRESS),
-    # IPv4-mapped: reaches the embedded IPv4 address
-    ("::ffff:127.0.0.1", R.LOOPBACK_ADDRESS),
-    ("::ffff:0.0.0.0", R.LOOPBACK_ADDRESS),
-    ("::ffff:10.0.0.1", R.PRIVATE_ADDRESS),
-    ("::ffff:192.168.1.1", R.PRIVATE_ADDRESS),
-    ("::ffff:169.254.169.254", R.LINK_LOCAL_ADDRESS),
-    ("::ffff:224.0.0.1", R.SPECIAL_ADDRESS),
-    # NAT64 (well-known prefix and local-use prefix)
-    ("64:ff9b::a00:1", R.PRIVATE_ADDRESS),
-    ("64:ff9b::7f00:1", R.LOOPBACK_ADDRESS),
-    ("64:ff9b::a9fe:a9fe", R.LINK_LOCAL_ADDRESS),
-    ("64:ff9b:1::a00:1", R.SPECIAL_ADDRESS),
-    # 6to4 (embeds any IPv4 address) and Teredo
-    ("2002:a00:1::1", R.SPECIAL_ADDRESS),
-    ("2002:7f00:1::1", R.SPECIAL_ADDRESS),
-    ("2002:808:808::1", R.SPECIAL_ADDRESS),
-    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", R.SPECIAL_ADDRESS),
-    ("2001::1", R.SPECIAL_ADDRESS),
-]
-
-PUBLIC_ADDRESSES = [
-    "8.8.8.8",
-    "1.1.1.1",
-    "93.184.216.34",
-    "9.255.255.255",
-    "11.0.0.0",
-    "100.63.255.255",
-    "100.128.0.0",
-    "169.253.255.255",
-    "169.255.0.0",
-    "172.15.255.255",
-    "172.32.0.0",
-    "192.167.255.255",
-    "192.169.0.0",
-    "198.17.255.255",
-    "198.20.0.0",
-    "223.255.255.255",
-    "2606:4700:4700::1111",
-    "2001:4860:4860::8888",
-    "2a00:1450:4001::1",
-    "::ffff:8.8.8.8",
-    "64:ff9b::808:808",
-]
-
-
-@pytest.mark.parametrize(("ip", "reason"), DENIED_ADDRESSES)
-def test_denied_address_literal_even_with_allow_all(ip: str, reason: Reason) -> None:
-    for host in (ip, f"[{ip}]" if ":" in ip else ip):
-        decision = ALLOW_ALL.decide(host, 443)
-        assert not decision.allowed
-        assert decision.reason is reason
-        assert decision.ip == str(ipaddress.ip_address(ip))
-
-
-@pytest.mark.parametrize(("ip", "reason"), DENIED_ADDRESSES)
-def test_denied_address_as_resolved_address_of_an_allowed_name(ip: str, reason: Reason) -> None:
-    for policy in (EXAMPLE, ALLOW_ALL):
-        decision = policy.decide("example.com", 443, ip)
-        assert (decision.allowed, decision.reason) == (False, reason)
-        assert decision.host == "example.com"
-        assert decision.ip == str(ipaddress.ip_address(ip))
-
-
-@pytest.mark.parametrize(("ip", "reason"), DENIED_ADDRESSES)
-def test_denied_address_even_when_listed_in_allow_host(ip: str, reason: Reason) -> None:
-    decision = policy_for({"allow_host": [ip]}).decide(ip, 443)
-    assert (decision.allowed, decision.reason) == (False, reason)
-
-
-@pytest.mark.parametrize("ip", PUBLIC_ADDRESSES)
-def test_public_addresses_are_allowed(ip: str) -> None:
-    assert ALLOW_ALL.decide(ip, 443).allowed
-    assert ALLOW_ALL.decide(ip, 80).allowed
-    assert EXAMPLE.decide("example.com", 443, ip).allowed
-    assert policy_for({"allow_host": [ip]}).decide(ip, 443).allowed
-    assert not EXAMPLE.decide(ip, 443).allowed  # an IP literal needs its own entry
-
-
-# --- denied names ------------------------------------------------------------------------
-
-DENIED_NAMES = [
-    "localhost",
-    "LOCALHOST",
-    "localhost.",
-    "foo.localhost",
-    "a.b.localhost",
-    "Foo.LocalHost.",
-    "host.docker.internal",
-    "Host.Docker.Internal.",
-    "gateway.docker.internal",
-    "host.containers.internal",
-]
-
-
-@pytest.mark.parametrize("host", DENIED_NAMES)
-def test_denied_names(host: str) -> None:
-    explicit = policy_for({"allow_host": ["localhost", "*.localhost", "*.docker.internal",
-                                         "host.containers.internal"]})
-    for policy in (ALLOW_ALL, explicit):
-        decision = policy.decide(host, 443)
-        assert (decision.allowed, decision.reason) == (False, R.DENIED_NAME), policy
-        assert decision.remedy is None
-        # Denied before any address is considered, even a public one.
-        assert policy.decide(host, 443, "93.184.216.34").reason is R.DENIED_NAME
-
-
-@pytest.mark.parametrize("host", ["notlocalhost", "localhost.example.com", "docker.internal",
-                                  "other.docker.internal", "localhostx.com"])
-def test_near_denied_names_are_ordinary_names(host: str) -> None:
-    assert ALLOW_ALL.decide(host, 443).allowed
-
-
-# --- the host's own addresses ------------------------------------------------------------
+# --- the host's own addresses ----------------------------------------------------------
 
 HOST_ADDRESSES = ("93.184.216.34", "10.1.2.3", "2a00:1450:4001::99")
 
@@ -245,7 +70,7 @@ def test_host_loopback_and_link_local_keep_their_precise_reason() -> None:
     assert policy.decide("10.1.2.3", 80).reason is R.HOST_ADDRESS
 
 
-# --- allow_cidr --------------------------------------------------------------------------
+# --- allow_cidr ------------------------------------------------------------------------
 
 LIFTED: list[tuple[list[str], str]] = [
     (["10.0.0.0/8"], "10.1.2.3"),
@@ -307,7 +132,7 @@ def test_allow_cidr_never_lifts_loopback_or_link_local(cidrs: list[str], target:
         assert (decision.allowed, decision.reason) == (False, reason)
 
 
-# --- names: wildcards, case, trailing dot, IDN -------------------------------------------
+# --- names: wildcards, case, trailing dot, IDN -----------------------------------------
 
 NAME_CASES: list[tuple[list[str], str, bool]] = [
     (["example.com"], "example.com", True),
@@ -368,7 +193,7 @@ def test_invalid_resolved_address() -> None:
     assert (decision.allowed, decision.reason) == (False, R.INVALID_HOST)
 
 
-# --- ports -------------------------------------------------------------------------------
+# --- ports -----------------------------------------------------------------------------
 
 PORT_CASES: list[tuple[dict[str, Any], int, bool]] = [
     ({}, 80, True),
@@ -416,7 +241,7 @@ def test_generated_out_of_range_ports_are_denied(port: int) -> None:
     assert (decision.allowed, decision.reason) == (False, R.PORT_NOT_ALLOWED)
 
 
-# --- check order: name, then port, then address ------------------------------------------
+# --- check order: name, then port, then address ----------------------------------------
 
 
 def test_order_name_before_port_before_address() -> None:
@@ -433,7 +258,7 @@ def test_a_name_decided_before_resolution_has_no_address() -> None:
     assert (decision.allowed, decision.reason, decision.ip) == (True, R.ALLOWED, None)
 
 
-# --- empty allowlists --------------------------------------------------------------------
+# --- empty allowlists ------------------------------------------------------------------
 
 EMPTY_POLICIES = {
     "none": compile_policy(BUILTIN_PROFILES["none"]),
@@ -458,7 +283,7 @@ def test_empty_allowlist_denies_everything(name: str, host: str, ip: str | None)
     assert (decision.allowed, decision.reason) == (False, R.NOT_ALLOWLISTED)
 
 
-# --- the `network` built-in --------------------------------------------------------------
+# --- the `network` built-in ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("host", ["example.com", "api.github.com", "xn--bcher-kva.example",
@@ -485,7 +310,7 @@ def test_network_builtin_denies_private_resolved_addresses(ip: str, reason: Reas
     assert (decision.allowed, decision.reason) == (False, reason)
 
 
-# --- legacy IPv4 spellings ---------------------------------------------------------------
+# --- legacy IPv4 spellings -------------------------------------------------------------
 
 LEGACY: list[tuple[str, str, Reason]] = [
     ("2130706433", "127.0.0.1", R.LOOPBACK_ADDRESS),
@@ -525,91 +350,7 @@ def test_legacy_spellings_match_the_ip_literal_in_allow_host(host: str, ip: str)
     assert not policy_for({"allow_host": ["8.8.4.4"]}).decide(host, 443).allowed
 
 
-# --- describe() and remedies -------------------------------------------------------------
-
-REMEDY_CASES: list[tuple[Policy, str, int, str | None, Reason, str | None]] = [
-    # policy, host, port, resolved, reason, flag and argument in the remedy (None: none)
-    (EXAMPLE, "other.test", 443, None, R.NOT_ALLOWLISTED, "--allow-host other.test"),
-    (EXAMPLE, "Other.TEST.", 443, None, R.NOT_ALLOWLISTED, "--allow-host other.test"),
-    (EXAMPLE, "8.8.8.8", 443, None, R.NOT_ALLOWLISTED, "--allow-host 8.8.8.8"),
-    (EXAMPLE, "example.com", 8080, None, R.PORT_NOT_ALLOWED, "--allow-port 8080"),
-    (EXAMPLE, "example.com", 443, "10.0.0.1", R.PRIVATE_ADDRESS, "--allow-cidr 10.0.0.1/32"),
-    (ALLOW_ALL, "192.168.1.5", 443, None, R.PRIVATE_ADDRESS, "--allow-cidr 192.168.1.5/32"),
-    (ALLOW_ALL, "fd00::1", 443, None, R.PRIVATE_ADDRESS, "--allow-cidr fd00::1/128"),
-    (ALLOW_ALL, "::ffff:10.0.0.1", 443, None, R.PRIVATE_ADDRESS,
-     "--allow-cidr ::ffff:a00:1/128"),
-    (ALLOW_ALL, "198.18.0.1", 443, None, R.SPECIAL_ADDRESS, "--allow-cidr 198.18.0.1/32"),
-    (ALLOW_ALL, "2001:db8::1", 443, None, R.SPECIAL_ADDRESS, "--allow-cidr 2001:db8::1/128"),
-    (ALLOW_ALL, "127.0.0.1", 443, None, R.LOOPBACK_ADDRESS, None),
-    (ALLOW_ALL, "169.254.169.254", 80, None, R.LINK_LOCAL_ADDRESS, None),
-    (ALLOW_ALL, "fe80::1", 80, None, R.LINK_LOCAL_ADDRESS, None),
-    (ALLOW_ALL, "localhost", 80, None, R.DENIED_NAME, None),
-    (ALLOW_ALL, "host.docker.internal", 80, None, R.DENIED_NAME, None),
-    (ALLOW_ALL, "exa mple.com", 80, None, R.INVALID_HOST, None),
-]
-
-
-@pytest.mark.parametrize(("policy", "host", "port", "ip", "reason", "flag"), REMEDY_CASES)
-def test_describe_and_remedy_name_reason_and_flag(
-    policy: Policy, host: str, port: int, ip: str | None, reason: Reason, flag: str | None
-) -> None:
-    decision = policy.decide(host, port, ip)
-    assert (decision.allowed, decision.reason) == (False, reason)
-    text = decision.describe()
-    assert text.startswith("denied ")
-    assert reason.value in text
-    assert str(decision.port) in text
-    if flag is None:
-        assert decision.remedy is None
-        assert "to allow" not in text
-        return
-    assert decision.remedy is not None
-    assert flag in decision.remedy
-    assert f"to allow: {decision.remedy}" in text
-    field = {"--allow-host": "allow_host", "--allow-port": "allow_port",
-             "--allow-cidr": "allow_cidr"}[flag.split()[0]]
-    assert f"network.outbound.{field}" in decision.remedy
-
-
-@pytest.mark.parametrize(("policy", "host", "port", "ip", "reason", "flag"),
-                         [c for c in REMEDY_CASES if c[5] is not None])
-def test_following_the_remedy_allows_exactly_that_destination(
-    policy: Policy, host: str, port: int, ip: str | None, reason: Reason, flag: str | None
-) -> None:
-    assert flag is not None
-    decision = policy.decide(host, port, ip)
-    assert decision.remedy is not None
-    match = re.search(r"(--allow-(?:host|port|cidr)) (\S+)", decision.remedy)
-    assert match is not None
-    option, argument = match.groups()
-    profile = (BUILTIN_PROFILES["network"] if policy is ALLOW_ALL
-               else parse_profile({"network": {"outbound": {"allow_host": ["example.com"]}}},
-                                  "p"))
-    if option == "--allow-host":
-        opened = with_overrides(profile, allow_host=[argument])
-    elif option == "--allow-port":
-        opened = with_overrides(profile, allow_port=[80, 443, int(argument)])
-    else:
-        # The suggested range is the one address, never a wider block.
-        assert ipaddress.ip_network(argument).num_addresses == 1
-        opened = with_overrides(profile, allow_cidr=[argument])
-    assert compile_policy(opened).decide(host, port, ip).allowed
-
-
-def test_describe_allowed() -> None:
-    assert EXAMPLE.decide("example.com", 443).describe() == "allowed example.com:443"
-    text = EXAMPLE.decide("example.com", 443, "93.184.216.34").describe()
-    assert text == "allowed example.com:443 (93.184.216.34)"
-    assert EXAMPLE.decide("example.com", 443).remedy is None
-
-
-def test_describe_denied_address_names_the_address() -> None:
-    text = EXAMPLE.decide("example.com", 443, "10.0.0.1").describe()
-    assert text.startswith("denied example.com:443 (10.0.0.1): private_address 10.0.0.1")
-    assert "--allow-cidr 10.0.0.1/32" in text
-
-
-# --- compile_policy and immutability -----------------------------------------------------
+# --- compile_policy and immutability ---------------------------------------------------
 
 
 def test_compile_policy_fields() -> None:
@@ -648,6 +389,13 @@ def test_inbound_hosts() -> None:
     assert not gated.inbound_allowed("mcp.example:8080")
 
 
+def test_inbound_allowlist_defaults_to_the_loopback_names() -> None:
+    assert Policy().inbound_allowlist == LOOPBACK_HOSTS
+    assert [str(p) for p in LOOPBACK_HOSTS] == ["localhost", "127.0.0.1", "::1"]
+    gated = policy_for(inbound={"allow_host": ["mcp.example"]})
+    assert gated.inbound_allowlist == (HostPattern("mcp.example"),)
+
+
 def test_policy_is_frozen() -> None:
     policy = EXAMPLE
     for field, value in [("allow_all", True), ("hosts", ()), ("ports", (1,)),
@@ -668,14 +416,10 @@ def test_compiling_does_not_change_the_profile() -> None:
     assert profile.model_dump() == before
 
 
-def test_decision_fields() -> None:
-    assert Decision(True, R.ALLOWED, "a.test", 443).ip is None
-    assert R.ALLOWED.value == "allowed"
-
-
-# --- generated names ---------------------------------------------------------------------
+# --- generated names -------------------------------------------------------------------
 
 LABEL = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,15}[a-z0-9])?", fullmatch=True)
+
 NAME = st.builds(lambda ls, tld: ".".join([*ls, tld]), st.lists(LABEL, min_size=1, max_size=3),
                  st.from_regex(r"[a-z]{2,6}", fullmatch=True))
 
@@ -698,3 +442,65 @@ def test_generated_names_with_allow_all(name: str) -> None:
     else:
         assert decision.allowed
         assert ALLOW_ALL.decide(name, 443, "127.0.0.1").reason is R.LOOPBACK_ADDRESS
+
+
+# --- multi-answer decisions, IP-literal forms, learn mode, address rules ---------------
+
+
+def test_decide_answers_denies_if_any_answer_is_denied() -> None:
+    pol = allowlist("a.test", cidrs=("10.203.0.0/24",))
+    assert pol.decide_answers("a.test", 80, ["10.203.0.2"]).allowed
+    mixed = pol.decide_answers("a.test", 80, ["10.203.0.2", "127.0.0.1"])
+    assert (mixed.allowed, mixed.reason, mixed.ip) == (False, R.LOOPBACK_ADDRESS, "127.0.0.1")
+    # Of several denied answers, the first class in ADDRESS_CLASS_ORDER names the reason.
+    worst = pol.decide_answers("a.test", 80, ["10.9.9.9", "169.254.169.254", "10.203.0.1"])
+    assert worst.reason is R.HOST_ADDRESS
+    assert pol.decide_answers("b.test", 80, ["10.203.0.2"]).reason is R.NOT_ALLOWLISTED
+    assert pol.decide_answers("a.test", 80, []).allowed  # does not resolve: nothing to check
+
+
+def test_ipv4_mapped_literals_are_the_ipv4_address() -> None:
+    assert allowlist("10.203.0.3").decide("[::ffff:10.203.0.3]", 80).allowed is False  # private
+    pol = allowlist("10.203.0.3", cidrs=("10.203.0.0/24",))
+    for host in ("10.203.0.3", "[::ffff:10.203.0.3]", "::ffff:acb:3", "0xacb0003", "10.203.3"):
+        assert pol.decide(host, 80).allowed, host
+    pol = allowlist("::ffff:10.203.0.3", cidrs=("10.203.0.0/24",))
+    assert pol.decide("10.203.0.3", 80).allowed
+    assert not pol.decide("10.203.0.4", 80).allowed
+
+
+def test_ipv4_compatible_addresses_are_denied() -> None:
+    pol = compile_policy(BUILTIN_PROFILES["network"])
+    assert pol.decide("[::10.203.0.3]", 80).reason is R.SPECIAL_ADDRESS
+    # ::1 and :: keep their own, more severe, reason.
+    assert pol.decide("[::1]", 80).reason is R.LOOPBACK_ADDRESS
+    assert pol.decide("[::]", 80).reason is R.LOOPBACK_ADDRESS
+
+
+def test_learn_opens_names_and_ports_but_not_addresses() -> None:
+    pol = allowlist(learn=True)
+    assert pol.allow_all and pol.any_port
+    assert pol.decide("anything.example", 8443).allowed
+    assert pol.decide("localhost", 80).reason is R.DENIED_NAME
+    assert pol.decide("x.example", 80, "127.0.0.1").reason is R.LOOPBACK_ADDRESS
+    assert pol.decide("x.example", 80, "10.203.0.1").reason is R.HOST_ADDRESS
+    assert pol.decide("x.example", 0).reason is R.PORT_NOT_ALLOWED
+
+
+def test_address_rules_order_lifts_and_agree_with_address_reason() -> None:
+    pol = allowlist("a.test", cidrs=("10.1.0.0/16", "fd00::/16"))
+    rules = pol.address_rules()
+    ranks = [ADDRESS_CLASS_ORDER.index(r.reason) for r in rules]
+    assert ranks == sorted(ranks) and rules[0].reason is R.HOST_ADDRESS
+    assert all(not net.overlaps(ipaddress.ip_network("10.1.0.0/16")) for r in rules
+               for net in r.networks if net.version == 4 and r.reason is R.PRIVATE_ADDRESS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.ip_addresses())
+def test_first_matching_rule_is_the_address_reason(ip: ipaddress.IPv4Address |
+                                                   ipaddress.IPv6Address) -> None:
+    pol = allowlist("a.test", cidrs=("10.1.0.0/16", "fd00::/16", "192.0.2.0/25"))
+    first = next((r.reason for r in pol.address_rules()
+                  if any(ip in n for n in r.networks if n.version == ip.version)), None)
+    assert first == pol.address_reason(ip)

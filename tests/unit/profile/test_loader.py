@@ -1,4 +1,5 @@
-"""Permission profiles: files (JSON, YAML), built-ins, validation errors and overrides."""
+"""profile/loader.py: profiles from files (JSON, YAML) and built-ins, validation errors
+naming file, field and value, and command-line overrides."""
 
 from __future__ import annotations
 
@@ -16,13 +17,7 @@ from pydantic import ValidationError
 
 from netfence.errors import ProfileError, UsageError
 from netfence.policy import compile_policy
-from netfence.profile import (
-    BUILTIN_PROFILES,
-    HostPattern,
-    Profile,
-    load_profile,
-    with_overrides,
-)
+from netfence.profile import BUILTIN_PROFILES, HostPattern, Profile, load_profile, with_overrides
 from netfence.profile.loader import parse_profile
 from netfence.profile.model import DEFAULT_PORTS
 
@@ -91,7 +86,7 @@ def assert_full(profile: Profile) -> None:
     )
 
 
-# --- loading files -----------------------------------------------------------------------
+# --- loading files ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["p.json", "p.yaml", "p.yml", "profile"])
@@ -182,7 +177,7 @@ def test_loaded_profile_is_frozen(tmp_path: Path) -> None:
         profile.network.outbound.insecure_allow_all = True  # type: ignore[misc]
 
 
-# --- built-ins ---------------------------------------------------------------------------
+# --- built-ins -------------------------------------------------------------------------
 
 
 def test_builtin_none_allows_no_egress() -> None:
@@ -217,7 +212,8 @@ def test_builtin_names_win_over_files_in_the_working_directory(
     assert load_profile("./none").network.outbound.insecure_allow_all
 
 
-# --- errors: file, field path and value --------------------------------------------------
+# --- errors: file, field path and value ------------------------------------------------
+
 
 # data, field path, offending value (as it appears in the message), fragment of the reason
 FIELD_ERRORS: list[tuple[object, str, str, str]] = [
@@ -409,38 +405,7 @@ def test_unreadable_paths(tmp_path: Path) -> None:
         load_profile(str(binary))
 
 
-@given(st.integers(1, 65535))
-def test_generated_valid_ports(port: int) -> None:
-    profile = parse_profile({"network": {"outbound": {"allow_port": [port]}}}, "gen.json")
-    assert profile.network.outbound.allow_port == (port,)
-    assert compile_policy(profile).ports == (port,)
-
-
-@given(st.one_of(st.integers(max_value=0), st.integers(min_value=65536)))
-def test_generated_out_of_range_ports(port: int) -> None:
-    with pytest.raises(ProfileError) as info:
-        parse_profile({"network": {"outbound": {"allow_port": [443, port]}}}, "gen.json")
-    message = str(info.value)
-    assert message.startswith("gen.json: network.outbound.allow_port = ")
-    assert f"entry 1 {port}:" in message
-
-
-@given(st.integers(1, 65535).map(str))
-def test_generated_port_strings_are_rejected(port: str) -> None:
-    with pytest.raises(ProfileError, match="1 to 65535"):
-        parse_profile({"network": {"outbound": {"allow_port": [port]}}}, "gen.json")
-
-
-@given(st.ip_addresses().flatmap(
-    lambda ip: st.tuples(st.just(ip), st.integers(0, ip.max_prefixlen))))
-def test_generated_cidrs(ip_and_len: tuple[Any, int]) -> None:
-    ip, prefixlen = ip_and_len
-    text = f"{ip}/{prefixlen}"
-    profile = parse_profile({"network": {"outbound": {"allow_cidr": [text]}}}, "gen.json")
-    assert profile.network.outbound.allow_cidr == (ipaddress.ip_network(text, strict=False),)
-
-
-# --- with_overrides ----------------------------------------------------------------------
+# --- with_overrides --------------------------------------------------------------------
 
 
 def dump(profile: Profile) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netfence.profile import HostPattern, canonical_host, parse_host_pattern
+from netfence.profile import HostPattern, canonical_host, parse_host_pattern, split_host_port
 from netfence.profile.hosts import MAX_LABEL, MAX_NAME, canonical_name, parse_ip
 
 # --- strategies --------------------------------------------------------------------------
@@ -302,3 +302,31 @@ def test_generated_ip_literals(ip: ipaddress.IPv4Address | ipaddress.IPv6Address
         assert parse_host_pattern(f"{ip}.") == pattern
         assert canonical_host(str(int(ip))) == ip  # the decimal spelling
         assert canonical_host(hex(int(ip))) == ip  # the hex spelling
+
+
+# --- host:port ---------------------------------------------------------------------------
+
+SPLITS: list[tuple[str, tuple[str, str | None]]] = [
+    ("example.com", ("example.com", None)),
+    ("example.com:443", ("example.com", "443")),
+    ("example.com:", ("example.com", "")),
+    ("example.com:x", ("example.com", "x")),
+    ("10.0.0.1:53", ("10.0.0.1", "53")),
+    ("[::1]", ("::1", None)),
+    ("[::1]:8080", ("::1", "8080")),
+    ("[::1]:", ("::1", "")),
+    ("::1", ("::1", None)),  # several colons, no brackets: an address, no port
+    ("2001:db8::1:443", ("2001:db8::1:443", None)),
+    ("", ("", None)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SPLITS)
+def test_split_host_port(text: str, expected: tuple[str, str | None]) -> None:
+    assert split_host_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["[::1", "[::1]5", "[::1]x:80", "[::1]]"])
+def test_split_host_port_refuses_what_follows_a_bracket(text: str) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        split_host_port(text)

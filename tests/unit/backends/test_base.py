@@ -1,5 +1,6 @@
-"""The decision log's contract: one JSON object per request with the same fields whichever
-backend logged it (`netfence logs --json`), and `--denied` keeping only denials."""
+"""backends/base.py: the workload's proxy variables, and the decision log's contract: one
+JSON object per request with the same fields whichever backend logged it (`netfence
+logs --json`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,40 @@ import json
 
 import pytest
 
-from netfence.backends.base import NetworkProxy
+from netfence.backends import NetworkProxy, proxy_env
 from netfence.backends.envoy import EGRESS_LOG_FORMAT, EnvoyProxy
 from netfence.backends.squid import LOG_FORMAT_TAG, SquidProxy
+
+# --- proxy_env -------------------------------------------------------------------------
+
+PROXY_KEYS = {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"}
+
+
+@pytest.mark.parametrize("proxy", ["127.0.0.1:3128", "10.203.0.2:3128", "egress:3128"])
+def test_proxy_env_sets_both_cases(proxy: str) -> None:
+    env = proxy_env(proxy)
+    assert set(env) == PROXY_KEYS
+    url = f"http://{proxy}"
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        assert env[key] == url
+    assert env["NO_PROXY"] == env["no_proxy"]
+    bypass = env["no_proxy"].split(",")
+    for loopback in ("localhost", "127.0.0.1", "::1"):
+        assert loopback in bypass
+    assert all(v for v in env.values())
+
+
+def test_proxy_env_returns_a_fresh_mapping() -> None:
+    first = proxy_env("127.0.0.1:3128")
+    first["HTTP_PROXY"] = "changed"
+    first["EXTRA"] = "x"
+    second = proxy_env("127.0.0.1:3128")
+    assert second["HTTP_PROXY"] == "http://127.0.0.1:3128"
+    assert "EXTRA" not in second
+
+
+# --- the decision log ------------------------------------------------------------------
+
 
 # Written out, not imported: the test must fail if the code's list loses a field.
 FIELDS = ["time", "workload", "method", "host", "port", "decision", "reason",
@@ -33,6 +65,7 @@ ALLOWED = {
     "squid": f"{LOG_FORMAT_TAG} 2026-01-01T00:00:00Z GET example.com 80 200 - "
              "93.184.216.34 120 530 14",
 }
+
 DENIED = {
     "envoy": envoy_line(authority="evil.test", status=403, details="direct_response",
                         route="not_allowlisted", upstream_host=None, bytes_sent=236,
@@ -40,6 +73,7 @@ DENIED = {
     "squid": f"{LOG_FORMAT_TAG} 2026-01-01T00:00:00Z GET evil.test 80 403 "
              "ERR_NOT_ALLOWLISTED - 120 236 0",
 }
+
 BACKENDS: dict[str, NetworkProxy] = {"envoy": EnvoyProxy("/opt/test/envoy"),
                                      "squid": SquidProxy()}
 

@@ -1,16 +1,19 @@
-"""Shape of the generated dnsmasq config: only allowlisted names are ever forwarded."""
+"""backends/dnsmasq.py: the generated dnsmasq config: only allowlisted names are ever
+forwarded, and answers holding a denied address are refused."""
 
 from __future__ import annotations
 
+import ipaddress
 import stat
 from pathlib import Path
 
 import pytest
 
 from netfence.backends.base import Endpoint, Placement, ProxySetup, write_setup
-from netfence.backends.dnsmasq import dns_setup, dns_validate_command
+from netfence.backends.dnsmasq import answer_filter, dns_setup, dns_validate_command
 from netfence.policy import DENIED_NAMES, Policy
 from netfence.profile import parse_host_pattern
+from tests.support.policies import allowlist
 
 UP = "192.0.2.53#53"
 
@@ -127,3 +130,20 @@ def test_one_forward_per_name(tmp_path: Path, count: int) -> None:
     names = [f"h{i}.example.net" for i in range(count)]
     lines = lines_of(dns_setup(policy(*names), make_placement(tmp_path)))
     assert len(forwarded(lines)) == count
+
+
+def _placement(tmp: Path) -> Placement:
+    return Placement(state_dir=tmp, egress_listen=Endpoint("127.0.0.1", 3128),
+                     workload_proxy="127.0.0.1:3128", dns_listen=Endpoint("127.0.0.1", 5300),
+                     upstream_resolver=Endpoint("10.9.8.7", 53))
+
+
+def test_dnsmasq_refuses_answers_with_any_denied_address(tmp_path: Path) -> None:
+    pol = allowlist("a.test", cidrs=("10.203.0.0/24",))
+    lines = answer_filter(pol)
+    nets = [ipaddress.ip_network(line.split("=", 1)[1]) for line in lines]
+    assert ipaddress.ip_network("127.0.0.0/8") in nets
+    assert ipaddress.ip_network("10.203.0.1/32") in nets  # the host, though in allow_cidr
+    assert not any(ipaddress.ip_address("10.203.0.2") in n for n in nets if n.version == 4)
+    conf = dns_setup(pol, _placement(tmp_path)).files[0].content
+    assert all(line in conf.splitlines() for line in lines)

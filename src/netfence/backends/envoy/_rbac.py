@@ -1,0 +1,48 @@
+"""The address stage: RBAC DENY policies on the address the dynamic forward proxy resolved
+(the upstream_ip_port matcher; destination_ip would match the listener's own address)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from netfence.backends.envoy._names import UPSTREAM_IP_TYPE, Json
+from netfence.policy import AddressRule, Policy
+from netfence.policy.denied import IPNetwork
+
+
+def _ip_rule(net: IPNetwork) -> Json:
+    return {
+        "matcher": {
+            "name": "envoy.rbac.matchers.upstream_ip_port",
+            "typed_config": {
+                "@type": UPSTREAM_IP_TYPE,
+                "upstream_ip": {
+                    "address_prefix": str(net.network_address),
+                    "prefix_len": net.prefixlen,
+                },
+            },
+        }
+    }
+
+
+def _any_of(nets: Iterable[IPNetwork]) -> Json:
+    return {"or_rules": {"rules": [_ip_rule(n) for n in nets]}}
+
+
+def rbac_policy_name(rule: AddressRule) -> str:
+    return f"{rule.reason.value}@{rule.network}"
+
+
+def rbac_policies(policy: Policy) -> dict[str, Json]:
+    """DENY policies, one per address rule, on the address the DFP resolved.
+
+    Envoy checks DENY policies in name order and reports the first match. The rules do
+    not overlap except the host's own addresses, and "host_address@..." sorts first.
+    Lifted addresses are cut out of the ranges (Policy.address_rules).
+    """
+    anyone = [{"any": True}]
+    out = {
+        rbac_policy_name(rule): {"permissions": [_any_of(rule.networks)], "principals": anyone}
+        for rule in policy.address_rules()
+    }
+    return dict(sorted(out.items()))

@@ -1,0 +1,168 @@
+"""The Envoy backend's tests: a generated bootstrap, and small evaluators of its
+virtual-host/route/RBAC JSON that decide as Envoy would (the real binary validates and
+serves these configs in tests/integration)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from netfence.backends.base import Endpoint, Placement
+from netfence.backends.envoy import EnvoyProxy
+from netfence.policy import Policy, compile_policy
+from netfence.profile.loader import parse_profile
+
+Json = dict[str, Any]
+ENVOY = "/opt/test/envoy"
+STATE = Path("/run/netfence/test-workload")
+RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+
+UPSTREAM_IP = (
+    "type.googleapis.com/envoy.extensions.rbac.matchers.upstream_ip_port.v3.UpstreamIpPortMatcher"
+)
+
+HOST_ADDRESS = ipaddress.ip_address("192.0.2.10")
+
+
+def placement(
+    *, ingress: bool = False, netns: Path | None = None, state: Path = STATE
+) -> Placement:
+    return Placement(
+        state_dir=state,
+        egress_listen=Endpoint("127.0.0.1", 3128, netns),
+        workload_proxy="127.0.0.1:3128",
+        dns_listen=Endpoint("127.0.0.1", 53),
+        upstream_resolver=Endpoint("10.9.8.7", 5353),
+        ingress_listen=Endpoint("127.0.0.1", 8080) if ingress else None,
+        ingress_upstream=Endpoint("127.0.0.1", 9090) if ingress else None,
+    )
+
+
+def policy_for(network: dict[str, object]) -> Policy:
+    profile = parse_profile({"network": network}, "test")
+    return compile_policy(profile, host_addresses=[HOST_ADDRESS])
+
+
+def config(policy: Policy, **kwargs: Any) -> Json:
+    setup = EnvoyProxy(ENVOY).setup(policy, placement(**kwargs))
+    (spec,) = setup.files
+    loaded: Json = json.loads(spec.content)
+    return loaded
+
+
+def listener(cfg: Json, name: str) -> Json:
+    found: list[Json] = [lst for lst in cfg["static_resources"]["listeners"] if lst["name"] == name]
+    (only,) = found
+    return only
+
+
+def hcm(cfg: Json, name: str = "egress") -> Json:
+    (chain,) = listener(cfg, name)["filter_chains"]
+    (net_filter,) = chain["filters"]
+    typed: Json = net_filter["typed_config"]
+    return typed
+
+
+def vhosts(cfg: Json, name: str = "egress") -> list[Json]:
+    found: list[Json] = hcm(cfg, name)["route_config"]["virtual_hosts"]
+    return found
+
+
+def rbac_rules(cfg: Json) -> Json:
+    (rbac,) = [f for f in hcm(cfg)["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
+    assert rbac["typed_config"]["@type"] == RBAC_TYPE
+    rules: Json = rbac["typed_config"]["rules"]
+    return rules
+
+
+def walk(node: object) -> Iterator[Json]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+# --- small evaluators of the generated JSON --------------------------------------------
+
+
+def select_vhost(virtual_hosts: list[Json], host: str) -> Json:
+    """Envoy's choice: exact domain, then the longest `*.suffix`, then `*`."""
+    host = host.lower()
+    for vhost in virtual_hosts:
+        if host in vhost["domains"]:
+            return vhost
+    best: tuple[int, Json] | None = None
+    for vhost in virtual_hosts:
+        for domain in vhost["domains"]:
+            wildcard = domain.startswith("*") and domain != "*" and host.endswith(domain[1:])
+            if wildcard and (best is None or len(domain) > best[0]):
+                best = (len(domain), vhost)
+    if best is not None:
+        return best[1]
+    (fallback,) = [v for v in virtual_hosts if "*" in v["domains"]]
+    return fallback
+
+
+def header_matches(matcher: Json, headers: dict[str, str]) -> bool:
+    value = headers[matcher["name"]]
+    string_match = matcher["string_match"]
+    if "exact" in string_match:
+        hit = value == string_match["exact"]
+    else:
+        hit = re.fullmatch(string_match["safe_regex"]["regex"], value) is not None
+    return hit != bool(matcher.get("invert_match"))
+
+
+def select_route(vhost: Json, method: str, authority: str, scheme: str = "http") -> Json:
+    headers = {":authority": authority, ":scheme": scheme}
+    for route in vhost["routes"]:
+        match = route["match"]
+        if ("connect_matcher" in match) != (method == "CONNECT"):
+            continue
+        if all(header_matches(h, headers) for h in match.get("headers", [])):
+            return route  # type: ignore[no-any-return]
+    raise AssertionError(f"no route for {method} {authority}")
+
+
+def route_reason(cfg: Json, method: str, host: str, port: int | None) -> str:
+    authority = host if port is None else f"{host}:{port}"
+    route = select_route(select_vhost(vhosts(cfg), host), method, authority)
+    name: str = route["name"]
+    return name
+
+
+def permission_matches(rule: Json, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if "or_rules" in rule:
+        return any(permission_matches(r, ip) for r in rule["or_rules"]["rules"])
+    if "and_rules" in rule:
+        return all(permission_matches(r, ip) for r in rule["and_rules"]["rules"])
+    if "not_rule" in rule:
+        return not permission_matches(rule["not_rule"], ip)
+    if "matcher" in rule:
+        assert rule["matcher"]["name"] == "envoy.rbac.matchers.upstream_ip_port"
+        typed = rule["matcher"]["typed_config"]
+        assert typed["@type"] == UPSTREAM_IP
+        cidr = typed["upstream_ip"]
+        net = ipaddress.ip_network(f"{cidr['address_prefix']}/{cidr['prefix_len']}")
+        return ip in net
+    raise AssertionError(f"unexpected permission {rule}")
+
+
+def rbac_reason(cfg: Json, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """The DENY policy that matches, checking policies in name order as Envoy does."""
+    rules = rbac_rules(cfg)
+    assert rules["action"] == "DENY"
+    policies: dict[str, Json] = rules["policies"]
+    for name in sorted(policies):
+        body = policies[name]
+        assert body["principals"] == [{"any": True}]
+        if any(permission_matches(p, ip) for p in body["permissions"]):
+            return name.partition("@")[0]  # REASON@NETWORK
+    return None

@@ -1,0 +1,59 @@
+"""profile/model.py: the schema's field validators (ports, CIDRs, host lists)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from netfence.errors import ProfileError
+from netfence.policy import compile_policy
+from netfence.profile import HostPattern
+from netfence.profile.loader import parse_profile
+from netfence.profile.model import InboundNetwork, OutboundNetwork
+
+
+@given(st.integers(1, 65535))
+def test_generated_valid_ports(port: int) -> None:
+    profile = parse_profile({"network": {"outbound": {"allow_port": [port]}}}, "gen.json")
+    assert profile.network.outbound.allow_port == (port,)
+    assert compile_policy(profile).ports == (port,)
+
+
+@given(st.one_of(st.integers(max_value=0), st.integers(min_value=65536)))
+def test_generated_out_of_range_ports(port: int) -> None:
+    with pytest.raises(ProfileError) as info:
+        parse_profile({"network": {"outbound": {"allow_port": [443, port]}}}, "gen.json")
+    message = str(info.value)
+    assert message.startswith("gen.json: network.outbound.allow_port = ")
+    assert f"entry 1 {port}:" in message
+
+
+@given(st.integers(1, 65535).map(str))
+def test_generated_port_strings_are_rejected(port: str) -> None:
+    with pytest.raises(ProfileError, match="1 to 65535"):
+        parse_profile({"network": {"outbound": {"allow_port": [port]}}}, "gen.json")
+
+
+@given(st.ip_addresses().flatmap(
+    lambda ip: st.tuples(st.just(ip), st.integers(0, ip.max_prefixlen))))
+def test_generated_cidrs(ip_and_len: tuple[Any, int]) -> None:
+    ip, prefixlen = ip_and_len
+    text = f"{ip}/{prefixlen}"
+    profile = parse_profile({"network": {"outbound": {"allow_cidr": [text]}}}, "gen.json")
+    assert profile.network.outbound.allow_cidr == (ipaddress.ip_network(text, strict=False),)
+
+
+@pytest.mark.parametrize("model", [OutboundNetwork, InboundNetwork])
+def test_allow_host_is_one_type_in_both_directions(model: type[OutboundNetwork]) -> None:
+    parsed = model.model_validate({"allow_host": ["A.test", "a.test.", "*.b.test"]})
+    assert parsed.allow_host == (HostPattern("a.test"), HostPattern("b.test", subdomains=True))
+    assert model.model_validate({"allow_host": None}).allow_host == ()
+    with pytest.raises(ValidationError, match="must be a list of host names"):
+        model.model_validate({"allow_host": "a.test"})
+    with pytest.raises(ValidationError, match="entry 1 must be a string"):
+        model.model_validate({"allow_host": ["a.test", 5]})
