@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from netfence.backends.base import (
+    DNS_PORT,
     DecisionRecord,
     Endpoint,
     FileSpec,
@@ -46,6 +47,7 @@ def get_backend(name: str | None = None) -> NetworkProxy:
 
 __all__ = [
     "DEFAULT_BACKEND",
+    "DNS_PORT",
     "ENV_VAR",
     "SUPPORTED",
     "DecisionRecord",

@@ -20,6 +20,8 @@ from pathlib import Path
 from netfence.policy import LOOPBACK_HOSTS, Policy
 
 STATE_DIR_MODE = 0o700
+# The port DNS is served on: the fence's, and the only one Squid can ask upstream.
+DNS_PORT = 53
 FILE_MODE = 0o600
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from netfence.backends.base import (
+    DNS_PORT,
     DecisionRecord,
     Endpoint,
     FileSpec,
@@ -227,7 +228,7 @@ def address_acls(policy: Policy) -> list[tuple[AddressRule, list[str]]]:
 def _common(placement: Placement, role: str) -> list[str]:
     """Settings both processes share: no cache, no identity leaks, logs, error pages."""
     resolver = placement.upstream_resolver
-    if resolver.port != 53:
+    if resolver.port != DNS_PORT:
         raise UsageError(
             f"the squid proxy can only use a DNS resolver on port 53, not {resolver}",
             remedy="pass --dns-upstream with port 53, or use --proxy envoy",

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from netfence import __version__
-from netfence.backends import SUPPORTED, Endpoint, Placement, get_backend, write_setup
+from netfence.backends import DNS_PORT, SUPPORTED, Endpoint, Placement, get_backend, write_setup
 from netfence.backends.dnsmasq import dns_setup
 from netfence.cli import output
 from netfence.cli.doctor import doctor_checks
@@ -244,7 +244,7 @@ def render(proxy: str | None, profile_ref: str, allow_host: tuple[str, ...],
             state_dir=directory,
             egress_listen=Endpoint("127.0.0.1", 3128),
             workload_proxy="127.0.0.1:3128",
-            dns_listen=Endpoint("127.0.0.1", 53),
+            dns_listen=Endpoint("127.0.0.1", DNS_PORT),
             upstream_resolver=parse_endpoint(dns_upstream) if dns_upstream else host_resolver(),
             ingress_listen=Endpoint("127.0.0.1", 8080) if target_port else None,
             ingress_upstream=Endpoint("127.0.0.1", target_port) if target_port else None,

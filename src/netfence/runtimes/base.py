@@ -19,9 +19,8 @@ from netfence.runtimes.state import WorkloadState
 Transport = Literal["stdio", "sse", "streamable-http"]
 
 # Where the workload finds its fence, whichever runtime placed it: the egress proxy its
-# proxy variables name, and the DNS server its resolv.conf names.
+# proxy variables name (and DNS on backends.base.DNS_PORT, as its resolv.conf says).
 WORKLOAD_PROXY_PORT = 3128
-DNS_PORT = 53
 # How long a workload has to exit after a stop signal is passed to it, before SIGKILL.
 WORKLOAD_STOP_GRACE = 10.0
 

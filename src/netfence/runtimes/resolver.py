@@ -5,14 +5,14 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from netfence.backends import Endpoint
+from netfence.backends import DNS_PORT, Endpoint
 from netfence.errors import NetfenceError, UsageError
 from netfence.profile import split_host_port
 
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 
-def parse_endpoint(text: str, default_port: int = 53) -> Endpoint:
+def parse_endpoint(text: str, default_port: int = DNS_PORT) -> Endpoint:
     """IP, IP:PORT, [IPv6] or [IPv6]:PORT."""
     try:
         host, port_text = split_host_port(text)

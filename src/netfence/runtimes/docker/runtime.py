@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netfence.backends import (
+    DNS_PORT,
     Endpoint,
     NetworkProxy,
     Placement,
@@ -41,7 +42,6 @@ from netfence.profile.hosts import IPAddress
 from netfence.profile.model import IPNetwork
 from netfence.runtimes import state
 from netfence.runtimes.base import (
-    DNS_PORT,
     WORKLOAD_PROXY_PORT,
     WORKLOAD_STOP_GRACE,
     Fence,

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from netfence.backends import (
+    DNS_PORT,
     Endpoint,
     NetworkProxy,
     Placement,
@@ -30,7 +31,6 @@ from netfence.errors import PrivilegeError
 from netfence.policy import compile_policy
 from netfence.runtimes import netns, state
 from netfence.runtimes.base import (
-    DNS_PORT,
     WORKLOAD_PROXY_PORT,
     WORKLOAD_STOP_GRACE,
     Fence,
