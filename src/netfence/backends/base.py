@@ -47,6 +47,10 @@ class Placement:
     ingress_listen / ingress_upstream: the client-facing listener and the workload's
         address as the ingress proxy reaches it; both None for stdio workloads.
     dns_listen: where the DNS server listens. upstream_resolver: the real resolver.
+    transparent_listen: where connections the workload made to any address arrive,
+        redirected with their original destination (SO_ORIGINAL_DST), to be decided by
+        the name they carry (TLS SNI, HTTP Host); empty when the runtime redirects none
+        (only backends that are `transparent` get any).
     An Endpoint on 0.0.0.0 listens on every address of wherever the runtime places it
     (a container's own network namespace).
     """
@@ -59,6 +63,7 @@ class Placement:
     ingress_listen: Endpoint | None = None
     ingress_upstream: Endpoint | None = None
     workload_name: str = "workload"
+    transparent_listen: tuple[Endpoint, ...] = ()
     # How to invoke a program by name where the runtime runs it (a container image has
     # its own paths); a backend falls back to the host's program.
     programs: Mapping[str, str] = field(default_factory=dict)
@@ -168,6 +173,9 @@ class NetworkProxy(abc.ABC):
     # Whether its listeners can be created inside another network namespace while the
     # process itself runs (and dials out) in the host's. Envoy can; Squid cannot.
     listens_in_netns: bool = False
+    # Whether it decides redirected connections by the name they carry (SNI, Host), so
+    # that programs ignoring the proxy variables get through (Placement.transparent_listen).
+    transparent: bool = False
 
     @abc.abstractmethod
     def setup(self, policy: Policy, placement: Placement) -> ProxySetup:
