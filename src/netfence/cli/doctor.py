@@ -83,6 +83,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     _userns,
     _resolver,
     lambda: _binary("iproute2", ["ip", "-V"], "apt-get install iproute2"),
+    lambda: _binary("nftables", ["nft", "--version"], "apt-get install nftables"),
     _envoy,
     lambda: _binary("squid", ["squid", "-v"], "apt-get install squid"),
     lambda: _binary("dnsmasq", ["dnsmasq", "--version"], "apt-get install dnsmasq-base"),

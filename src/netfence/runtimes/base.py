@@ -21,6 +21,8 @@ Transport = Literal["stdio", "sse", "streamable-http"]
 # Where the workload finds its fence, whichever runtime placed it: the egress proxy its
 # proxy variables name (and DNS on backends.base.DNS_PORT, as its resolv.conf says).
 WORKLOAD_PROXY_PORT = 3128
+# Where the workload's other connections land, redirected, when the backend is transparent.
+TRANSPARENT_PORT = 15001
 # How long a workload has to exit after a stop signal is passed to it, before SIGKILL.
 WORKLOAD_STOP_GRACE = 10.0
 

@@ -25,6 +25,8 @@ from netfence.errors import NetfenceError
 from netfence.profile.hosts import IPAddress
 
 NETNS_DIR = Path("/run/netns")
+# Whether the kernel has IPv6 (then a namespace's loopback has ::1 too).
+HAS_IPV6 = Path("/proc/sys/net/ipv6").is_dir()
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 

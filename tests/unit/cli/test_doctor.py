@@ -15,5 +15,6 @@ def test_doctor_names_what_is_missing_and_the_fix() -> None:
     err = done.stderr.decode()
     assert "MISSING squid" in err and "fix: apt-get install squid" in err, err
     assert "fix: apt-get install bubblewrap" in err
+    assert "MISSING nftables" in err and "fix: apt-get install nftables" in err, err
     assert err.strip().splitlines()[-1].startswith("netfence: some checks failed")
     assert done.stdout == b""

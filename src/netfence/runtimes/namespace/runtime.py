@@ -1,7 +1,9 @@
 """The namespace runtime: the workload in fresh network (and mount, PID, IPC) namespaces
 whose only interface is loopback; the fence's listeners appear on that loopback (egress
-proxy 127.0.0.1:3128, DNS 127.0.0.1:53); the proxies themselves run, and dial out, in the
-host's namespace. No veth: nothing inside can reach a host service.
+proxy 127.0.0.1:3128, DNS :53, the transparent listener :15001, on 127.0.0.1 and ::1),
+and every connection to another address is redirected to them (redirect.py); the
+proxies themselves run, and dial out, in the host's namespace. No veth: nothing inside
+can reach a host service.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from netfence.errors import PrivilegeError
 from netfence.policy import compile_policy
 from netfence.runtimes import netns, state
 from netfence.runtimes.base import (
+    TRANSPARENT_PORT,
     WORKLOAD_PROXY_PORT,
     WORKLOAD_STOP_GRACE,
     Fence,
     ProgressHook,
     WorkloadSpec,
 )
-from netfence.runtimes.namespace import processes, sandbox
+from netfence.runtimes.namespace import processes, redirect, sandbox
 from netfence.runtimes.namespace.relay import Relays
 from netfence.runtimes.resolver import host_resolver
 from netfence.runtimes.signals import StopSignals
@@ -46,6 +49,10 @@ from netfence.runtimes.supervisor import SupervisedRuntime
 log = logging.getLogger("netfence")
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK6 = "::1"
+# Each loopback address the fence listens on in the namespace (redirects from IPv6
+# addresses land on ::1).
+LOOPBACKS = (LOOPBACK, LOOPBACK6) if netns.HAS_IPV6 else (LOOPBACK,)
 WORKLOAD_LOG = "workload.log"
 # A minimal environment: the host's variables (tokens, cloud keys) stay out of the fence.
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ")
@@ -89,6 +96,13 @@ class NamespaceFence(Fence):
         self.report("creating the network namespace")
         nsfile = netns.create(ns_name(spec.name))
         self.undo.callback(netns.remove, ns_name(spec.name))
+        transparent = self.backend.transparent
+        redirect.install(ns_name(spec.name), DNS_PORT,
+                         TRANSPARENT_PORT if transparent else None)
+        if not transparent:
+            log.warning("%s: programs that ignore the proxy variables cannot connect (the "
+                        "%s proxy has no transparent path; --proxy envoy has one)",
+                        spec.name, self.backend.name)
         self.signals.check()
         policy = compile_policy(spec.profile, netns.host_addresses(),
                                 learn=spec.learn is not None)
@@ -102,8 +116,9 @@ class NamespaceFence(Fence):
             egress = Endpoint(LOOPBACK, _free_port())
             relays.tcp(inside, egress)
         dns = Endpoint(LOOPBACK, _free_port())
-        relays.udp(Endpoint(LOOPBACK, DNS_PORT, nsfile), dns)
-        relays.tcp(Endpoint(LOOPBACK, DNS_PORT, nsfile), dns)
+        for loopback in LOOPBACKS:
+            relays.udp(Endpoint(loopback, DNS_PORT, nsfile), dns)
+            relays.tcp(Endpoint(loopback, DNS_PORT, nsfile), dns)
 
         ingress_listen = ingress_upstream = None
         if spec.transport != "stdio":
@@ -123,6 +138,8 @@ class NamespaceFence(Fence):
             ingress_listen=ingress_listen,
             ingress_upstream=ingress_upstream,
             workload_name=spec.name,
+            transparent_listen=tuple(Endpoint(loopback, TRANSPARENT_PORT, nsfile)
+                                     for loopback in LOOPBACKS if transparent),
         )
         self.setup = self.backend.setup(policy, placement) + dns_setup(policy, placement)
         write_setup(self.setup, self.state_dir)
