@@ -156,7 +156,7 @@ class Fence:
         info_r, info_w = os.pipe()
         argv = sandbox.sandbox_argv(
             netns.netns_path(ns_name(spec.name)), user, spec.command, self.workload_env(user),
-            resolv_r, info_w, hidden=(state.STATE_ROOT, netns.NETNS_DIR),
+            resolv_r, info_w, hidden=(state.STATE_ROOT, netns.NETNS_DIR), files=spec.files,
         )
         self.signals.check()
         # A signal that arrives from here on waits in the queue until the forwarder
@@ -255,7 +255,7 @@ class NamespaceRuntime(Runtime):
         sandbox.bwrap_path()
         user = sandbox.resolve_user(spec.user)  # a bad --user fails before anything is built
         path = spec.env.get("PATH") or os.environ.get("PATH") or DEFAULT_PATH
-        sandbox.check_command(spec.command[0], user, path)
+        spec = sandbox.prepare(spec, user, path)  # the file-system view, checked
         backend = get_backend(spec.proxy)
         state.check_name(spec.name)
         _reap_stale()
