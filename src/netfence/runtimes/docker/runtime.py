@@ -17,6 +17,7 @@ workload; a separate ingress container after it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -44,7 +45,7 @@ from netfence.errors import NetfenceError, PrivilegeError, UsageError
 from netfence.policy import compile_policy
 from netfence.profile.hosts import IPAddress
 from netfence.profile.model import IPNetwork
-from netfence.runtimes import state
+from netfence.runtimes import grants, state
 from netfence.runtimes.base import Runtime, WorkloadSpec, read_decisions
 from netfence.runtimes.detach import ReadyPipe, detach, redirect_own_stdio
 from netfence.runtimes.docker import containers, images, networks
@@ -251,6 +252,7 @@ class Fence:
             hostname=spec.name, dns=[plan.dns], dns_opt=["timeout:2", "attempts:2"],
             extra_hosts={egress: plan.egress}, environment=environment, labels=labels,
             cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            mounts=containers.grant_mounts(spec.files),
             # A tiny init as PID 1: signals reach the command with their default actions
             # (a shell or an MCP server as PID 1 would ignore SIGTERM) and a signal's
             # death is reported as 128+N.
@@ -389,6 +391,7 @@ class DockerRuntime(Runtime):
         backend = get_backend(spec.proxy)
         state.check_name(spec.name)
         containers.workload_command(spec.command)
+        spec = dataclasses.replace(spec, files=grants.check(spec.profile, container=True))
         # The state dir holds root's configs; the containers get it through a bind mount.
         os.umask(0o077)
         try:
