@@ -110,7 +110,8 @@ class Fences:
         key = (proxy, profile)
         if key not in self.opened:
             spec = self.specs[profile]
-            net = ["--dns-upstream", self.fakenet.dns]
+            # The test CA, which the driver's TLS cases open inside the workload's view.
+            net = ["--dns-upstream", self.fakenet.dns, "--read", str(self.fakenet.ca_pem_path)]
             fence = Fenced(f"{FENCE_PREFIX}{profile}-{proxy}"[:24], proxy,
                            [*net, *spec.args()])
             try:

@@ -32,7 +32,7 @@ def run(proxy: str, fakenet: FakeNet, *args: str, script: str) -> subprocess.Com
         bytes]:
     name = f"nfc-learn-{proxy}"
     done = netfence("run", "--proxy", proxy, "--name", name, "--dns-upstream", fakenet.dns,
-                    *args, "--", "sh", "-c", script, timeout=90)
+                    "--read", str(fakenet.ca_pem_path), *args, "--", "sh", "-c", script, timeout=90)
     left = [x for x in leftovers() if name in x]
     assert not left, left  # the run removed everything it made, the learn file written
     return done

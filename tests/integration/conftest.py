@@ -25,5 +25,7 @@ def nothing_left_behind() -> Iterator[None]:
 
 @pytest.fixture
 def net_args(fakenet: FakeNet) -> list[str]:
-    """Options that point a fence at the simulated internet."""
-    return ["--dns-upstream", fakenet.dns, "--allow-cidr", fakenet.cidr]
+    """Options that point a fence at the simulated internet, and show the workload its
+    test CA (curl --cacert names it)."""
+    return ["--dns-upstream", fakenet.dns, "--allow-cidr", fakenet.cidr,
+            "--read", str(fakenet.ca_pem_path)]

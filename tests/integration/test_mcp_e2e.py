@@ -67,22 +67,26 @@ def server_env(fakenet: FakeNet) -> Iterator[McpEnv]:
 class Launch:
     """Where a test's fenced MCP server runs: `netfence run`'s runtime options, the
     command after `--` for a transport (and port), the test CA's path as the server sees
-    it, and netfence's own environment (None: the SDK's default for stdio, else ours)."""
+    it, netfence's own environment (None: the SDK's default for stdio, else ours), and
+    the file grants the server needs."""
 
     runtime_args: tuple[str, ...]
     server: Callable[[str, int | None], list[str]]
     ca_path: str
     name_prefix: str
     env: dict[str, str] | None = field(default=None, repr=False)
+    grants: tuple[str, ...] = ()
 
     def name(self, kind: str, proxy: str) -> str:
         return f"{self.name_prefix}{kind}-{proxy}"
 
 
 def in_namespace(env: McpEnv, fakenet: FakeNet) -> Launch:
-    """The namespace runtime: the host's interpreter, the directory at its host path."""
+    """The namespace runtime: the host's interpreter, the directory at its host path,
+    shown read-only to the server with the test CA (nothing else of the host's files)."""
     return Launch(runtime_args=(), server=env.command, ca_path=str(fakenet.ca_pem_path),
-                  name_prefix="nf-mcp-")
+                  name_prefix="nf-mcp-",
+                  grants=("--read", str(env.server.parent), "--read", str(fakenet.ca_pem_path)))
 
 
 # mcp_server.py listens on 127.0.0.1, which in a container only the container itself
@@ -110,7 +114,8 @@ def in_container(engine: Engine, image: str, env: McpEnv) -> Launch:
 
 
 def fence_args(proxy: str, fakenet: FakeNet, launch: Launch) -> list[str]:
-    return ["run", *launch.runtime_args, "--proxy", proxy, "--dns-upstream", fakenet.dns,
+    return ["run", *launch.runtime_args, *launch.grants, "--proxy", proxy,
+            "--dns-upstream", fakenet.dns,
             "--allow-cidr", fakenet.cidr, "--allow-host", "allowed.test",
             "--allow-host", "*.allowed.test", "--user", "nobody",
             # The simulated internet's HTTPS uses a test CA; Python's ssl honours this.

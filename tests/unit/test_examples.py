@@ -45,3 +45,9 @@ def test_filesystem_has_no_network() -> None:
 def test_fetch_is_an_allowlist() -> None:
     assert _decide("fetch", "en.wikipedia.org")
     assert not _decide("fetch", "example.com")
+
+
+def test_filesystem_writes_its_workspace() -> None:
+    profile = load_profile(str(EXAMPLES / "filesystem.yaml"))
+    assert profile.write == ("/home/me/notes",)
+    assert profile.read == ()

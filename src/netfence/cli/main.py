@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import sys
 import tempfile
@@ -51,6 +52,21 @@ def _load(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, 
                           allow_cidr=allow_cidr)
 
 
+def _grant_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--allow-unix-socket", "allow_unix_socket", multiple=True,
+                      metavar="PATH", help="Host Unix socket the workload may connect to.")(fn)
+    fn = click.option("--write", "write", multiple=True, metavar="PATH",
+                      help="Host file or directory the workload may read and write.")(fn)
+    fn = click.option("--read", "read", multiple=True, metavar="PATH",
+                      help="Host file or directory the workload may read.")(fn)
+    return fn
+
+
+def absolute_paths(paths: tuple[str, ...]) -> list[str]:
+    """Grants from the command line: relative to the caller's directory (sudo keeps it)."""
+    return [os.path.abspath(p) if p else p for p in paths]
+
+
 def _proxy_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--proxy", default=None,
                         help=f"Proxy backend: {' | '.join(SUPPORTED)} "
@@ -71,6 +87,10 @@ def cli(verbose: bool) -> None:
               help="namespace (default) | docker: COMMAND is then IMAGE [ARGS...] "
                    "(env NETFENCE_RUNTIME).")
 @_profile_options
+@_grant_options
+@click.option("--host-filesystem", is_flag=True,
+              help="Show the workload the host's whole file system (namespace runtime; "
+                   "trusted programs only): only the network is fenced.")
 @click.option("--dns-upstream", default=None, help="Resolver the fence uses: IP[:PORT].")
 @click.option("--transport", type=click.Choice(["stdio", "sse", "streamable-http"]),
               default="stdio", show_default=True)
@@ -91,14 +111,17 @@ def cli(verbose: bool) -> None:
                    "exactly what was used.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(proxy: str | None, runtime: str | None, profile_ref: str, allow_host: tuple[str, ...],
-        allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], dns_upstream: str | None,
-        transport: str, target_port: int | None, port: int | None, name: str | None,
-        env_pairs: tuple[str, ...], user: str | None, detach: bool, learn: Path | None,
-        command: tuple[str, ...]) -> None:
+        allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], read: tuple[str, ...],
+        write: tuple[str, ...], allow_unix_socket: tuple[str, ...], host_filesystem: bool,
+        dns_upstream: str | None, transport: str, target_port: int | None, port: int | None,
+        name: str | None, env_pairs: tuple[str, ...], user: str | None, detach: bool,
+        learn: Path | None, command: tuple[str, ...]) -> None:
     """Run COMMAND behind the fence: netfence run [OPTIONS] -- COMMAND [ARGS...]"""
     backend = get_backend(proxy)  # an unknown value fails before anything is created
     chosen_runtime = get_runtime(runtime)
-    profile = _load(profile_ref, allow_host, allow_port, allow_cidr)
+    profile = with_overrides(
+        _load(profile_ref, allow_host, allow_port, allow_cidr), read=absolute_paths(read),
+        write=absolute_paths(write), allow_unix_socket=absolute_paths(allow_unix_socket))
     if transport != "stdio" and target_port is None:
         raise UsageError(f"--transport {transport} needs --target-port (the workload's port)")
     if transport == "stdio" and (target_port or port):
@@ -115,9 +138,13 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str, allow_host: tu
         target_port=target_port, port=port, env=env,
         dns_upstream=parse_endpoint(dns_upstream) if dns_upstream else None,
         user=user, detach=detach, learn=learn.absolute() if learn else None,
+        host_filesystem=host_filesystem,
     )
     if learn is not None and chosen_runtime.name != "namespace":
         raise UsageError("--learn needs the namespace runtime")
+    if host_filesystem and chosen_runtime.name != "namespace":
+        raise UsageError("--host-filesystem needs the namespace runtime (a container sees "
+                         "its image and its grants)")
     chosen_runtime.progress = output.progress  # stderr only: stdout is the workload's
     code = chosen_runtime.run(spec)
     if detach:

@@ -5,7 +5,8 @@ stdio servers: the client starts `netfence run ... -- COMMAND` itself and speaks
 its stdin/stdout. netfence needs root and clients run as their user, so the command goes
 through `sudo -n` (a sudoers rule lets the user run netfence without a password) unless
 --no-sudo. HTTP servers: the client gets the ingress URL, and stderr shows the
-`netfence run --detach` command that starts the server on that port.
+`netfence run --detach` command that starts the server on that port. File grants
+(--read, --write, --allow-unix-socket) pass through, made absolute.
 """
 
 from __future__ import annotations
@@ -65,20 +66,30 @@ def _command(command: tuple[str, ...]) -> list[str]:
 def run_arguments(*, name: str, profile: str, proxy: str | None,
                   allow_host: tuple[str, ...] = (), allow_port: tuple[int, ...] = (),
                   allow_cidr: tuple[str, ...] = (), env: tuple[str, ...] = (),
+                  read: tuple[str, ...] = (), write: tuple[str, ...] = (),
+                  allow_unix_socket: tuple[str, ...] = (),
                   transport: str = "stdio", target_port: int | None = None,
                   port: int | None = None) -> list[str]:
-    """The `netfence run` options (after `run`, before `--`) for these settings."""
+    """The `netfence run` options (after `run`, before `--`) for these settings; grants
+    by absolute path (the client's working directory is not yours)."""
     args = ["run", "--name", name, "--profile", profile]
     if proxy:
         args += ["--proxy", proxy]
     for flag, values in (("--allow-host", allow_host), ("--allow-port", allow_port),
-                         ("--allow-cidr", allow_cidr), ("--env", env)):
+                         ("--allow-cidr", allow_cidr), ("--read", _absolute(read)),
+                         ("--write", _absolute(write)),
+                         ("--allow-unix-socket", _absolute(allow_unix_socket)),
+                         ("--env", env)):
         for value in values:
             args += [flag, str(value)]
     if transport != "stdio":
         args += ["--transport", transport, "--target-port", str(target_port),
                  "--port", str(port)]
     return args
+
+
+def _absolute(paths: tuple[str, ...]) -> list[str]:
+    return [os.path.abspath(p) for p in paths]
 
 
 def client_entry(fmt: Format, *, command: list[str] | None = None,
@@ -109,6 +120,12 @@ def client_config(fmt: Format, name: str, entry: dict[str, Any]) -> dict[str, An
               help="Allowed destination port (default 80 and 443).")
 @click.option("--allow-cidr", multiple=True, help="Private range the server may reach.")
 @click.option("--proxy", default=None, help=f"Proxy backend: {' | '.join(SUPPORTED)}.")
+@click.option("--read", multiple=True, metavar="PATH",
+              help="Host file or directory the server may read.")
+@click.option("--write", multiple=True, metavar="PATH",
+              help="Host file or directory the server may read and write.")
+@click.option("--allow-unix-socket", "allow_unix_socket", multiple=True, metavar="PATH",
+              help="Host Unix socket the server may connect to.")
 @click.option("--env", "env_pairs", multiple=True, metavar="K=V",
               help="Environment variable for the server (e.g. its API token).")
 @click.option("--transport", type=click.Choice(["stdio", "sse", "streamable-http"]),
@@ -124,8 +141,10 @@ def client_config(fmt: Format, name: str, entry: dict[str, Any]) -> dict[str, An
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def mcp_config(name: str, profile_ref: str, allow_host: tuple[str, ...],
                allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], proxy: str | None,
-               env_pairs: tuple[str, ...], transport: str, target_port: int | None,
-               port: int | None, fmt: Format, sudo: bool, command: tuple[str, ...]) -> None:
+               read: tuple[str, ...], write: tuple[str, ...],
+               allow_unix_socket: tuple[str, ...], env_pairs: tuple[str, ...], transport: str,
+               target_port: int | None, port: int | None, fmt: Format, sudo: bool,
+               command: tuple[str, ...]) -> None:
     """Print the MCP client config for COMMAND behind the fence:
     netfence mcp-config --name N --profile P -- COMMAND [ARGS...]"""
     check_name(name)
@@ -141,7 +160,8 @@ def mcp_config(name: str, profile_ref: str, allow_host: tuple[str, ...],
                          "change between runs")
     args = run_arguments(
         name=name, profile=_profile_ref(profile_ref), proxy=proxy, allow_host=allow_host,
-        allow_port=allow_port, allow_cidr=allow_cidr, env=env_pairs, transport=transport,
+        allow_port=allow_port, allow_cidr=allow_cidr, env=env_pairs, read=read, write=write,
+        allow_unix_socket=allow_unix_socket, transport=transport,
         target_port=target_port or DEFAULT_TARGET_PORT, port=port)
     launcher = (["sudo", "-n"] if sudo else []) + netfence_invocation()
     full = [*launcher, *args, "--", *_command(command)]

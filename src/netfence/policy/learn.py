@@ -40,7 +40,7 @@ def learned_profile(base: Profile, decisions: Iterable[Used], *, now: str | None
     """YAML for a profile allowing exactly the destinations the workload used.
 
     Hosts and ports come from what the fence let through; everything else of `base` (the
-    profile the run used: name, read/write, allow_cidr, inbound) is kept.
+    profile the run used: name, read/write/allow_unix_socket, allow_cidr, inbound) is kept.
     """
     used: Counter[tuple[str, int]] = Counter()
     denied: Counter[tuple[str, int | None, str]] = Counter()
@@ -66,6 +66,8 @@ def learned_profile(base: Profile, decisions: Iterable[Used], *, now: str | None
         data["read"] = list(base.read)
     if base.write:
         data["write"] = list(base.write)
+    if base.allow_unix_socket:
+        data["allow_unix_socket"] = list(base.allow_unix_socket)
     data["network"] = network
 
     stamp = now or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

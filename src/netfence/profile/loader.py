@@ -95,10 +95,25 @@ def with_overrides(
     allow_host: Iterable[str] = (),
     allow_port: Iterable[int] = (),
     allow_cidr: Iterable[str] = (),
+    read: Iterable[str] = (),
+    write: Iterable[str] = (),
+    allow_unix_socket: Iterable[str] = (),
     source: str = "command line",
 ) -> Profile:
-    """A new profile with extra allow entries; `profile` and the iterables stay untouched."""
+    """A new profile with extra allow entries and grants; `profile` and the iterables stay
+    untouched. Grants must be absolute paths here (the command line makes them so)."""
     hosts, ports, cidrs = list(allow_host), list(allow_port), list(allow_cidr)
+    grants = {"read": list(read), "write": list(write),
+              "allow_unix_socket": list(allow_unix_socket)}
+    if not (hosts or ports or cidrs or any(grants.values())):
+        return profile
+    if any(grants.values()):
+        merged_grants = {key: [*getattr(profile, key), *extra] for key, extra in grants.items()}
+        try:
+            checked = Profile.model_validate(merged_grants)
+        except ValidationError as exc:
+            raise ProfileError(_describe(source, exc)) from None
+        profile = profile.model_copy(update={key: getattr(checked, key) for key in grants})
     if not (hosts or ports or cidrs):
         return profile
     out = profile.network.outbound

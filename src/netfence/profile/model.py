@@ -6,6 +6,7 @@ Models are frozen: a loaded profile is never mutated, overrides build a new one.
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -94,9 +95,44 @@ class Network(_Strict):
     inbound: InboundNetwork = Field(default_factory=InboundNetwork)
 
 
+def grant_path(raw: str) -> str:
+    """One read/write/allow_unix_socket entry as an absolute, normalised path. ToolHive's
+    `HOST:CONTAINER` form is accepted when both are the same path: netfence shows a grant
+    at its own path (a different path inside is not supported)."""
+    if "\0" in raw or raw.strip() == "":
+        raise ValueError("not a path")
+    host, sep, inside = raw.rpartition(":")
+    if sep and host.startswith("/") and inside.startswith("/"):
+        if posixpath.normpath(host) != posixpath.normpath(inside):
+            raise ValueError("a grant appears at its own path inside; HOST:CONTAINER with "
+                             "two different paths is not supported")
+        raw = host
+    if not raw.startswith("/"):
+        raise ValueError("must be an absolute path")
+    # normpath keeps a leading "//"; the kernel reads it as "/".
+    return "/" + posixpath.normpath(raw).lstrip("/")
+
+
 class Profile(_Strict):
     name: str = "custom"
+    # File-system grants (ToolHive's read and write): shown to the workload at the same
+    # path, read-only or read-write. allow_unix_socket (netfence's): host Unix sockets the
+    # workload may connect to, by exact path; every other host socket stays out of reach.
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
+    allow_unix_socket: tuple[str, ...] = ()
     privileged: Literal[False] = False
     network: Network = Field(default_factory=Network)
+
+    @field_validator("read", "write", "allow_unix_socket")
+    @classmethod
+    def _grants(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        paths: list[str] = []
+        for i, raw in enumerate(value):
+            try:
+                path = grant_path(raw)
+            except ValueError as exc:
+                raise ValueError(f"entry {i} {raw!r}: {exc}") from None
+            if path not in paths:
+                paths.append(path)
+        return tuple(paths)

@@ -10,11 +10,14 @@ import abc
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from netfence.backends import DecisionRecord, Endpoint, ProxySetup
 from netfence.profile import Profile
 from netfence.runtimes.state import WorkloadState
+
+if TYPE_CHECKING:
+    from netfence.runtimes.grants import FileGrants
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 
@@ -43,6 +46,11 @@ class WorkloadSpec:
     # Learn mode: let every public destination through and, at exit, write a profile
     # allowing exactly what was used to this file.
     learn: Path | None = None
+    # The host's whole file system instead of the view (namespace runtime; trusted
+    # programs only).
+    host_filesystem: bool = False
+    # The file-system grants, checked: set by the runtime before anything starts.
+    files: FileGrants | None = None
 
 
 # Told each step while a fence starts, then None once the workload is about to start (or

@@ -41,8 +41,9 @@ class SupervisedRuntime(Runtime):
     teardown_time: float = 20.0
 
     @abc.abstractmethod
-    def prepare(self, spec: WorkloadSpec) -> None:
-        """Everything that can be checked before anything is created (one-line errors)."""
+    def prepare(self, spec: WorkloadSpec) -> WorkloadSpec:
+        """Everything that can be checked before anything is created (one-line errors);
+        the spec completed with what the checks decided (the file grants)."""
 
     @abc.abstractmethod
     def fence(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
@@ -59,7 +60,7 @@ class SupervisedRuntime(Runtime):
     def run(self, spec: WorkloadSpec) -> int:
         backend = get_backend(spec.proxy)
         state.check_name(spec.name)
-        self.prepare(spec)
+        spec = self.prepare(spec)
         # The state dir holds root's configs, logs and sockets: for root only.
         os.umask(0o077)
         try:

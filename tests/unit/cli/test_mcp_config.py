@@ -98,3 +98,14 @@ def test_bad_input_is_one_line_exit_2(args: tuple[str, ...]) -> None:
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in lines[0], done.stderr
     assert done.stdout == b""
+
+
+def test_file_grants_pass_through_absolute(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    data, _ = config("--name", "fs", "--read", "srv", "--write", "/home/me/notes",
+                     "--allow-unix-socket", "agent.sock", "--", "/bin/true")
+    params = run.make_context("run", run_args(data["mcpServers"]["fs"]["args"])).params
+    assert params["read"] == (str(tmp_path / "srv"),)
+    assert params["write"] == ("/home/me/notes",)
+    assert params["allow_unix_socket"] == (str(tmp_path / "agent.sock"),)

@@ -65,8 +65,9 @@ class FakeRuntime(supervisor.SupervisedRuntime):
         self.seen: state.WorkloadState | None = None
         self.after_start: state.WorkloadState | None = None
 
-    def prepare(self, spec: WorkloadSpec) -> None:
+    def prepare(self, spec: WorkloadSpec) -> WorkloadSpec:
         self.calls.append("prepare")
+        return spec
 
     def fence(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
               signals: StopSignals) -> Fence:

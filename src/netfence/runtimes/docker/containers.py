@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from netfence.backends import ProcessSpec
 from netfence.errors import NetfenceError, UsageError
 from netfence.runtimes.docker.engine import engine_errors, is_conflict
+from netfence.runtimes.grants import FileGrants
 from netfence.runtimes.logs import tail
 from netfence.runtimes.netns import accepts
 from netfence.runtimes.waiting import wait_for
@@ -29,6 +30,7 @@ from netfence.runtimes.waiting import wait_for
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
+    from docker.types import Mount
 
 READY_TIMEOUT = 30.0
 READY_INTERVAL = 0.05
@@ -52,6 +54,23 @@ def workload_command(command: Sequence[str]) -> tuple[str, list[str] | None]:
     if rest[:1] == ["--"]:
         rest = rest[1:]
     return image, rest or None
+
+
+def grant_mounts(files: FileGrants | None) -> list[Mount]:
+    """The workload's grants as bind mounts at their own paths: `read` read-only, `write`
+    read-write, each granted Unix socket, and /dev/null over every other host socket found
+    inside a grant (connect() to it is refused). Never an engine socket (grants.check)."""
+    from docker.types import Mount
+
+    if files is None:
+        return []
+    mounts = [Mount(target=b.path, source=b.source, type="bind", read_only=not b.writable)
+              for b in files.binds]
+    mounts += [Mount(target=s.path, source=s.source, type="bind", read_only=True)
+               for s in files.sockets]
+    mounts += [Mount(target=m.path, source="/dev/null", type="bind", read_only=True)
+               for m in files.masked]
+    return mounts
 
 
 def create(client: DockerClient, name: str, image: str, **options: Any) -> Container:

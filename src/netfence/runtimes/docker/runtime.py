@@ -17,6 +17,7 @@ workload; a separate ingress container after it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -40,7 +41,7 @@ from netfence.errors import NetfenceError, PrivilegeError, UsageError
 from netfence.policy import compile_policy
 from netfence.profile.hosts import IPAddress
 from netfence.profile.model import IPNetwork
-from netfence.runtimes import state
+from netfence.runtimes import grants, state
 from netfence.runtimes.base import (
     WORKLOAD_PROXY_PORT,
     WORKLOAD_STOP_GRACE,
@@ -254,6 +255,7 @@ class DockerFence(Fence):
             hostname=spec.name, dns=[plan.dns], dns_opt=["timeout:2", "attempts:2"],
             extra_hosts={egress: plan.egress}, environment=environment, labels=labels,
             cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            mounts=containers.grant_mounts(spec.files),
             # A tiny init as PID 1: signals reach the command with their default actions
             # (a shell or an MCP server as PID 1 would ignore SIGTERM) and a signal's
             # death is reported as 128+N.
@@ -390,8 +392,9 @@ def _wait_forwarding(container: Container, signals: StopSignals) -> int:
 class DockerRuntime(SupervisedRuntime):
     name = "docker"
 
-    def prepare(self, spec: WorkloadSpec) -> None:
+    def prepare(self, spec: WorkloadSpec) -> WorkloadSpec:
         containers.workload_command(spec.command)
+        return dataclasses.replace(spec, files=grants.check(spec.profile, container=True))
 
     def fence(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
               signals: StopSignals) -> DockerFence:

@@ -184,7 +184,7 @@ class NamespaceFence(Fence):
         info_r, info_w = os.pipe()
         argv = sandbox.sandbox_argv(
             netns.netns_path(ns_name(spec.name)), user, spec.command, self.workload_env(user),
-            resolv_r, info_w, hidden=(state.STATE_ROOT, netns.NETNS_DIR),
+            resolv_r, info_w, hidden=(state.STATE_ROOT, netns.NETNS_DIR), files=spec.files,
         )
         self.signals.check()
         # A signal that arrives from here on waits in the queue until the forwarder
@@ -290,13 +290,13 @@ class NamespaceRuntime(SupervisedRuntime):
     # Three fence processes' grace, and the namespace's removal.
     teardown_time = processes.FENCE_STOP_GRACE * 3 + 5
 
-    def prepare(self, spec: WorkloadSpec) -> None:
+    def prepare(self, spec: WorkloadSpec) -> WorkloadSpec:
         require_root()
         sandbox.bwrap_path()
         user = sandbox.resolve_user(spec.user)  # a bad --user fails before anything is built
         path = spec.env.get("PATH") or os.environ.get("PATH") or DEFAULT_PATH
-        sandbox.check_command(spec.command[0], user, path)
         _reap_stale()
+        return sandbox.prepare(spec, user, path)  # the file-system view, checked
 
     def fence(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
               signals: StopSignals) -> NamespaceFence:

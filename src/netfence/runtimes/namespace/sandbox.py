@@ -6,15 +6,25 @@ its configuration.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import logging
 import os
 import pwd
 import shutil
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from netfence.errors import NetfenceError, UsageError
+from netfence.runtimes import grants
+from netfence.runtimes.base import WorkloadSpec
+from netfence.runtimes.caller import caller_permissions
+from netfence.runtimes.namespace import view
+
+log = logging.getLogger("netfence")
 
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # All that nsenter and bwrap get from us; the workload's own environment is bwrap's
@@ -46,46 +56,147 @@ def resolve_user(requested: str | None) -> SandboxUser:
     return SandboxUser(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir)
 
 
-def check_command(program: str, user: SandboxUser, path: str) -> None:
-    """Fail in one line, before the fence is built, when `program` will not start as
-    `user`: not on PATH, or behind a directory that user cannot enter (a virtualenv or a
-    pyenv under root's home, mode 0700). Decided by a child process holding the user's
-    credentials, so ACLs and groups count as they will in the sandbox."""
-    as_root = shutil.which(program, path=path)
-    real = os.path.realpath(as_root) if as_root else None
+def _as_user(user: SandboxUser, question: Callable[[], str]) -> str:
+    """`question()` answered by a child process holding the user's credentials, so ACLs
+    and groups count as they will in the sandbox; "?" when it failed."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
-        answer = b"?"
+        answer = "?"
         try:
             os.close(read_fd)
             os.setgroups(os.getgrouplist(user.name, user.gid))
             os.setgid(user.gid)
             os.setuid(user.uid)
-            if shutil.which(program, path=path):  # execvp's search, as the user
-                answer = b"ok"
-            elif real is not None:
-                shut = [str(d) for d in (*reversed(Path(real).parents), Path(real))
-                        if not os.access(d, os.X_OK)]
-                answer = ("closed:" + (shut[0] if shut else real)).encode()
-            else:
-                answer = b"missing"
-            os.write(write_fd, answer)
+            answer = question()
         finally:
+            with contextlib.suppress(OSError):
+                os.write(write_fd, answer.encode(errors="replace"))
             os._exit(0)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as fh:
         answer_text = fh.read().decode(errors="replace")
     os.waitpid(pid, 0)
-    if answer_text == "missing":
-        what = "no such executable file" if os.sep in program else "command not found"
-        raise UsageError(f"{program}: {what}", remedy="give its full path, or install it")
+    return answer_text
+
+
+def _closed(path: str) -> str | None:
+    """The first directory on the way to `path` that the caller cannot enter."""
+    shut = [str(d) for d in (*reversed(Path(path).parents), Path(path))
+            if not os.access(d, os.X_OK)]
+    return shut[0] if shut else None
+
+
+def check_command(program: str, user: SandboxUser, path: str) -> str:
+    """The absolute path the sandbox will run for `program`. Fails in one line, before
+    the fence is built, when it will not start as `user`: not on PATH, or behind a
+    directory that user cannot enter (a virtualenv or a pyenv under root's home, mode
+    0700)."""
+    as_root = shutil.which(program, path=path)
+    real = os.path.realpath(as_root) if as_root else None
+
+    def ask() -> str:
+        found = shutil.which(program, path=path)  # execvp's search, as the user
+        if found:
+            return "ok:" + os.path.abspath(found)
+        if real is not None:
+            return "closed:" + (_closed(real) or real)
+        return "missing"
+
+    answer_text = _as_user(user, ask)
+    if answer_text.startswith("ok:"):
+        return answer_text.removeprefix("ok:")
     if answer_text.startswith("closed:"):
         closed = answer_text.removeprefix("closed:")
         raise UsageError(
             f"{as_root}: the workload's user {user.name} cannot run it ({closed} is closed "
             "to that user)",
             remedy=f"install it where {user.name} can read it, or choose another --user")
+    what = "no such executable file" if os.sep in program else "command not found"
+    raise UsageError(f"{program}: {what}", remedy="give its full path, or install it")
+
+
+def prepare(spec: WorkloadSpec, user: SandboxUser, path: str) -> WorkloadSpec:
+    """`spec` with its file-system view decided (`spec.files`), before anything starts:
+    the grants checked, the program's own files added, and every argument that names a
+    host file outside the view refused in one line naming the --read that shows it."""
+    program = check_command(spec.command[0], user, path)
+    if spec.host_filesystem:
+        log.warning("--host-filesystem: the workload sees the host's files and its Unix "
+                    "sockets outside /run; only the network is fenced")
+        return dataclasses.replace(spec, files=grants.FileGrants(host_filesystem=True))
+    files = grants.check(spec.profile)
+    layout = view.host_layout()
+
+    def shown(candidate: str, real: str | None = None) -> bool:
+        return view.shows(candidate, real or os.path.realpath(candidate), files, layout,
+                          user.home)
+
+    needs = tuple(view.program_binds(program, shown))
+    # A program's directory (its virtualenv) is searched for sockets as a grant is.
+    masks = [m for b in needs for m in grants.hidden_sockets(b, "the program's directory")]
+    files = dataclasses.replace(files, program=needs, masked=(*files.masked, *masks))
+    cwd = os.getcwd()
+    if shown(cwd):
+        files = dataclasses.replace(files, cwd=cwd)
+
+    def lookup(candidate: str) -> tuple[str, str] | None:
+        try:
+            mode = os.stat(candidate).st_mode
+        except OSError:
+            return None
+        kind = "dir" if stat.S_ISDIR(mode) else "socket" if stat.S_ISSOCK(mode) else "file"
+        return os.path.realpath(candidate), kind
+
+    with caller_permissions():  # what the caller can see of the host, no more
+        hidden = view.first_hidden(spec.command[1:], cwd, lookup, shown)
+    if hidden is not None:
+        arg, absolute, kind = hidden
+        shown_as = f" ({absolute})" if absolute != arg else ""
+        raise UsageError(f"{arg}{shown_as} is outside the workload's view",
+                         remedy=f"pass {view.grant_hint(absolute, kind)}")
+    return dataclasses.replace(spec, files=_reachable(files, user))
+
+
+def _reachable(files: grants.FileGrants, user: SandboxUser) -> grants.FileGrants:
+    """Every bind's source is one the workload's user can reach (bubblewrap runs as that
+    user), or one line naming it; masks over sockets that user can never reach are
+    dropped (bubblewrap could not place them)."""
+    sources = [b.source for b in (*files.program, *files.binds, *files.sockets)]
+    masks = [m.source for m in files.masked]
+    if not (sources or masks):
+        return files  # nothing to ask: no process to fork
+
+    def ask() -> str:
+        for source in sources:
+            if not os.path.exists(source):
+                return "closed:" + source + "\0" + (_closed(source) or source)
+        return "ok:" + "\0".join(m for m in masks if _within_reach(m))
+
+    answer = _as_user(user, ask)
+    if answer.startswith("closed:"):
+        source, closed = answer.removeprefix("closed:").split("\0", 1)
+        raise UsageError(f"{source}: the workload's user {user.name} cannot reach it "
+                         f"({closed} is closed to that user)",
+                         remedy="grant a path that user can read, or choose another --user")
+    if not answer.startswith("ok:"):
+        raise NetfenceError(f"could not check the workload's view as {user.name}")
+    needed = set(answer.removeprefix("ok:").split("\0"))
+    return dataclasses.replace(files, masked=tuple(m for m in files.masked
+                                                   if m.source in needed))
+
+
+def _within_reach(path: str) -> bool:
+    """Whether this process's user can reach `path`, now or after a chmod of its own: a
+    socket is out of reach for good when the first directory on its way that the user
+    cannot enter belongs to someone else (bubblewrap could not cover it either)."""
+    for directory in reversed(Path(path).parents):
+        if not os.access(directory, os.X_OK):
+            try:
+                return directory.lstat().st_uid == os.getuid()
+            except OSError:
+                return True  # unknown: keep the cover (the start fails closed)
+    return True
 
 
 def bwrap_path() -> str:
@@ -104,12 +215,14 @@ def sandbox_argv(
     resolv_fd: int,
     info_fd: int,
     hidden: tuple[Path, ...],
+    files: grants.FileGrants | None = None,
 ) -> list[str]:
     """nsenter joins the namespace and drops to the user; bwrap builds the rest.
 
     The workload's environment (partly the caller's: --env) reaches only the workload,
     through bwrap: nsenter runs as root, where PATH or LD_PRELOAD would choose its code.
-    Start the argv with LAUNCH_ENV as its environment."""
+    Start the argv with LAUNCH_ENV as its environment. `files`: the view `prepare` decided
+    (None: the system directories and nothing granted)."""
     nsenter = shutil.which("nsenter", path=SYSTEM_PATH)
     if nsenter is None:
         raise NetfenceError("nsenter is not installed", remedy="apt-get install util-linux")
@@ -117,22 +230,16 @@ def sandbox_argv(
     argv = [
         nsenter, f"--net={netns_file}", f"--setuid={user.uid}", f"--setgid={user.gid}", "--",
         bwrap_path(), "--clearenv", *setenv,
-        "--bind", "/", "/",
-        "--dev", "/dev",
-        "--proc", "/proc",
         # A Unix socket is reached through the file system, from any network namespace:
-        # the engines', D-Bus's, systemd's and the user session's all live under /run.
-        # The workload gets an empty one.
-        "--tmpfs", "/run",
+        # the view holds none of the host's but those granted (view.py).
+        *view.plan(files or grants.FileGrants(), view.host_layout(), user.home,
+                   # Where the file really is: /etc/resolv.conf is often a link into /run.
+                   (resolv_fd, os.path.realpath("/etc/resolv.conf")),
+                   hidden=[str(p) for p in hidden if p.is_dir()]),
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        # Where the file really is: /etc/resolv.conf is often a link into /run.
-        "--ro-bind-data", str(resolv_fd), os.path.realpath("/etc/resolv.conf"),
         "--info-fd", str(info_fd),
     ]
-    for path in hidden:
-        if path.is_dir():
-            argv += ["--tmpfs", str(path)]
     return [*argv, "--", *command]
 
 
