@@ -100,3 +100,11 @@ def is_conflict(exc: Exception) -> bool:
     text = str(exc).lower()
     return getattr(exc, "status_code", None) == 409 or any(
         words in text for words in ("already in use", "already exists", "already used"))
+
+
+def is_podman(client: DockerClient) -> bool:
+    """Whether the engine is Podman (its version names a "Podman Engine" component)."""
+    with engine_errors("engine version"):
+        components = client.version().get("Components") or []
+    return any(isinstance(c, dict) and "podman" in str(c.get("Name", "")).lower()
+               for c in components)

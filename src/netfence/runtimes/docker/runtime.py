@@ -1,17 +1,23 @@
 """The docker runtime: the reference topology through the Docker Engine API.
 
     netfence-external (bridge, NAT)           <name>-internal (no route out)
-      <name>-dns      dnsmasq  ─────────────────  DNS for the workload
-      <name>-egress   Envoy | Squid egress  ────  proxy for the workload, :3128
+      <name>-dns      dnsmasq  ─────────────────  DNS for the workload (any address :53)
+      <name>-egress   Envoy | Squid egress  ────  proxy for the workload, :3128; its
+                                                  other TCP, redirected (transparent)
       <name>-ingress  Squid ingress (Squid only) ─ to the workload's port
-      ingress published on host 127.0.0.1 only      <name>  the workload, alone
+      ingress published on host 127.0.0.1 only      <name>-net  the workload's network
+                                                    <name>      the workload, in it
 
 The fence containers join both networks (the external one first, so a published port
-leads there); the workload joins only the internal one, with its DNS set to the dns
-container and the proxy environment naming `<name>-egress:3128`. Addresses on the internal
-network are fixed before anything starts, since the configs name them: the DNS server for
-the workload, the workload for the ingress. The dns and egress containers start before the
-workload; a separate ingress container after it.
+leads there); the workload joins only the internal one, through a holder container whose
+network namespace it shares: the holder gets the workload's address, its DNS set to the
+dns container and `<name>-egress` in its hosts file, and netfence sets its routes and
+rules from the host before the workload exists (redirect.py). The proxy environment names
+`<name>-egress:3128`; programs that ignore it land at the egress's transparent listener.
+Addresses on the internal network are fixed before anything starts, since the configs name
+them: the DNS server for the workload, the workload for the ingress. The dns and egress
+containers start before the holder, the holder before the workload; a separate ingress
+container after it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -43,12 +50,13 @@ from netfence.profile.hosts import IPAddress
 from netfence.profile.model import IPNetwork
 from netfence.runtimes import grants, state
 from netfence.runtimes.base import (
+    TRANSPARENT_PORT,
     WORKLOAD_PROXY_PORT,
     WORKLOAD_STOP_GRACE,
     Fence,
     WorkloadSpec,
 )
-from netfence.runtimes.docker import containers, images, networks
+from netfence.runtimes.docker import containers, images, networks, redirect
 from netfence.runtimes.docker.engine import (
     LABEL_COMMAND,
     LABEL_MANAGED,
@@ -58,6 +66,7 @@ from netfence.runtimes.docker.engine import (
     LABEL_WORKLOAD,
     connect,
     engine_errors,
+    is_podman,
 )
 from netfence.runtimes.resolver import host_resolver
 from netfence.runtimes.signals import StopSignals
@@ -74,6 +83,8 @@ log = logging.getLogger("netfence")
 INGRESS_PORT = 8080
 _PATHS = {"sse": "/sse", "streamable-http": "/mcp"}
 _START_ORDER = {"dns": 0, "egress": 1, "ingress": 2}
+# The container holding the workload's network namespace: `<name>-net`.
+HOLDER_ROLE = "net"
 
 
 def container_resolver(spec: WorkloadSpec) -> Endpoint:
@@ -114,6 +125,9 @@ class DockerFence(Fence):
         self.placement: Placement | None = None
         self.internal = networks.internal_network_name(spec.name)
         self.workload: Container | None = None
+        # Whether the workload's other connections are to land at the egress (decided
+        # before the configs are written; the rules themselves need root, see _redirect).
+        self.transparent = backend.transparent and os.geteuid() == 0
         self.attachment: containers.Attachment | None = None
 
     # -- set-up ---------------------------------------------------------------------------
@@ -157,7 +171,10 @@ class DockerFence(Fence):
                 self.signals.check()
                 self._start_fence(*self.fence[role])
         self.signals.check()
-        self._create_workload(plan)
+        holder = self._start_holder(plan, fence_images["dns"])
+        self._redirect(holder, plan)
+        self.signals.check()
+        self._create_workload(holder)
 
     def _placement(self, plan: networks.AddressPlan, resolver: Endpoint) -> Placement:
         spec = self.spec
@@ -176,6 +193,9 @@ class DockerFence(Fence):
             ingress_listen=ingress_listen,
             ingress_upstream=ingress_upstream,
             workload_name=spec.name,
+            # In the egress container's own network namespace, where redirect.py sends them.
+            transparent_listen=((Endpoint("0.0.0.0", TRANSPARENT_PORT),) if self.transparent
+                                else ()),
             # The images have the programs on PATH (the official Envoy image too).
             programs={"envoy": "envoy"},
         )
@@ -236,24 +256,70 @@ class DockerFence(Fence):
                 f"the engine gave the host an address on {self.internal}, and only root can "
                 "remove it", remedy="run netfence with sudo, on the engine's host")
 
-    def _create_workload(self, plan: networks.AddressPlan) -> None:
+    def _start_holder(self, plan: networks.AddressPlan, image: str) -> Container:
+        """The workload's network: a container that only waits (a shell reading a stdin
+        nobody writes to), with the workload's address and name settings; the workload
+        joins its namespace. Engine-neutral: Docker Engine cannot set up a container's
+        network before its command runs, as `podman init` does."""
+        spec = self.spec
+        name = containers.container_name(spec.name, HOLDER_ROLE)
+        egress = containers.container_name(spec.name, "egress")
+        endpoint = self.client.api.create_endpoint_config(ipv4_address=plan.workload)
+        holder = containers.create(
+            self.client, name, image, entrypoint=["/bin/sh"], command=["-c", "read _"],
+            stdin_open=True, network=self.internal,
+            networking_config={self.internal: endpoint}, hostname=spec.name,
+            dns=[plan.dns], dns_opt=["timeout:2", "attempts:2"],
+            extra_hosts={egress: plan.egress}, labels=_labels(spec, HOLDER_ROLE),
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
+        )
+        self.undo.callback(containers.remove, self.client, holder.id or name)
+        with engine_errors(f"starting {name}"):
+            holder.start()
+            holder.reload()
+        status = holder.attrs.get("State", {})
+        if status.get("Running") is not True:
+            # An engine that gave it no open stdin: `read` returned at once.
+            raise NetfenceError(f"{name} (the workload's network) exited with status "
+                                f"{status.get('ExitCode')} at start")
+        return holder
+
+    def _redirect(self, holder: Container, plan: networks.AddressPlan) -> None:
+        """The holder's routes and rules and the egress's (redirect.py), or today's
+        behaviour (no route out) with one line saying what programs that ignore the proxy
+        variables lose: fail-closed either way, so a remote engine still runs."""
+        spec = self.spec
+        egress = self.fence["egress"][1]
+        port = TRANSPARENT_PORT if self.transparent else None
+        installed = redirect.install(holder, egress, plan, port)
+        if not self.backend.transparent:
+            log.warning("%s: programs that ignore the proxy variables cannot connect (the "
+                        "%s proxy has no transparent path; --proxy envoy has one)",
+                        spec.name, self.backend.name)
+        elif not installed:
+            log.warning("%s: programs that ignore the proxy variables cannot connect "
+                        "(redirecting them to the fence needs root and the container engine "
+                        "on this host)", spec.name)
+
+    def _create_workload(self, holder: Container) -> None:
         spec = self.spec
         environment = {**spec.env, **self.setup.env}
-        egress = containers.container_name(spec.name, "egress")
         labels = {
             **_labels(spec, "workload"),
             LABEL_COMMAND: json.dumps(list(spec.command)),
             LABEL_STARTED: str(time.time()),
         }
-        endpoint = self.client.api.create_endpoint_config(ipv4_address=plan.workload)
         options: dict[str, Any] = {}
         if spec.user:
             options["user"] = spec.user
+        if is_podman(self.client):
+            # Docker refuses a hostname with a joined network and gives the joiner the
+            # holder's (the workload's name); Podman would give it its container id.
+            options["hostname"] = spec.name
+        # DNS, hosts and addresses are the holder's: the engines refuse them here.
         self.workload = containers.create(
             self.client, spec.name, self.image, command=self.args,
-            network=self.internal, networking_config={self.internal: endpoint},
-            hostname=spec.name, dns=[plan.dns], dns_opt=["timeout:2", "attempts:2"],
-            extra_hosts={egress: plan.egress}, environment=environment, labels=labels,
+            network_mode=f"container:{holder.id}", environment=environment, labels=labels,
             cap_drop=["ALL"], security_opt=["no-new-privileges"],
             mounts=containers.grant_mounts(spec.files),
             # A tiny init as PID 1: signals reach the command with their default actions
@@ -321,7 +387,8 @@ def _check_names_free(client: DockerClient, name: str) -> None:
     """Every name this workload will give is free (else nothing is created)."""
     import docker.errors
 
-    wanted = [name, *(containers.container_name(name, r) for r in _START_ORDER)]
+    wanted = [name, *(containers.container_name(name, r)
+                      for r in (*_START_ORDER, HOLDER_ROLE))]
     with engine_errors("checking names"):
         for container_name in wanted:
             try:
@@ -439,7 +506,9 @@ def _owned(client: DockerClient, name: str) -> list[Container]:
 def teardown(client: DockerClient, name: str) -> None:
     """Remove everything a workload owns, found by its labels; then the external network
     if nothing else uses it."""
-    for container in _owned(client, name):
+    # The workload before its holder: an engine keeps a container others joined.
+    for container in sorted(_owned(client, name),
+                            key=lambda c: c.labels.get(LABEL_ROLE) == HOLDER_ROLE):
         containers.remove(client, container.id or "")
     with engine_errors("listing networks"):
         owned = client.networks.list(
