@@ -10,6 +10,8 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +30,9 @@ from netfence.runtimes.docker.networks import (
     bridge_carrying,
     internal_network_name,
 )
+from tests.support.clients import DNS_ASK, NODE_GET
 from tests.support.fakenet import FakeNet
+from tests.support.fakenet_server import UNASSIGNED_PRIVATE
 from tests.support.fence import leftovers, netfence_argv, nothing_new
 from tests.support.ingress import ECHO_BODY, echo_server, get, get_when_up
 from tests.support.podman import TEST_PREFIX, WORKLOAD_CA, Engine
@@ -169,10 +173,13 @@ class TestEgressMatrix:
         for url, got in out.items():
             assert got.startswith("403 ") and "host_address" in got, (url, got)
 
-    def test_direct_connections_fail(self, podman: Engine, proxy: str, net_args: list[str],
-                                     fakenet: FakeNet) -> None:
+    def test_direct_connections_reach_only_the_fence(self, podman: Engine, proxy: str,
+                                                     net_args: list[str],
+                                                     fakenet: FakeNet) -> None:
         # A host service on every address: the workload must not reach it through the
-        # internal network's bridge (its host address is removed) nor any other way.
+        # internal network's bridge (its host address is removed) nor any other way. With
+        # Envoy a direct connection lands at the fence, which answers by the Host it names
+        # (here an address not allowlisted: 403); with Squid it is reset.
         with socket.create_server(("0.0.0.0", 0)) as listener:
             port = listener.getsockname()[1]
             code = (
@@ -181,16 +188,31 @@ class TestEgressMatrix:
                 "gw = str(ipaddress.ip_interface(me + '/24').network[1])\n"
                 f"for host, port in [('{fakenet.dns}', 80), (gw, {port}), (gw, 22)]:\n"
                 "    try:\n"
-                "        socket.create_connection((host, port), 3).close()\n"
-                "        print('CONNECTED', host, port)\n"
+                "        s = socket.create_connection((host, port), 3)\n"
+                "        s.settimeout(10)\n"
+                "        s.sendall(b'GET / HTTP/1.1\\r\\nHost: ' + host.encode() +\n"
+                "                  b'\\r\\nConnection: close\\r\\n\\r\\n')\n"
+                "        print('answered', host, port, s.recv(200).split(b' ')[:2])\n"
                 "    except OSError as e:\n"
                 "        print('refused', host, port, e.errno)\n")
             out = script(podman, proxy, net_args, f"python3 -c \"{code}\"; "
                          "curl -sS -m 5 --noproxy '*' http://allowed.test/; echo curl_rc=$?",
                          allow=("allowed.test",))
-        assert out.count("refused") == 3, out
-        assert "CONNECTED" not in out and "fakenet ok" not in out, out
-        assert "curl_rc=0" not in out, out
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # never reached
+        lines = [line for line in out.splitlines() if line.startswith(("answered", "refused"))]
+        assert len(lines) == 3, out
+        for line in lines:
+            if proxy == "envoy":
+                assert line.startswith("refused") or "b'403'" in line, out
+            else:
+                assert line.startswith("refused"), out
+        # An allowed name dialed directly: through the fence with Envoy, nowhere with Squid.
+        if proxy == "envoy":
+            assert "fakenet ok host=allowed.test" in out and "curl_rc=0" in out, out
+        else:
+            assert "fakenet ok" not in out and "curl_rc=0" not in out, out
 
     def test_dns_answers_allowed_names_only(self, podman: Engine, proxy: str,
                                             net_args: list[str], fakenet: FakeNet) -> None:
@@ -202,6 +224,130 @@ class TestEgressMatrix:
         assert out.strip().endswith("rc=2"), out
         asked = {name.rstrip(".").lower() for name, _ in fakenet.queries()}
         assert "denied.test" not in asked and "allowed.test" in asked, asked
+
+
+# --- programs that ignore the proxy variables ---------------------------------------------
+
+# The environment of a workload running tests/support/clients.py's programs: the scripts
+# themselves and the test CA for Node.
+CLIENT_ENV = ("--env", f"NODE_GET={NODE_GET}", "--env", f"DNS_ASK={DNS_ASK}",
+              "--env", f"NODE_EXTRA_CA_CERTS={WORKLOAD_CA}")
+PYTHON_GET = ("import sys, urllib.request\n"
+              "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+              "with opener.open(sys.argv[1], timeout=10) as r:\n"
+              " print('python', r.status, r.headers['X-Fakenet-Server'])")
+
+
+def node_calls(engine: Engine, net_args: list[str],
+               *calls: tuple[str, str, dict[str, object]],
+               allow: tuple[str, ...] = ("allowed.test",)) -> list[dict[str, object]]:
+    """Node's fetch / http / https in one Envoy-fenced workload: one result per call."""
+    text = "".join(f'node -e "$NODE_GET" {kind} {shlex.quote(url)} '
+                   f"{shlex.quote(json.dumps(options))}; " for kind, url, options in calls)
+    out = script(engine, "envoy", net_args, text, allow=allow, extra=CLIENT_ENV)
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(results) == len(calls), out
+    return results
+
+
+class TestTransparent:
+    """With Envoy, the workload's connections to anything but its fence land at the egress
+    container's transparent listener and are decided by the name they carry, never by the
+    address dialed; DNS to any address is the fence's; other UDP is refused."""
+
+    def test_node_reaches_an_allowed_host(self, podman: Engine, net_args: list[str]) -> None:
+        if not shutil.which("node"):
+            pytest.skip("node is not installed on this host (the workload image takes it)")
+        got = node_calls(podman, net_args, ("fetch", "http://allowed.test/", {}),
+                         ("fetch", "https://www.allowed.test/", {}),
+                         ("http", "http://allowed.test/", {}),
+                         ("https", "https://allowed.test/", {}))
+        for result, server in zip(got, ("10.203.0.2:80", "10.203.0.2:443", "10.203.0.2:80",
+                                        "10.203.0.2:443"), strict=True):
+            assert result["status"] == 200 and result["server"] == server, got
+        assert "host=allowed.test" in str(got[0]["body"]), got
+
+    def test_clients_with_their_proxy_turned_off(self, podman: Engine,
+                                                 net_args: list[str]) -> None:
+        text = "".join(
+            f"curl -sS -m 10 --noproxy '*' --cacert {WORKLOAD_CA} -o /dev/null "
+            f"-w 'curl %{{http_code}} %{{remote_ip}}\\n' {url}; "
+            f"SSL_CERT_FILE={WORKLOAD_CA} python3 -c {shlex.quote(PYTHON_GET)} {url}; "
+            for url in ("http://allowed.test/", "https://allowed.test/"))
+        out = script(podman, "envoy", net_args, text, allow=("allowed.test",))
+        # curl dialed the address it resolved; the fence answered there for the name.
+        assert out.splitlines() == ["curl 200 10.203.0.2", "python 200 10.203.0.2:80",
+                                    "curl 200 10.203.0.2", "python 200 10.203.0.2:443"], out
+
+    def test_the_name_decides_not_the_address_dialed(self, podman: Engine,
+                                                     net_args: list[str]) -> None:
+        if not shutil.which("node"):
+            pytest.skip("node is not installed on this host (the workload image takes it)")
+        got = node_calls(
+            podman, net_args,
+            # The allowed name sent to another host's address, and to an address where
+            # nothing runs: it reaches the allowed host, never the address dialed.
+            ("http", "http://10.203.0.4/", {"headers": {"Host": "allowed.test"}}),
+            ("https", f"https://{UNASSIGNED_PRIVATE}/",
+             {"servername": "allowed.test", "headers": {"Host": "allowed.test"}}),
+            # A name that is not allowed, sent to the allowed host's address.
+            ("http", "http://10.203.0.2/", {"headers": {"Host": "denied.test"}}),
+            ("https", "https://10.203.0.2/",
+             {"servername": "denied.test", "rejectUnauthorized": False}),
+        )
+        assert got[0]["status"] == 200 and got[0]["server"] == "10.203.0.2:80", got
+        assert got[1]["status"] == 200 and got[1]["server"] == "10.203.0.2:443", got
+        assert got[2]["status"] == 403 and "not_allowlisted" in str(got[2]["body"]), got
+        assert "error" in got[3], got
+
+    def test_everything_else_is_refused(self, podman: Engine, net_args: list[str],
+                                        fakenet: FakeNet) -> None:
+        if not shutil.which("node"):
+            pytest.skip("node is not installed on this host (the workload image takes it)")
+        fakenet.clear_queries()
+        got = node_calls(podman, net_args, ("fetch", "http://other.test/", {}),
+                         ("http", "http://loopback.test/", {}),
+                         ("http", "http://allowed.test:8080/", {}),
+                         allow=("allowed.test", "loopback.test"))
+        # Not allowlisted: the fence's DNS does not even answer the name.
+        assert got[0] == {"error": "ENOTFOUND"}, got
+        assert got[1]["status"] == 403 and "loopback_address" in str(got[1]["body"]), got
+        assert got[2]["status"] == 403 and "port_not_allowed" in str(got[2]["body"]), got
+        assert "other.test" not in {name for name, _ in fakenet.queries()}
+
+    def test_dns_to_any_address_is_the_fences(self, podman: Engine, proxy: str,
+                                              net_args: list[str], fakenet: FakeNet) -> None:
+        # A program with a resolver of its own, asking an address where no DNS server
+        # runs: the fence answers, with the same allowlist (Squid's fence too).
+        fakenet.clear_queries()
+        out = script(podman, proxy, net_args,
+                     f'python3 -c "$DNS_ASK" {UNASSIGNED_PRIVATE} allowed.test denied.test',
+                     allow=("allowed.test",), extra=CLIENT_ENV)
+        lines = out.splitlines()
+        assert "allowed.test udp 0 ['10.203.0.2']" in lines, out
+        assert "allowed.test tcp 0 ['10.203.0.2']" in lines, out
+        denied = [line for line in lines if line.startswith("denied.test")]
+        assert len(denied) == 2 and all(line.endswith("[]") for line in denied), out
+        assert "denied.test" not in {name for name, _ in fakenet.queries()}
+
+    def test_other_udp_is_refused_at_once(self, podman: Engine, proxy: str,
+                                          net_args: list[str]) -> None:
+        code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "try:\n"
+                f" s.sendto(b'quic?', ('{UNASSIGNED_PRIVATE}', 443))\n"
+                " print('sent')\nexcept OSError as e:\n print('refused', e.errno)")
+        out = script(podman, proxy, net_args, f"python3 -c {shlex.quote(code)}")
+        assert out.startswith("refused"), out
+
+    def test_squid_says_programs_ignoring_the_proxy_cannot_connect(
+            self, podman: Engine, net_args: list[str]) -> None:
+        done = fenced(podman, "squid", net_args, "sh", "-c",
+                      "curl -sS -m 10 --noproxy '*' http://allowed.test/; echo rc=$?; "
+                      "curl -sS -m 10 http://allowed.test/", allow=("allowed.test",))
+        out = done.stdout.decode()
+        assert out.count("fakenet ok") == 1 and "rc=0" not in out, out
+        notes = [line for line in done.stderr.decode().splitlines() if "transparent" in line]
+        assert len(notes) == 1 and "--proxy envoy" in notes[0], done.stderr
 
 
 # --- ingress, stdio, lifecycle ------------------------------------------------------------
@@ -290,10 +436,11 @@ def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) ->
         owned = podman.client.containers.list(
             all=True, filters={"label": f"io.netfence.workload={name}"})
         roles = {c.labels["io.netfence.role"] for c in owned}
-        assert roles == {"workload", "dns", "egress"}, roles
+        assert roles == {"workload", "net", "dns", "egress"}, roles
         # Every capability dropped but the few each fence process needs; none for the
-        # workload.
-        wanted = {"workload": set(), "dns": {"NET_BIND_SERVICE", "SETUID", "SETGID"},
+        # workload and the holder of its network.
+        wanted = {"workload": set(), "net": set(),
+                  "dns": {"NET_BIND_SERVICE", "SETUID", "SETGID"},
                   "egress": {"NET_BIND_SERVICE"} if proxy == "envoy" else
                   {"CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "NET_BIND_SERVICE"}}
         def caps(container: Any, key: str) -> set[str]:
@@ -307,6 +454,14 @@ def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) ->
             dropped = caps(container, "CapDrop")
             kept = caps(container, "CapAdd") | (set() if "ALL" in dropped else default - dropped)
             assert kept == wanted[role], (role, container.attrs["HostConfig"])
+        # The workload is in its holder's network namespace; the holder, read-only and
+        # without privileges, is on the internal network alone.
+        holder = by_role["net"].attrs
+        assert by_role["workload"].attrs["HostConfig"]["NetworkMode"] == \
+            f"container:{holder['Id']}"
+        assert holder["HostConfig"]["ReadonlyRootfs"] is True
+        assert any("no-new-privileges" in opt for opt in holder["HostConfig"]["SecurityOpt"])
+        assert set(holder["NetworkSettings"]["Networks"]) == {internal_network_name(name)}
         internal = podman.client.networks.get(internal_network_name(name)).attrs
         assert internal["Labels"]["io.netfence.workload"] == name
         # A subnet of ours, given at creation (Docker Engine needs one for fixed addresses).

@@ -2,9 +2,9 @@
 
 The session starts `podman system service` itself (no systemd unit, no shared socket),
 builds the fence images once (through `netfence images build`) and a small workload image
-from the host's own binaries (sh, coreutils, curl, getent, Python) with the simulated
-internet's test CA inside; at the end it removes every container, network and image it
-made and stops the service it started, by PID.
+from the host's own binaries (sh, coreutils, curl, getent, Python, Node when the host has
+it) with the simulated internet's test CA inside; at the end it removes every container,
+network and image it made and stops the service it started, by PID.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import docker
 import docker.errors
 
 from netfence.runtimes.docker import rootfs
-from netfence.runtimes.docker.engine import LABEL_MANAGED, LABEL_WORKLOAD
+from netfence.runtimes.docker.engine import LABEL_MANAGED, LABEL_ROLE, LABEL_WORKLOAD
 from netfence.runtimes.docker.images import IMAGES, build
 from netfence.runtimes.docker.networks import EXTERNAL_NETWORK
 from tests.support.fence import netfence_argv
@@ -32,6 +32,7 @@ from tests.support.fence import netfence_argv
 TEST_LABEL = "io.netfence.test"
 TEST_PREFIX = "nfd-"  # every workload a test starts is named so
 WORKLOAD_CA = "/etc/netfence-test/ca.pem"
+WORKLOAD_NODE = "/usr/bin/node"
 # Podman on this machine kind: runc (crun fails on hybrid cgroups and on setrlimit), no
 # systemd (cgroupfs, file events), and explicit ulimits for the same setrlimit reason.
 CONTAINERS_CONF = """\
@@ -113,6 +114,10 @@ def workload_rootfs(ca_pem: Path) -> rootfs.Rootfs:
     for module in sorted((stdlib / "lib-dynload").glob("*.so")):
         for library in rootfs.shared_libraries(module):
             fs.add_host_path(library)
+    # Node (a single binary): its fetch ignores the proxy variables (the transparent path).
+    node = shutil.which("node")
+    if node is not None:
+        fs.add_program(node, at=WORKLOAD_NODE)
     fs.add_text(WORKLOAD_CA, ca_pem.read_text())
     return fs
 
@@ -148,7 +153,9 @@ def _remove_test_objects(client: docker.DockerClient) -> None:
     def ours(labels: dict[str, str] | None) -> bool:
         return (labels or {}).get(LABEL_WORKLOAD, "").startswith(TEST_PREFIX)
 
-    for container in client.containers.list(all=True, filters=filters):
+    # A workload before the holder of its network: an engine keeps a container others joined.
+    found = client.containers.list(all=True, filters=filters)
+    for container in sorted(found, key=lambda c: c.labels.get(LABEL_ROLE) == "net"):
         if ours(container.labels):
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
