@@ -216,7 +216,10 @@ def create_internal(client: DockerClient, workload: str) -> Network:
 def _attached(client: DockerClient, network: str) -> bool:
     """Whether any container (running or not) is on the network."""
     with engine_errors():
-        return bool(client.containers.list(all=True, filters={"network": network}))
+        # Sparse: the list alone, not an inspection of each container, which fails for
+        # one that another workload's teardown removes meanwhile.
+        return bool(client.containers.list(all=True, filters={"network": network},
+                                           sparse=True))
 
 
 def remove_external_if_unused(client: DockerClient) -> None:

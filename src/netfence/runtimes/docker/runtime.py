@@ -479,7 +479,8 @@ class DockerRuntime(SupervisedRuntime):
         client = connect()
         with engine_errors("listing workloads"):
             found = client.containers.list(
-                filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_ROLE}=workload"]})
+                filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_ROLE}=workload"]},
+                ignore_removed=True)
         out: list[state.WorkloadState] = []
         for container in found:
             labels = container.labels
@@ -500,7 +501,8 @@ class DockerRuntime(SupervisedRuntime):
 def _owned(client: DockerClient, name: str) -> list[Container]:
     with engine_errors("listing containers"):
         return client.containers.list(
-            all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_WORKLOAD}={name}"]})
+            all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_WORKLOAD}={name}"]},
+            ignore_removed=True)
 
 
 def teardown(client: DockerClient, name: str) -> None:
