@@ -20,3 +20,20 @@ def test_no_engine_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_docker_host_is_the_only_candidate_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
     assert engine.candidate_urls() == ["tcp://127.0.0.1:2375"]
+
+
+class _Versioned:
+    def __init__(self, version: dict[str, object]) -> None:
+        self._version = version
+
+    def version(self) -> dict[str, object]:
+        return self._version
+
+
+def test_podman_is_told_from_docker_by_its_version() -> None:
+    podman = {"Components": [{"Name": "Podman Engine", "Version": "4.3.1"}]}
+    docker = {"Components": [{"Name": "Engine", "Version": "20.10.24"},
+                             {"Name": "containerd"}]}
+    assert engine.is_podman(_Versioned(podman))  # type: ignore[arg-type]
+    assert not engine.is_podman(_Versioned(docker))  # type: ignore[arg-type]
+    assert not engine.is_podman(_Versioned({}))  # type: ignore[arg-type]
