@@ -19,7 +19,9 @@ ANY_PORT = "any"
 
 # Roles. TLS: decided by the SNI; HTTP: by the Host header (its HCM logs the request).
 TLS_ALLOWED = "tls_allowed"  # an allowed SNI: dial that name (address stage on the way)
-TLS_PASS = "tls"  # to the original destination (an allowed literal), no other SNI
+# To the original destination (an allowed literal) without an SNI; with one, refused, or
+# dialed by name when every name is allowed (no match tells the two apart then).
+TLS_PASS = "tls"
 RAW_PASS = "raw"  # to the original destination: neither TLS nor HTTP
 HTTP = "http"
 HTTP_PORT_NOT_ALLOWED = "http_port_not_allowed"

@@ -13,6 +13,7 @@ from netfence.backends.base import DecisionRecord
 from netfence.backends.envoy._chains import (
     HTTP_ROLES,
     TLS_ALLOWED,
+    TLS_PASS,
     is_tls,
     refusal_reason,
     split_chain_name,
@@ -190,7 +191,8 @@ def _connection_record(entry: Json) -> DecisionRecord | None:
         reason, address = matched.group(1), matched.group(2)
     elif fixed is not None:
         reason = fixed.value
-    elif (role == TLS_ALLOWED and not _as_text(entry.get("upstream_host"))
+    elif ((role == TLS_ALLOWED or (role == TLS_PASS and sni))
+          and not _as_text(entry.get("upstream_host"))
           and _UNRESOLVED_FLAGS & set(_as_text(entry.get("flags")).split(","))):
         # The dial view refused the name's answer (it holds a denied address). A name
         # that does not resolve at all looks the same here: TLS carries no detail of it.

@@ -148,16 +148,20 @@ class _Layout:
         return filters.http(self.policy, self.placement, scope.port, port_allowed)
 
     def _literal(self, scope: _Scope) -> list[Json]:
-        """An allowed literal: an allowlisted name is dialed by name; no name goes to the
-        address dialed. With every name allowed, TLS with any SNI but a denied name goes
-        there too: name, port and address are all allowed, and TLS without SNI (which no
-        match can tell apart from TLS with one) must pass as well."""
+        """An allowed literal: an allowed name is dialed by name; no name goes to the
+        address dialed."""
         out = [scope.denied_names()]
-        if not self.policy.allow_all and self.sni_names:
+        if self.policy.allow_all:
+            # Any SNI is allowed, and no server_names can say so: one chain for TLS with
+            # an SNI (dialed by name) and without (passed through).
+            tls = filters.dial_sni(self.policy, self.placement, scope.port, None,
+                                   pass_no_sni=True)
+            out.append(scope.chain(TLS_PASS, tls, **_tls()))
+        elif self.sni_names:
             out.append(scope.chain(TLS_ALLOWED, self._dial(scope), **_tls(self.sni_names)))
         out.append(scope.chain(HTTP, self._http(scope), **_PLAIN_HTTP))
-        refuse_sni = not self.policy.allow_all
-        out.append(scope.chain(TLS_PASS, filters.pass_tls(refuse_sni=refuse_sni), **_tls()))
+        if not self.policy.allow_all:
+            out.append(scope.chain(TLS_PASS, filters.pass_tls(), **_tls()))
         # Its transport named: once a raw_buffer chain exists (HTTP), a chain without a
         # transport is never reached.
         out.append(scope.chain(RAW_PASS, filters.pass_raw(), **_RAW))

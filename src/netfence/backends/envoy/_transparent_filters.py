@@ -39,6 +39,11 @@ DIALED_PORT = "%DOWNSTREAM_LOCAL_PORT%"
 # Where a DFP (and its cluster) takes the host and port from when set.
 DYNAMIC_HOST_KEY = "envoy.upstream.dynamic_host"
 DYNAMIC_PORT_KEY = "envoy.upstream.dynamic_port"
+# The cluster tcp_proxy dials, chosen per connection when set.
+TCP_PROXY_CLUSTER_KEY = "envoy.tcp_proxy.cluster"
+# TLS with an SNI: dial the name; without one: the address dialed.
+_BY_SNI = (f"%CEL(connection.requested_server_name == '' ? '{ORIGINAL_DST_CLUSTER}' : "
+           f"'{DFP_CLUSTER}')%")
 # The SNI of a port-agnostic chain is dialed at DIALED_PORT; this is only a fallback.
 TLS_DEFAULT_PORT = 443
 # What tcp_proxy holds while it waits for the first data before connecting.
@@ -53,11 +58,9 @@ def refuse() -> list[Json]:
              "typed_config": {"@type": DIRECT_RESPONSE_TYPE}}]
 
 
-def pass_tls(*, refuse_sni: bool) -> list[Json]:
-    """TLS to the address dialed; `refuse_sni`: unless it carries an SNI (any SNI left
-    for this chain is one not allowed)."""
-    if not refuse_sni:
-        return [_tcp_proxy(ORIGINAL_DST_CLUSTER, wait_for_data=False)]
+def pass_tls() -> list[Json]:
+    """TLS without an SNI to the address dialed (any SNI left for this chain is one not
+    allowed)."""
     return [_net_rbac("transparent_literal_sni", _deny_if(Reason.NOT_ALLOWLISTED, _SNI_PRESENT)),
             _tcp_proxy(ORIGINAL_DST_CLUSTER, wait_for_data=True)]
 
@@ -68,17 +71,22 @@ def pass_raw() -> list[Json]:
     return [_tcp_proxy(ORIGINAL_DST_CLUSTER, wait_for_data=False)]
 
 
-def dial_sni(policy: Policy, placement: Placement, port: int | None,
-             no_sni: Reason | None) -> list[Json]:
+def dial_sni(policy: Policy, placement: Placement, port: int | None, no_sni: Reason | None,
+             *, pass_no_sni: bool = False) -> list[Json]:
     """Resolve the SNI (check view) -> RBAC on that address -> dial the name from the dial
     view, as egress_filters does for HTTP. `port`: the chain's (None: the dialed one).
     `no_sni`: the reason to refuse TLS without SNI with (a chain without server_names
-    takes it too)."""
-    filters: list[Json] = []
+    takes it too); `pass_no_sni`: pass it to the address dialed instead (one the policy
+    allows: no match can tell TLS without SNI from TLS with one)."""
+    state: list[Json] = []
     if port is None:
+        state.append(_state(DYNAMIC_PORT_KEY, DIALED_PORT))
+    if pass_no_sni:
+        state.append(_state(TCP_PROXY_CLUSTER_KEY, _BY_SNI))
+    filters: list[Json] = []
+    if state:
         filters.append({"name": "envoy.filters.network.set_filter_state", "typed_config": {
-            "@type": NET_SET_FILTER_STATE_TYPE,
-            "on_new_connection": [_state(DYNAMIC_PORT_KEY, DIALED_PORT)]}})
+            "@type": NET_SET_FILTER_STATE_TYPE, "on_new_connection": state}})
     if no_sni is not None:
         # Before the DFP: it resolves nothing without an SNI, so RBAC would find no address.
         filters.append(_net_rbac("transparent_no_sni",
@@ -89,6 +97,7 @@ def dial_sni(policy: Policy, placement: Placement, port: int | None,
             "@type": SNI_DFP_TYPE,
             "dns_cache_config": dns_cache_config(placement.upstream_resolver),
             "port_value": port_value, "save_upstream_address": True}},
+        # Without an SNI nothing was resolved: no address, and none of its rules matches.
         _net_rbac("transparent_address", rbac_policies(policy)),
         {"name": "netfence.sni_dial_view", "typed_config": {
             "@type": SNI_DFP_TYPE, "dns_cache_config": dial_cache_config(placement),

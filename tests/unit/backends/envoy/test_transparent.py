@@ -109,9 +109,17 @@ def role(chain: Json) -> str:
     return scope_role[1]
 
 
-def _cluster(chain: Json) -> str | None:
-    last = chain["filters"][-1]
-    cluster: str | None = last["typed_config"].get("cluster")
+def _cluster(chain: Json, sni: str = "") -> str | None:
+    """The cluster a connection is dialed through (None: refused at once)."""
+    cluster: str | None = chain["filters"][-1]["typed_config"].get("cluster")
+    for net_filter in chain["filters"]:
+        for state in net_filter["typed_config"].get("on_new_connection", []):
+            if state["object_key"] == "envoy.tcp_proxy.cluster":
+                # Chosen per connection: the name's DFP with an SNI, else the address.
+                assert state["format_string"]["text_format_source"]["inline_string"] == (
+                    "%CEL(connection.requested_server_name == '' ? 'original_dst' : "
+                    "'dynamic_forward_proxy')%")
+                return "dynamic_forward_proxy" if sni else "original_dst"
     return cluster
 
 
@@ -121,7 +129,7 @@ def connection(listener_json: Json, ip: str, port: int, sni: str = "",
     chain = select_chain(listener_json, ip, port, sni=sni,
                          transport="tls" if tls else "raw_buffer")
     details = _rbac_detail(chain, sni)
-    passes = details is None and _cluster(chain) is not None
+    passes = details is None and _cluster(chain, sni) is not None
     dialed = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     line = json.dumps({"log": "netfence-transparent", "time": "2026-12-06T01:07:23.684Z",
                        "chain": chain["name"], "sni": sni or None, "original_dst": dialed,
@@ -147,12 +155,11 @@ def test_tls_with_sni_is_decided_by_the_name(case: tuple[Policy, Json]) -> None:
                 assert record.host == name and record.port == port  # type: ignore[attr-defined]
                 if not expected.allowed:
                     continue
-                if role(chain) == TLS_PASS:
-                    # Every name allowed, this address too: where the client sent it.
-                    assert policy.allow_all and policy.decide(ip, port).allowed, where
-                else:
-                    assert role(chain) == TLS_ALLOWED
-                    assert _cluster(chain) == "dynamic_forward_proxy"
+                # Dialed by name (the chain for TLS to an allowed literal when every name
+                # is allowed: no match tells TLS with an SNI from TLS without).
+                allow_all_literal = role(chain) == TLS_PASS and policy.allow_all
+                assert role(chain) == TLS_ALLOWED or allow_all_literal, where
+                assert _cluster(chain, name) == "dynamic_forward_proxy", where
 
 
 def test_a_connection_without_a_name_goes_only_to_an_allowed_literal(
@@ -219,7 +226,7 @@ def test_denied_literals_never_pass_through(case: tuple[Policy, Json]) -> None:
     policy, lst = case
     denied = [n for rule in policy.address_rules() for n in rule.networks]
     for chain in lst["filter_chains"]:
-        if _cluster(chain) != "original_dst":
+        if _cluster(chain) != "original_dst":  # without a name
             continue
         for prefix in chain["filter_chain_match"]["prefix_ranges"]:
             net = ipaddress.ip_network(f"{prefix['address_prefix']}/{prefix['prefix_len']}")
@@ -248,7 +255,7 @@ def test_server_names_are_never_empty_and_never_an_address(case: tuple[Policy, J
 def test_dialing_a_name_checks_its_address_first(case: tuple[Policy, Json]) -> None:
     policy, lst = case
     for chain in lst["filter_chains"]:
-        if role(chain) != TLS_ALLOWED:
+        if _cluster(chain, "a.test") != "dynamic_forward_proxy":
             continue
         names = [f["name"] for f in chain["filters"]]
         assert names[-4:] == ["envoy.filters.network.sni_dynamic_forward_proxy",
@@ -265,7 +272,7 @@ def test_dialing_a_name_checks_its_address_first(case: tuple[Policy, Json]) -> N
         port = chain["filter_chain_match"].get("destination_port")
         assert check["port_value"] == dial["port_value"] == (port or 443)
         if port is None:
-            (state,) = chain["filters"][0]["typed_config"]["on_new_connection"]
+            state, *_ = chain["filters"][0]["typed_config"]["on_new_connection"]
             assert state["object_key"] == "envoy.upstream.dynamic_port"
             assert state["format_string"]["text_format_source"]["inline_string"] == (
                 "%DOWNSTREAM_LOCAL_PORT%")
@@ -361,7 +368,7 @@ def test_chain_layout_per_policy_kind() -> None:
         "no_name"]
     learn = names(POLICIES["learn"])
     assert all(n.endswith("@any") for n in learn[:-1]) and learn[-1] == "no_name"
-    assert learn[:4] == ["literal_tls_denied_name@any", "literal_http@any", "literal_tls@any",
+    assert learn[:4] == ["literal_tls_denied_name@any", "literal_tls@any", "literal_http@any",
                          "literal_raw@any"]
     assert "private_address_tls_allowed@any" in learn
     every = names(POLICIES["allow_all_ports"])
