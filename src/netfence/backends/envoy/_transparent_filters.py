@@ -97,14 +97,26 @@ def dial_sni(policy: Policy, placement: Placement, port: int | None, no_sni: Rea
             "@type": SNI_DFP_TYPE,
             "dns_cache_config": dns_cache_config(placement.upstream_resolver),
             "port_value": port_value, "save_upstream_address": True}},
-        # Without an SNI nothing was resolved: no address, and none of its rules matches.
-        _net_rbac("transparent_address", rbac_policies(policy)),
+        _net_rbac("transparent_address", _address_rules(policy, pass_no_sni)),
         {"name": "netfence.sni_dial_view", "typed_config": {
             "@type": SNI_DFP_TYPE, "dns_cache_config": dial_cache_config(placement),
             "port_value": port_value}},
         _tcp_proxy(DFP_CLUSTER, wait_for_data=True),
     ]
     return filters
+
+
+def _address_rules(policy: Policy, sni_only: bool) -> dict[str, Json]:
+    """The egress' RBAC policies on the address the SNI resolved to. `sni_only`: for a
+    chain that also takes TLS without SNI, each applies only with an SNI: without one
+    nothing was resolved, and the upstream_ip_port matcher warns on every connection
+    that it finds no address (and_rules stops at the first rule that fails)."""
+    policies = rbac_policies(policy)
+    if not sni_only:
+        return policies
+    return {name: {**body, "permissions": [
+        {"and_rules": {"rules": [_SNI_PRESENT, *body["permissions"]]}}]}
+        for name, body in policies.items()}
 
 
 def http(policy: Policy, placement: Placement, port: int | None,
