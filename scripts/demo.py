@@ -1,4 +1,4 @@
-"""A fenced curl against the tests' simulated internet: one allowed request, three refused.
+"""A fenced curl against the tests' simulated internet: what gets through and what does not.
 
 The simulated internet (tests/support/fakenet.py) is a network namespace of its own with
 HTTP and DNS servers at 10.203.0.0/24; nothing leaves this machine.
@@ -15,12 +15,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.fakenet import fakenet
 
+# (title, command, whether it reaches the simulated internet: with Envoy, with Squid)
 CASES = (
-    ("allowed: a host on the allowlist", "curl -sS -m 5 http://allowed.test/demo", True),
-    ("denied: a host not on the allowlist", "curl -sS -m 5 http://other.test/", False),
-    ("denied: ignoring the proxy (no route out)",
-     "curl -sS -m 5 --noproxy '*' http://10.203.0.2/", False),
-    ("denied: a name resolving to the host itself", "curl -sS -m 5 http://hostaddr.test/", False),
+    ("allowed: a host on the allowlist", "curl -sS -m 5 http://allowed.test/demo",
+     (True, True)),
+    ("denied: a host not on the allowlist", "curl -sS -m 5 http://other.test/", (False, False)),
+    ("ignoring the proxy: decided by name all the same (Envoy; Squid has no such path)",
+     "curl -sS -m 5 --noproxy '*' http://allowed.test/demo", (True, False)),
+    ("denied: ignoring the proxy, to a host not on the allowlist",
+     "curl -sS -m 5 --noproxy '*' --resolve other.test:80:10.203.0.2 http://other.test/",
+     (False, False)),
+    ("denied: a name resolving to the host itself", "curl -sS -m 5 http://hostaddr.test/",
+     (False, False)),
 )
 
 
@@ -30,7 +36,8 @@ def main() -> int:
     args = parser.parse_args()
     failures = 0
     with fakenet(lifetime=300) as net:
-        for title, command, should_pass in CASES:
+        for title, command, expected in CASES:
+            should_pass = expected[0] if args.proxy == "envoy" else expected[1]
             argv = [sys.executable, "-m", "netfence", "run", "--proxy", args.proxy,
                     "--allow-host", "allowed.test", "--allow-host", "hostaddr.test",
                     "--dns-upstream", net.dns, "--allow-cidr", net.cidr,

@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.conformance.harness import connect_case, http_case
+from tests.conformance.harness import connect_case, direct_case, http_case
 from tests.conformance.reference import Case, Target
 
 CRLF = "\r\n"
@@ -350,3 +350,90 @@ def none_matrix(ca: Path) -> list[Case]:
     cases += [tunnel(f"none{i}t", h, ca=ca) for i, h in enumerate(
         ["allowed.test:443", "10.203.0.3:443", "[::1]:443"])]
     return cases
+
+
+# --- the transparent path -------------------------------------------------------------------
+
+# denied.test's server: a request the fence sent to the address the workload dialed, not to
+# the name it carries, is answered from here (and the judge sees that server).
+DECOY = "10.203.0.4"
+# An IPv6 address that is nobody's: the redirect lands it on the fence's ::1 listener.
+DECOY6 = "fd00::6"
+
+
+def direct_get(cid: str, host: str, *, to: tuple[str, int] = (DECOY, 80),
+               target: Target | str | None = "auto", form_ok: bool | None = None) -> Case:
+    """A request sent straight to `to`, ignoring the proxy, naming `host` in its Host
+    header: the fence must decide by the Host's name at the port dialed, and dial that."""
+    wire = direct_case(cid, to[0], to[1], req(f"GET /{cid} HTTP/1.1", f"Host: {host}",
+                                              "Connection: close"))
+    if target == "auto":
+        target = strict_target(host, to[1])
+        if target is not None and target.port != to[1]:
+            # A Host naming another port than the one dialed names no destination here.
+            target, form_ok = Target(target.host, to[1]), False
+    assert not isinstance(target, str)
+    ok = _well_formed(target, host) if form_ok is None else form_ok
+    return Case(cid, wire, [target], form_ok=ok)
+
+
+def direct_tls(cid: str, name: str | None, *, to: tuple[str, int] = (DECOY, 443),
+               ca: Path) -> Case:
+    """TLS straight to `to` with `name` as the SNI (none: no SNI, then the address dialed is
+    the destination), then a request inside: a denial closes the connection."""
+    host = name if name is not None else (f"[{to[0]}]" if ":" in to[0] else to[0])
+    wire = direct_case(cid, to[0], to[1], req(f"GET /{cid} HTTP/1.1", f"Host: {host}",
+                                              "Connection: close"),
+                       tls=True, tls_name=name, cafile=str(ca))
+    return Case(cid, wire, [Target(host, to[1])], closed_is_denial=True)
+
+
+def transparent_matrix(ca: Path, canary_port: int) -> list[Case]:
+    """Names, ports, addresses and literals through the transparent path, each sent to an
+    address that is not the name's own (DECOY, DECOY6)."""
+    hosts = ["allowed.test", "www.allowed.test", "other.test", "denied.test", "a.wild.test",
+             "wild.test", "evilwild.test", "allowed.test.other.test", "allowed.testx",
+             "ALLOWED.TEST", "Allowed.Test", "localhost", "x.localhost",
+             "host.docker.internal", "xn--bcher-kva.test", "xn--bcher-kva.other",
+             "nonexist.test", "loopback.test", "metadata.test", "hostaddr.test",
+             "private.test", "mixed.test", "mixed-first-denied.test", "mixed-private.test",
+             "mixed-host.test"]
+    cases: list[Case] = []
+    for i, host in enumerate(hosts):
+        cases.append(direct_get(f"tp-name{i}", host))
+        cases.append(direct_tls(f"tp-name{i}s", host.lower(), ca=ca))
+    for i, host in enumerate(["allowed.test", "other.test", "hostaddr.test", "loopback.test"]):
+        for port in (8080, 22, canary_port):
+            cases.append(direct_get(f"tp-port{i}p{port}", host, to=(DECOY, port)))
+    cases += [
+        # The Host names another port than the one dialed.
+        direct_get("tp-hostport0", "allowed.test:8080"),
+        direct_get("tp-hostport1", "allowed.test:80", to=(DECOY, 8080)),
+        # IPv6 destinations land on the fence too.
+        direct_get("tp-v6", "allowed.test", to=(DECOY6, 80)),
+        direct_tls("tp-v6s", "allowed.test", to=(DECOY6, 443), ca=ca),
+        direct_get("tp-v6other", "other.test", to=(DECOY6, 80)),
+        # Literals: a Host naming the address dialed, TLS without SNI, and names carried to
+        # an allowlisted literal's address.
+        direct_get("tp-lit0", "10.203.0.3", to=("10.203.0.3", 80)),
+        direct_get("tp-lit1", "10.203.0.2", to=("10.203.0.2", 80)),
+        direct_get("tp-lit2", "10.203.0.1", to=("10.203.0.1", 80)),
+        direct_get("tp-lit3", "[fd00::5]", to=("fd00::5", 80)),
+        direct_get("tp-lit4", "10.203.0.3", to=(DECOY, 80)),
+        direct_get("tp-lit5", "other.test", to=("10.203.0.3", 80)),
+        direct_get("tp-lit6", "10.203.0.1", to=("10.203.0.1", canary_port)),
+        direct_tls("tp-lit7", None, to=("10.203.0.3", 443), ca=ca),
+        direct_tls("tp-lit8", None, to=("10.203.0.2", 443), ca=ca),
+        direct_tls("tp-lit9", None, to=("10.203.0.1", canary_port), ca=ca),
+        direct_tls("tp-lit10", "other.test", to=("10.203.0.3", 443), ca=ca),
+        direct_tls("tp-lit11", "allowed.test", to=("10.203.0.3", 443), ca=ca),
+    ]
+    # Keep-alive: one connection, the Host switching between requests.
+    a, o = Target("allowed.test", 80), Target("other.test", 80)
+    switching = direct_case("tp-keepalive", DECOY, 80,
+                            req("GET /k1 HTTP/1.1", "Host: allowed.test"),
+                            req("GET /k2 HTTP/1.1", "Host: other.test"),
+                            req("GET /k3 HTTP/1.1", "Host: allowed.test", "Connection: close"))
+    cases.append(Case("tp-keepalive", switching, [a, o, a]))
+    return cases
+

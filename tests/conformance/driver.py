@@ -11,6 +11,8 @@ Case kinds:
 - connect: send `sends[0]` (a CONNECT); when answered 200, speak `tunnel` (an HTTP
   request, over TLS when `tls_name` is set) through the tunnel and read its response.
 - dial: a direct TCP connect or UDP exchange to `addr`:`port`, ignoring the proxy.
+- direct: as http, but to `addr`:`port` itself, ignoring the proxy (the transparent path);
+  over TLS when `tls` is set, sending `tls_name` as the SNI (none when it is null).
 Every operation is bounded by `timeout` seconds; reads are bounded in size.
 """
 
@@ -117,25 +119,38 @@ def method_of(data: bytes) -> str:
     return data.split(b" ", 1)[0].decode("latin-1")
 
 
-def run_http(case: dict[str, Any], deadline: float) -> dict[str, Any]:
+def run_http(case: dict[str, Any], deadline: float, to: tuple[str, int] = PROXY) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     error = None
-    sock = socket.create_connection(PROXY, timeout=5)
+    family = socket.AF_INET6 if ":" in to[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    channel: socket.socket = sock
     try:
-        reader = Reader(sock, deadline)
+        sock.settimeout(5)
+        sock.connect(to)
+        if case.get("tls"):
+            context = ssl.create_default_context(cafile=case.get("cafile"))
+            if case.get("tls_name") is None:  # no SNI: nothing to check the certificate by
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            channel = context.wrap_socket(sock, server_hostname=case.get("tls_name"))
+        reader = Reader(channel, deadline)
         for i, chunk in enumerate(case["sends"]):
             data = base64.b64decode(chunk)
-            sock.sendall(data)
+            channel.sendall(data)
             for _ in range(case.get("reads", [1] * len(case["sends"]))[i]):
                 results.append(read_response(reader, method_of(data)))
     except Closed:
         error = "closed"
     except TimeoutError:
         error = "timeout"
+    except ssl.SSLError as exc:
+        error = f"tls {exc.reason}"
     except OSError as exc:
         error = f"oserror {exc.errno}"
     finally:
-        sock.close()
+        channel.close()
     return {"responses": results, "error": error}
 
 
@@ -206,6 +221,8 @@ def main() -> None:
                 result = run_connect(case, deadline)
             elif kind == "dial":
                 result = run_dial(case, deadline)
+            elif kind == "direct":
+                result = run_http(case, deadline, (case["addr"], case["port"]))
             else:
                 result = run_http(case, deadline)
         except OSError as exc:

@@ -52,6 +52,16 @@ def connect_case(case_id: str, request: bytes, tunnel: bytes | None = None,
     return case
 
 
+def direct_case(case_id: str, addr: str, port: int, *requests: bytes,
+                tls: bool = False, tls_name: str | None = None, cafile: str | None = None,
+                timeout: float = 5.0) -> Case:
+    """Requests sent straight to addr:port (the transparent path), over TLS when `tls`,
+    with `tls_name` as the SNI (none when None); one response read after each."""
+    return {"id": case_id, "kind": "direct", "addr": addr, "port": port,
+            "sends": [b64(r) for r in requests], "reads": [1] * len(requests),
+            "tls": tls, "tls_name": tls_name, "cafile": cafile, "timeout": timeout}
+
+
 def dial_case(case_id: str, addr: str, port: int, *, udp: bool = False,
               payload: bytes = b"", timeout: float = 3.0) -> Case:
     return {"id": case_id, "kind": "dial", "addr": addr, "port": port, "udp": udp,

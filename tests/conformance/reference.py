@@ -68,6 +68,9 @@ class Case:
     # Responses after a denial on the same connection may go unanswered (a proxy may close
     # a connection after refusing a request).
     after_denial_may_close: bool = True
+    # A denial shows as a closed connection, with no reason (a TLS connection on the
+    # transparent path: the fence cannot answer inside a TLS session it does not end).
+    closed_is_denial: bool = False
 
 
 def legacy_ipv4(target: Target, policy: Policy, expected: Decision) -> bool:
@@ -125,6 +128,15 @@ def answers(host: str) -> tuple[str, ...]:
     if name == REBIND_NAME:
         return REBIND_ANSWERS
     return ANSWERS.get(name, ())
+
+
+# The ports the simulated internet serves on (tests/support/fakenet_server.py).
+SERVED_PORTS = frozenset({80, 443, 8080})
+
+
+def serves(target: Target) -> bool:
+    """Whether a server of the simulated internet answers at the target."""
+    return target.port in SERVED_PORTS and bool(destination_addresses(target.host))
 
 
 def destination_addresses(host: str) -> set[str]:
@@ -218,6 +230,11 @@ def judge(backend: str, policy: Policy, case: Case, index: int, seen: Observed,
         return Verdict(True, False, "", "closed after a denial")
     if expected is None:
         return Verdict(True, False, "", "malformed request refused")
+    if seen.outcome is Outcome.REJECTED and case.closed_is_denial:
+        if not expected.allowed:
+            return Verdict(True, False, "", "closed: a TLS denial has no words")
+        if not serves(target):
+            return Verdict(True, False, "", "closed: nothing answers there")
     if seen.outcome is Outcome.REJECTED:
         # A parser refusing what the policy cannot read as a host either, or a form
         # outside the grammar every backend must accept: a refusal dials nothing.

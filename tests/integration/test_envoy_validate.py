@@ -7,10 +7,12 @@ answers every A query with 127.0.0.1 (so no query ever leaves the machine).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
 import ipaddress
 import json
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -51,6 +53,7 @@ def make_placement(
     resolver_port: int = 5353,
     ingress: tuple[int, int] | None = None,
     netns: Path | None = None,
+    transparent: tuple[Endpoint, ...] = (),
 ) -> Placement:
     return Placement(
         state_dir=state_dir,
@@ -62,6 +65,7 @@ def make_placement(
         upstream_resolver=Endpoint(LOOPBACK, resolver_port),
         ingress_listen=Endpoint(LOOPBACK, ingress[0]) if ingress else None,
         ingress_upstream=Endpoint(LOOPBACK, ingress[1]) if ingress else None,
+        transparent_listen=transparent,
     )
 
 
@@ -131,6 +135,42 @@ def test_bootstrap_with_netns_listener_validates(proxy: EnvoyProxy, tmp_path: Pa
     (argv,) = proxy.validate_command(setup)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+NETNS = Path("/run/netns/netfence-test")
+# Where the namespace runtime lands redirected connections: both loopbacks of the workload's
+# namespace (IPv6 redirects land on ::1).
+TRANSPARENT = (Endpoint(LOOPBACK, 15001, NETNS), Endpoint("::1", 15001, NETNS))
+
+
+@pytest.mark.parametrize("learn", [False, True], ids=["enforce", "learn"])
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_transparent_bootstrap_validates(
+    proxy: EnvoyProxy, tmp_path: Path, name: str, learn: bool
+) -> None:
+    # Every kind of policy: allowlists with names, literals and ports, every name
+    # (insecure_allow_all), learn mode (every name and port), deny-all.
+    policy = compile_policy(parse_profile({"network": PROFILES[name]}, "test"),
+                            host_addresses=[ipaddress.ip_address("192.0.2.10")], learn=learn)
+    _validates(proxy, tmp_path, policy)
+
+
+def test_transparent_bootstrap_validates_for_any_port_allowlist(
+    proxy: EnvoyProxy, tmp_path: Path
+) -> None:
+    # Every port but not every name: no profile compiles to it, the listener handles it.
+    policy = profile_policy({"outbound": {"allow_host": ["a.test", "192.0.2.1", "10.0.0.1"]}})
+    _validates(proxy, tmp_path, dataclasses.replace(policy, any_port=True))
+
+
+def _validates(proxy: EnvoyProxy, tmp_path: Path, policy: Policy) -> None:
+    placement = make_placement(tmp_path / "state", netns=NETNS, transparent=TRANSPARENT)
+    setup = proxy.setup(policy, placement)
+    write_setup(setup, tmp_path / "state")
+    assert '"transparent"' in setup.files[0].content
+    (argv,) = proxy.validate_command(setup)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_validate_rejects_a_broken_bootstrap(proxy: EnvoyProxy, tmp_path: Path) -> None:
@@ -273,11 +313,14 @@ def start_envoy(
 ) -> Iterator[Callable[..., RunningEnvoy]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(policy: Policy, ingress_upstream: int | None = None) -> RunningEnvoy:
+    def start(policy: Policy, ingress_upstream: int | None = None,
+              transparent_port: int | None = None) -> RunningEnvoy:
         state = tmp_path / f"state{len(procs)}"
         ingress = (free_port(), ingress_upstream) if ingress_upstream else None
+        transparent = (Endpoint(LOOPBACK, transparent_port),) if transparent_port else ()
         placement = make_placement(
-            state, egress_port=free_port(), resolver_port=dns.port, ingress=ingress
+            state, egress_port=free_port(), resolver_port=dns.port, ingress=ingress,
+            transparent=transparent,
         )
         setup = proxy.setup(policy, placement)
         write_setup(setup, state)
@@ -285,7 +328,7 @@ def start_envoy(
         with spec.stdout.open("wb") as out, spec.stderr.open("wb") as err:
             proc = subprocess.Popen(spec.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         procs.append(proc)
-        for endpoint in spec.ready:
+        for endpoint in (*spec.ready, *transparent):
             _wait_listening(endpoint.port, proc, spec.stderr)
         return RunningEnvoy(proxy, setup, placement)
 
@@ -509,3 +552,53 @@ def test_two_envoys_run_side_by_side(
         assert status == 403 and "not_allowlisted" in body
         admin = envoy.setup.files[0].path.parent / "envoy-admin.sock"
         assert admin.is_socket() and (admin.stat().st_mode & 0o777) == 0o600
+
+
+def tls_refused(port: int, sni: str | None) -> None:
+    """A TLS handshake to a loopback port that the fence closes without a byte."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((LOOPBACK, port), timeout=5) as sock, \
+            pytest.raises((ssl.SSLError, ConnectionError)):
+        context.wrap_socket(sock, server_hostname=sni)
+
+
+def test_transparent_listener_decides_by_the_name_carried(
+    start_envoy: Callable[..., RunningEnvoy], dns: StubDns
+) -> None:
+    # Connections straight to the listener: their original destination is the listener's
+    # own address (127.0.0.1:port, an address no name or literal may reach), the port one
+    # the policy allows. The traffic the redirect brings is the namespace runtime's test.
+    port = free_port()
+    policy = profile_policy({"outbound": {"allow_host": ["allowed.test"], "allow_port": [port]}})
+    envoy = start_envoy(policy, transparent_port=port)
+    request = "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n"
+    status, body = http_via(port, request.format("other.test"))
+    assert status == 403 and body.endswith("--allow-host other.test\n"), body
+    status, body = http_via(port, request.format("allowed.test:1"))
+    assert status == 403 and "invalid_host" in body
+    status, body = http_via(port, request.format("allowed.test"))  # resolves to 127.0.0.1
+    assert status == 403 and "loopback_address 127.0.0.0/8" in body
+    for sni in ("other.test", "allowed.test", None):
+        tls_refused(port, sni)
+    with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+        sock.sendall(b"SSH-2.0-netfence-test\r\n")
+        # Closed unread: a reset.
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""
+    assert "other.test" not in dns.queries  # the name first, before anything resolves
+
+    # Every decision is one line of the one decision log, marked transparent.
+    records = envoy.records(lambda r: r.transparent, at_least=7)
+    got = sorted((r.method, r.host, r.port, r.reason, r.address) for r in records)
+    assert got == sorted([
+        ("GET", "other.test", port, "not_allowlisted", None),
+        ("GET", "allowed.test", port, "invalid_host", None),
+        ("GET", "allowed.test", port, "loopback_address", "127.0.0.0/8"),
+        ("TLS", "other.test", port, "not_allowlisted", None),
+        ("TLS", "allowed.test", port, "loopback_address", "127.0.0.0/8"),
+        ("TLS", LOOPBACK, port, "not_allowlisted", None),
+        ("TCP", LOOPBACK, port, "not_allowlisted", None),
+    ]), got
+    assert all(not r.allowed and r.upstream_ip is None for r in records)

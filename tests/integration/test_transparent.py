@@ -43,7 +43,7 @@ if (kind === 'fetch') {
 
 
 def fenced(proxy: str, net_args: list[str], fakenet: FakeNet, *command: str,
-           allow: tuple[str, ...] = ("allowed.test",), extra: tuple[str, ...] = (),
+           allow: tuple[str, ...] = (".allowed.test",), extra: tuple[str, ...] = (),
            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     args = ["run", "--proxy", proxy, *net_args, *extra,
             "--env", f"NODE_EXTRA_CA_CERTS={fakenet.ca_pem_path}",
@@ -86,10 +86,14 @@ def test_node_is_refused_everything_else(net_args: list[str], fakenet: FakeNet) 
     # Not allowlisted: the fence's DNS does not even answer the name.
     assert node("envoy", net_args, fakenet, "fetch", "http://other.test/") == \
         {"error": "ENOTFOUND"}
-    # A name resolving to a denied address, and a port the profile does not allow.
-    got = node("envoy", net_args, fakenet, "http", "http://loopback.test/",
-               allow=("loopback.test",))
+    # A name resolving to a denied address: the fence's DNS keeps the address from the
+    # workload, and naming it in a Host sent elsewhere gets the address stage's 403.
+    assert node("envoy", net_args, fakenet, "http", "http://loopback.test/",
+                allow=("loopback.test",)) == {"error": "ENOTFOUND"}
+    got = node("envoy", net_args, fakenet, "http", "http://10.203.0.2/",
+               {"headers": {"Host": "loopback.test"}}, allow=("loopback.test",))
     assert got["status"] == 403 and "loopback_address" in str(got["body"]), got
+    # A port the profile does not allow.
     got = node("envoy", net_args, fakenet, "http", "http://allowed.test:8080/")
     assert got["status"] == 403 and "port_not_allowed" in str(got["body"]), got
     assert "--allow-port 8080" in str(got["body"]), got

@@ -4,6 +4,7 @@ serves these configs in tests/integration)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -28,9 +29,15 @@ UPSTREAM_IP = (
 HOST_ADDRESS = ipaddress.ip_address("192.0.2.10")
 
 
+TRANSPARENT_PORT = 15001
+
+
 def placement(
-    *, ingress: bool = False, netns: Path | None = None, state: Path = STATE
+    *, ingress: bool = False, netns: Path | None = None, state: Path = STATE,
+    transparent: bool = False,
 ) -> Placement:
+    listen = (Endpoint("127.0.0.1", TRANSPARENT_PORT, netns),
+              Endpoint("::1", TRANSPARENT_PORT, netns))
     return Placement(
         state_dir=state,
         egress_listen=Endpoint("127.0.0.1", 3128, netns),
@@ -39,6 +46,7 @@ def placement(
         upstream_resolver=Endpoint("10.9.8.7", 5353),
         ingress_listen=Endpoint("127.0.0.1", 8080) if ingress else None,
         ingress_upstream=Endpoint("127.0.0.1", 9090) if ingress else None,
+        transparent_listen=listen if transparent else (),
     )
 
 
@@ -166,3 +174,55 @@ def rbac_reason(cfg: Json, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
         if any(permission_matches(p, ip) for p in body["permissions"]):
             return name.partition("@")[0]  # REASON@NETWORK
     return None
+
+
+# --- the transparent listener's filter-chain choice ---------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _networks(ranges: tuple[tuple[str, int], ...]) -> tuple[Any, ...]:
+    return tuple(ipaddress.ip_network(f"{a}/{n}") for a, n in ranges)
+
+
+def _prefix_match(chain: Json, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    """The length of the longest prefix of `chain` holding `ip` (-1: none; 0: any address)."""
+    ranges = chain["filter_chain_match"].get("prefix_ranges")
+    if not ranges:
+        return 0
+    nets = _networks(tuple((r["address_prefix"], r["prefix_len"]) for r in ranges))
+    return max((n.prefixlen for n in nets if ip in n), default=-1)
+
+
+def select_chain(listener_json: Json, ip: str, port: int, *, sni: str = "",
+                 transport: str = "raw_buffer", alpn: tuple[str, ...] = ()) -> Json:
+    """The filter chain Envoy gives a connection to ip:port, level by level, never going
+    back to a less specific level: destination port, then the longest destination prefix,
+    then server name (exact, `*.suffix` longest first, none), transport, application
+    protocol; the default chain when a level has nothing."""
+    address = ipaddress.ip_address(ip)
+    chains: list[Json] = listener_json["filter_chains"]
+    default: Json = listener_json["default_filter_chain"]
+    by_port = [c for c in chains if c["filter_chain_match"].get("destination_port") == port]
+    level = by_port or [c for c in chains if "destination_port" not in c["filter_chain_match"]]
+    best = max((_prefix_match(c, address) for c in level), default=-1)
+    if best < 0:
+        return default
+    level = [c for c in level if _prefix_match(c, address) == best]
+    names = [c for c in level if sni and sni in c["filter_chain_match"].get("server_names", [])]
+    labels = sni.split(".")
+    for i in range(1, len(labels)):
+        if names:
+            break
+        wildcard = "*." + ".".join(labels[i:])
+        names = [c for c in level if wildcard in c["filter_chain_match"].get("server_names", [])]
+    level = names or [c for c in level if "server_names" not in c["filter_chain_match"]]
+    exact = [c for c in level if c["filter_chain_match"].get("transport_protocol") == transport]
+    level = exact or [c for c in level if "transport_protocol" not in c["filter_chain_match"]]
+    protocols = [c for c in level if set(alpn) & set(
+        c["filter_chain_match"].get("application_protocols", []))]
+    level = protocols or [c for c in level
+                          if "application_protocols" not in c["filter_chain_match"]]
+    if not level:
+        return default
+    (chain,) = level  # two chains matching alike: Envoy refuses the config
+    return chain

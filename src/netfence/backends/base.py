@@ -136,6 +136,10 @@ class DecisionRecord:
     # knows only that. remedy: what would allow it (policy.decision.remedy_text).
     address: str | None = None
     remedy: str | None = None
+    # Decided on the transparent path (a connection the workload made to any address,
+    # redirected to the fence), not asked of the proxy. status is 0 there for a TLS or
+    # plain TCP connection: no HTTP response.
+    transparent: bool = False
 
     def log_entry(self, workload: str) -> dict[str, object]:
         """The decision log's JSON line: LOG_FIELDS first, then every other field."""

@@ -15,7 +15,15 @@ from typing import Any
 import click
 
 from netfence import __version__
-from netfence.backends import DNS_PORT, SUPPORTED, Endpoint, Placement, get_backend, write_setup
+from netfence.backends import (
+    DNS_PORT,
+    SUPPORTED,
+    DecisionRecord,
+    Endpoint,
+    Placement,
+    get_backend,
+    write_setup,
+)
 from netfence.backends.dnsmasq import dns_setup
 from netfence.cli import output
 from netfence.cli.doctor import doctor_checks
@@ -209,13 +217,20 @@ def logs(name: str, follow: bool, denied: bool, as_json: bool, runtime: str | No
         if as_json:
             output.print_json(record.log_entry(name))
         else:
-            verdict = "allow" if record.allowed else "deny "
-            reason = f"{record.reason} {record.address}" if record.address else record.reason
-            remedy = f"; to allow: {record.remedy}" if record.remedy else ""
-            output.out.print(
-                f"{record.time} {verdict} {record.method} {record.host}:{record.port} "
-                f"{record.status} {reason} up={record.bytes_up} "
-                f"down={record.bytes_down} {record.duration_ms}ms{remedy}", markup=False)
+            output.out.print(decision_line(record), markup=False)
+
+
+def decision_line(record: DecisionRecord) -> str:
+    """A decision as one line of text; the remedy, where there is one, ends it."""
+    verdict = "allow" if record.allowed else "deny "
+    reason = f"{record.reason} {record.address}" if record.address else record.reason
+    remedy = f"; to allow: {record.remedy}" if record.remedy else ""
+    # A TLS or plain TCP connection on the transparent path gets no HTTP status.
+    status = "-" if record.transparent and not record.status else record.status
+    path = " transparent" if record.transparent else ""
+    return (f"{record.time} {verdict} {record.method} {record.host}:{record.port} "
+            f"{status} {reason} up={record.bytes_up} "
+            f"down={record.bytes_down} {record.duration_ms}ms{path}{remedy}")
 
 
 def _split_target(target: str) -> tuple[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 import subprocess
@@ -111,3 +112,20 @@ def test_without_root_one_line_and_exit_2(command: tuple[str, ...]) -> None:
     assert done.returncode == 2, done.stderr
     line = _one_line_error(done.stderr)
     assert "root" in line and "sudo" in line
+
+
+def test_a_decision_line_says_transparent_and_ends_with_the_remedy() -> None:
+    from netfence.backends import DecisionRecord
+    from netfence.cli.main import decision_line
+
+    record = DecisionRecord(time="2026-12-06T01:07:23Z", method="TLS", host="other.test",
+                            port=443, allowed=False, reason="not_allowlisted", status=0,
+                            duration_ms=1, remedy="pass --allow-host other.test",
+                            transparent=True)
+    assert decision_line(record) == (
+        "2026-12-06T01:07:23Z deny  TLS other.test:443 - not_allowlisted up=0 down=0 1ms "
+        "transparent; to allow: pass --allow-host other.test")
+    proxied = dataclasses.replace(record, method="CONNECT", status=403, transparent=False)
+    assert decision_line(proxied) == (
+        "2026-12-06T01:07:23Z deny  CONNECT other.test:443 403 not_allowlisted up=0 down=0 "
+        "1ms; to allow: pass --allow-host other.test")

@@ -8,9 +8,14 @@ The bootstrap is protobuf-JSON. Egress decides in the order Policy.decide does:
    address, and an RBAC DENY filter placed after it matches that address with the
    `upstream_ip_port` matcher (`destination_ip` would match the listener's own address).
 Route and RBAC policy names are policy.Reason values, so the access log carries the reason.
+The transparent listener decides connections redirected to it the same way, by the name
+they carry (TLS SNI, HTTP Host).
 
 One module per concern: _routes (the name and port stages), _rbac (the address stage),
 _replies (the 403 bodies), _listeners (listeners, filter chains, DNS views, clusters),
+_transparent (the transparent listener's chain layout) with _transparent_filters (their
+filters), _destinations (which addresses a connection without a name may reach) and
+_chains (what the chains' names say),
 _bootstrap (assembly), _log (the access-log formats with their parser), _names (what
 they share).
 """
@@ -65,6 +70,7 @@ class EnvoyProxy(NetworkProxy):
 
     name = "envoy"
     listens_in_netns = True
+    transparent = True
 
     def __init__(self, envoy_path: str | None = None) -> None:
         self._envoy_path = envoy_path
@@ -79,6 +85,7 @@ class EnvoyProxy(NetworkProxy):
         state = placement.state_dir
         config_path = state / BOOTSTRAP_NAME
         content = json.dumps(bootstrap(policy, placement), indent=1, sort_keys=False) + "\n"
+        # Not the transparent listener: a probe's connection would be a decision (refused).
         ready: tuple[Endpoint, ...] = (placement.egress_listen,)
         if placement.ingress_listen is not None:
             ready += (placement.ingress_listen,)

@@ -90,7 +90,7 @@ def dns_cache_config(resolver: Endpoint, name: str = DNS_CACHE_NAME) -> Json:
 # --- the HTTP connection manager -------------------------------------------------------
 
 
-def _streaming_hcm(name: str, virtual_hosts: list[Json], http_filters: list[Json]) -> Json:
+def streaming_hcm(name: str, virtual_hosts: list[Json], http_filters: list[Json]) -> Json:
     """HCM settings every listener shares: long-lived streams, HTTP/1.0 clients, virtual
     hosts chosen by the host alone (a route checks the port)."""
     route_config = {
@@ -128,7 +128,9 @@ def _listener(name: str, endpoint: Endpoint, hcm: Json) -> Json:
 # --- egress ----------------------------------------------------------------------------
 
 
-def egress_filters(policy: Policy, placement: Placement) -> list[Json]:
+def egress_filters(
+    policy: Policy, placement: Placement, *, host_from_filter_state: bool = False
+) -> list[Json]:
     """DFP (check view) -> RBAC -> mark checked -> DFP (dial view) -> router.
 
     The check view resolves the name at the upstream resolver and saves the first
@@ -139,7 +141,10 @@ def egress_filters(policy: Policy, placement: Placement) -> list[Json]:
     eyeballs fell back to 127.0.0.1 when the first did not answer: every address Envoy
     may dial must be checked, and Envoy 1.40 offers no way to dial only the checked one.
     IP literals resolve to themselves in both views, so RBAC decides those alone.
+    host_from_filter_state: both DFP filters take the host and port from the filter state
+    when set there (the transparent listener sets the port the client dialed).
     """
+    from_state = {"allow_dynamic_host_from_filter_state": True} if host_from_filter_state else {}
     mark = {
         "object_key": CHECKED_KEY,
         "factory_key": "envoy.string",
@@ -153,6 +158,7 @@ def egress_filters(policy: Policy, placement: Placement) -> list[Json]:
                 "dns_cache_config": dns_cache_config(placement.upstream_resolver),
                 # RBAC below decides on this saved address.
                 "save_upstream_address": True,
+                **from_state,
             },
         },
         {
@@ -171,6 +177,7 @@ def egress_filters(policy: Policy, placement: Placement) -> list[Json]:
             "typed_config": {
                 "@type": DFP_FILTER_TYPE,
                 "dns_cache_config": dial_cache_config(placement),
+                **from_state,
             },
         },
         {
@@ -183,7 +190,7 @@ def egress_filters(policy: Policy, placement: Placement) -> list[Json]:
 
 def egress_listener(policy: Policy, placement: Placement) -> Json:
     filters = egress_filters(policy, placement)
-    hcm = _streaming_hcm("egress", egress_virtual_hosts(policy), filters)
+    hcm = streaming_hcm("egress", egress_virtual_hosts(policy), filters)
     hcm.update(
         {
             # WebSocket too: a plain http:// request to an allowed destination may upgrade.
@@ -230,7 +237,7 @@ def ingress_listener(policy: Policy, listen: Endpoint, state_dir: Path) -> Json:
     filters: list[Json] = [
         {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
     ]
-    hcm = _streaming_hcm("ingress", ingress_virtual_hosts(policy), filters)
+    hcm = streaming_hcm("ingress", ingress_virtual_hosts(policy), filters)
     hcm["access_log"] = [access_log(state_dir / INGRESS_LOG_NAME, INGRESS_LOG_FORMAT)]
     return _listener("ingress", listen, hcm)
 

@@ -1,5 +1,6 @@
 """The access logs: their formats, the details a denial leaves in them, and the parser
-that reads an egress line back as a DecisionRecord (so format and parser change together).
+that reads an egress or transparent line back as a DecisionRecord (so format and parser
+change together).
 """
 
 from __future__ import annotations
@@ -9,6 +10,14 @@ import re
 from pathlib import Path
 
 from netfence.backends.base import DecisionRecord
+from netfence.backends.envoy._chains import (
+    HTTP_ROLES,
+    TLS_ALLOWED,
+    TLS_PASS,
+    is_tls,
+    refusal_reason,
+    split_chain_name,
+)
 from netfence.backends.envoy._names import (
     CHECKED_KEY,
     FILE_LOG_TYPE,
@@ -16,7 +25,7 @@ from netfence.backends.envoy._names import (
     ROUTE_DENY_REASONS,
     Json,
 )
-from netfence.policy import Reason
+from netfence.policy import ADDRESS_CLASS_ORDER, Reason
 from netfence.policy.decision import remedy_text
 from netfence.profile import split_host_port
 
@@ -53,6 +62,30 @@ EGRESS_LOG_FORMAT: Json = {
 }
 # The egress log's "type" of the line written when a CONNECT tunnel opens.
 TUNNEL_ESTABLISHED_LOG_TYPE = "DownstreamTunnelSuccessfullyEstablished"
+# The transparent listener logs to the egress log too: one file in time order. Its HTTP
+# chains log each request like the egress (plus the dialed address and the chain), and the
+# listener logs each connection, also one that no chain took.
+TRANSPARENT_HTTP_LOG_FORMAT: Json = {
+    **EGRESS_LOG_FORMAT,
+    "log": "netfence-transparent-http",
+    # After the original_dst listener filter, the local address is the one the client dialed.
+    "original_dst": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "chain": "%FILTER_CHAIN_NAME%",
+}
+TRANSPARENT_LOG_FORMAT: Json = {
+    "log": "netfence-transparent",
+    "time": "%START_TIME%",
+    "chain": "%FILTER_CHAIN_NAME%",
+    "sni": "%REQUESTED_SERVER_NAME%",
+    "original_dst": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "flags": "%RESPONSE_FLAGS%",
+    # A network RBAC denial names its policy here (its dynamic metadata stays empty).
+    "details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+}
 INGRESS_LOG_FORMAT: Json = {
     "log": "netfence-ingress",
     "time": "%START_TIME%",
@@ -81,19 +114,36 @@ def access_log(path: Path, fields: Json) -> Json:
 
 
 def parse_decision(line: str) -> DecisionRecord | None:
-    """One line of the egress access log as a record; None for any other line."""
+    """One decision-log line (egress or transparent) as a record; None for any other line."""
     try:
         entry = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(entry, dict) or entry.get("log") != EGRESS_LOG_FORMAT["log"]:
+    if not isinstance(entry, dict):
+        return None
+    kind = entry.get("log")
+    if kind == TRANSPARENT_LOG_FORMAT["log"]:
+        return _connection_record(entry)
+    if kind == TRANSPARENT_HTTP_LOG_FORMAT["log"]:
+        return _request_record(entry, _split_address(_as_text(entry.get("original_dst"))))
+    if kind != EGRESS_LOG_FORMAT["log"]:
         return None
     # A CONNECT is logged when its tunnel opens and again when it ends; the decision
     # log has one line per request (as Squid's), the final one, with the byte counts.
     if entry.get("type") == TUNNEL_ESTABLISHED_LOG_TYPE:
         return None
+    return _request_record(entry)
+
+
+def _request_record(entry: Json, dialed: tuple[str, int | None] | None = None
+                    ) -> DecisionRecord:
+    """An HTTP request's record. `dialed`: the address a transparent request was sent to;
+    its port is the request's (the Host may omit it), its address the host of a request
+    without a Host."""
     method = _as_text(entry.get("method"))
     host, port = _split_authority(_as_text(entry.get("authority")), method)
+    if dialed is not None:
+        host, port = host or dialed[0], dialed[1]
     status = _as_int(entry.get("status"))
     details = _as_text(entry.get("details"))
     route = _as_text(entry.get("route"))
@@ -114,6 +164,49 @@ def parse_decision(line: str) -> DecisionRecord | None:
         reason = Reason.INVALID_HOST.value
     else:
         reason = Reason.ALLOWED.value
+    return _record(entry, method, host, port, reason, address, status,
+                   transparent=dialed is not None)
+
+
+# Response flags of a connection the DFP cluster could not dial: no host resolved.
+_UNRESOLVED_FLAGS = frozenset({"UH", "DF"})
+_ADDRESS_REASONS = frozenset(r.value for r in ADDRESS_CLASS_ORDER)
+
+
+def _connection_record(entry: Json) -> DecisionRecord | None:
+    """A transparent connection's record (TLS or plain TCP), from its listener line; None
+    for the line of an HTTP chain (its request lines carry the decisions) and for a
+    connection that ended before any chain took it."""
+    chain = split_chain_name(_as_text(entry.get("chain")))
+    if chain is None or chain[1] in HTTP_ROLES:
+        return None
+    scope, role = chain
+    ip, port = _split_address(_as_text(entry.get("original_dst")))
+    sni = _as_text(entry.get("sni")).lower()
+    details = _as_text(entry.get("details"))
+    matched = _RBAC_DETAIL.match(details)
+    fixed = refusal_reason(scope, role, named=bool(sni))
+    address: str | None = None
+    if matched:
+        reason, address = matched.group(1), matched.group(2)
+    elif fixed is not None:
+        reason = fixed.value
+    elif ((role == TLS_ALLOWED or (role == TLS_PASS and sni))
+          and not _as_text(entry.get("upstream_host"))
+          and _UNRESOLVED_FLAGS & set(_as_text(entry.get("flags")).split(","))):
+        # The dial view refused the name's answer (it holds a denied address). A name
+        # that does not resolve at all looks the same here: TLS carries no detail of it.
+        reason = Reason.DENIED_ADDRESS_IN_ANSWER.value
+    else:
+        reason = Reason.ALLOWED.value
+    if reason in _ADDRESS_REASONS and address is None:
+        address = ip  # refused by the dialed address alone: that address
+    method = "TLS" if is_tls(role) else "TCP"
+    return _record(entry, method, sni or ip, port, reason, address, 0, transparent=True)
+
+
+def _record(entry: Json, method: str, host: str, port: int | None, reason: str,
+            address: str | None, status: int, *, transparent: bool) -> DecisionRecord:
     remedy = None
     if reason in _REASON_VALUES:
         remedy = remedy_text(Reason(reason), host, "-" if port is None else port, address)
@@ -133,7 +226,14 @@ def parse_decision(line: str) -> DecisionRecord | None:
         duration_ms=_as_int(entry.get("duration_ms")),
         address=address,
         remedy=remedy,
+        transparent=transparent,
     )
+
+
+def _split_address(address: str) -> tuple[str, int | None]:
+    """A logged IP:PORT or [IPv6]:PORT as its address and port."""
+    host, port = _split_authority(address, "CONNECT")
+    return host, port
 
 
 def _split_authority(authority: str, method: str) -> tuple[str, int | None]:

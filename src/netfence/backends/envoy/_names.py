@@ -46,3 +46,12 @@ FILE_LOG_TYPE = _T + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 CONN_LIMIT_TYPE = (
     _T + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
+# The transparent listener's listener filters and network filters.
+ORIGINAL_DST_FILTER_TYPE = _T + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+TLS_INSPECTOR_TYPE = _T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+HTTP_INSPECTOR_TYPE = _T + "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+SNI_DFP_TYPE = _T + "envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig"
+NET_RBAC_TYPE = _T + "envoy.extensions.filters.network.rbac.v3.RBAC"
+NET_SET_FILTER_STATE_TYPE = _T + "envoy.extensions.filters.network.set_filter_state.v3.Config"
+TCP_PROXY_TYPE = _T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+DIRECT_RESPONSE_TYPE = _T + "envoy.extensions.filters.network.direct_response.v3.Config"

@@ -3,6 +3,7 @@
 Egress: denied names, then the allowlist (exact and `*.suffix` domains: flat to 100,000
 names, unlike a regex), then a catch-all 403; on an allowed host, the port by an
 `:authority` matcher. Route names are policy.Reason values (the access log's reason).
+The transparent listener's HTTP chains: the same stages, the port being the dialed one.
 Ingress: the inbound hosts, then a catch-all 403.
 """
 
@@ -240,6 +241,45 @@ def egress_virtual_hosts(policy: Policy) -> list[Json]:
                        *_forbidden(Reason.NOT_ALLOWLISTED.value)],
         }
     )
+    return vhosts
+
+
+def transparent_virtual_hosts(policy: Policy, port: int | None, port_allowed: bool) -> list[Json]:
+    """The name and port stages of a transparent HTTP chain, by the Host header.
+
+    The filter chain already matched the port the client dialed: `port` (None on a
+    port-agnostic chain: any port) and whether the policy allows it. The dial goes to the
+    dialed port, so on a per-port chain a Host naming another port is refused
+    (invalid_host): otherwise the DFP would dial the Host's port, which no chain checked.
+    No https:// or CONNECT route: a client talking to its server sends neither. IP
+    literals match by their canonical text (in `domains`); other spellings are refused.
+    """
+    if port_allowed:
+        match: Json = {"prefix": "/"}
+        if port is not None:
+            match["headers"] = [_authority_matcher(authority_regex([port], default_port=port))]
+        allowed = [{"name": Reason.ALLOWED.value, "match": match, "route": _forward(DFP_CLUSTER)},
+                   *_forbidden(Reason.INVALID_HOST.value)]
+    else:
+        allowed = _forbidden(Reason.PORT_NOT_ALLOWED.value)
+    vhosts: list[Json] = [{
+        "name": Reason.DENIED_NAME.value,
+        "domains": denied_domains(),
+        "routes": [*_invalid_host_routes(), *_forbidden(Reason.DENIED_NAME.value)],
+    }]
+    if policy.allow_all:
+        routes = [*_invalid_host_routes(), *_legacy_literal_routes(), *allowed]
+        vhosts.append({"name": "allowed", "domains": ["*"], "routes": routes})
+        return vhosts
+    domains = allowed_domains(policy)
+    if domains:
+        vhosts.append({"name": "allowed", "domains": domains,
+                       "routes": [*_invalid_host_routes(), *allowed]})
+    vhosts.append({
+        "name": Reason.NOT_ALLOWLISTED.value,
+        "domains": ["*"],
+        "routes": [*_invalid_host_routes(), *_forbidden(Reason.NOT_ALLOWLISTED.value)],
+    })
     return vhosts
 
 
