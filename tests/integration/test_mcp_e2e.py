@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -385,3 +387,66 @@ class TestContainerRuntime:
                              tmp_path: Path) -> None:
         with serving(proxy, fakenet, in_containers, "streamable-http", tmp_path) as served:
             streamable_http_session(served)
+
+
+# --- a published Node MCP server (Node's fetch ignores the proxy variables) ---------------
+
+NODE_PACKAGES = Path(__file__).resolve().parents[1] / "support" / "node" / "node_modules"
+NODE_SERVER = Path("@tokenizin", "mcp-npx-fetch", "dist", "index.js")
+
+
+@pytest.fixture(scope="module")
+def node_server(fakenet: FakeNet) -> Iterator[Path]:
+    """The published server's installation, copied where the workload's user can read it
+    (the checkout may sit in a home it cannot enter)."""
+    if not (NODE_PACKAGES / NODE_SERVER).is_file():
+        pytest.fail(f"{NODE_PACKAGES} is not installed: run scripts/install")
+    with tempfile_dir() as work:
+        copy = work / "node_modules"
+        shutil.copytree(NODE_PACKAGES, copy, symlinks=True)
+        yield copy / NODE_SERVER
+
+
+@contextmanager
+def tempfile_dir() -> Iterator[Path]:
+    work = Path(tempfile.mkdtemp(prefix="nf-node-mcp-"))
+    try:
+        work.chmod(0o755)
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_published_node_server_fetches_through_the_fence(
+        proxy: str, fakenet: FakeNet, node_server: Path, tmp_path: Path) -> None:
+    root = node_server.parents[len(NODE_SERVER.parts) - 1]
+    params = StdioServerParameters(command=sys.executable, args=[
+        "-m", "netfence", "run", "--proxy", proxy, "--dns-upstream", fakenet.dns,
+        "--allow-cidr", fakenet.cidr, "--allow-host", "allowed.test", "--user", "nobody",
+        "--read", str(root), "--read", str(fakenet.ca_pem_path),
+        "--env", f"NODE_EXTRA_CA_CERTS={fakenet.ca_pem_path}", "--",
+        "node", str(node_server)])
+
+    async def session(errlog: Any) -> None:
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            tools = {tool.name for tool in (await client.list_tools()).tools}
+            assert "fetch_html" in tools, tools
+            page = await client.call_tool("fetch_html", {"url": ALLOWED_URL})
+            if proxy == "squid":
+                # Squid has no transparent path, and Node's fetch ignores the proxy.
+                assert page.is_error, text_of(page)
+                return
+            assert not page.is_error, text_of(page)
+            assert "fakenet ok host=allowed.test path=/page" in text_of(page)
+            tls = await client.call_tool("fetch_html", {"url": "https://allowed.test/tls"})
+            assert "fakenet ok host=allowed.test path=/tls" in text_of(tls), text_of(tls)
+            denied = await client.call_tool("fetch_html", {"url": DENIED_URL})
+            assert denied.is_error, text_of(denied)
+            port = await client.call_tool("fetch_html", {"url": "http://allowed.test:8080/"})
+            assert port.is_error and "403" in text_of(port), text_of(port)
+
+    errlog_path = tmp_path / "stderr.log"
+    with errlog_path.open("w+") as errlog:
+        run_async(session(errlog))
+    stderr = errlog_path.read_text()
+    assert "Error" not in stderr, stderr
