@@ -16,6 +16,13 @@ reads the original destination from the conntrack of its own namespace. Both nam
 belong to the engine's (the host's) user namespace; the workload, with no capability,
 cannot change them. netfence enters them with the host's `nsenter`, `ip` and `nft`: root
 only, and only when the engine runs on this host, which the namespace's addresses prove.
+
+The redirected packets cross the internal bridge with foreign destinations, so where
+br_netfilter is loaded they pass the host's FORWARD chain. Netavark (Podman) adds no rule
+for an internal network there (checked with Podman 4.3 and netavark 1.4). Docker Engine,
+by moby's documentation, drops packets leaving an internal network for an address outside
+its subnet (DOCKER-ISOLATION-STAGE-1); not exercised here: there the connections would be
+dropped (fail-closed) unless DOCKER-USER accepts the bridge's own traffic.
 """
 
 from __future__ import annotations
