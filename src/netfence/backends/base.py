@@ -91,6 +91,9 @@ class ProcessSpec:
     # The signal that ends the process promptly and cleanly (Squid: SIGINT skips the
     # shutdown_lifetime wait that SIGTERM grants open connections).
     stop_signal: int = signal.SIGTERM
+    # How long after its stop signal the process still does anything that matters (its
+    # log complete); then it may be killed. None: as long as it takes it to exit.
+    stop_grace: float | None = None
     # The part of the fence it is: "egress" (Envoy's process also serves ingress),
     # "ingress" or "dns". Runtimes that run each process apart (containers) name and order
     # them by it: the ingress needs the workload started, the others must precede it.

@@ -70,6 +70,11 @@ _INVALID_PAGES = frozenset(
      "ERR_UNSUP_HTTPVERSION"}
 )
 # The wrapper runs as root: it gives the page directory to the proxy user and enters it.
+# Squid logs each transaction as it ends, unbuffered; yet after SIGINT it waits a second
+# for nothing, then one more tick of its event loop, before it exits (about 2 s). Once
+# the workload is gone and its connections closed, what is still to be logged is written
+# in well under this.
+SHUTDOWN_GRACE = 0.3
 _WRAPPER = 'chown "$1" "$2" && cd "$2" && shift 2 && exec "$@"'
 # Long enough for SSE and streamable-HTTP streams that stay quiet for hours.
 _STREAM_TIMEOUTS = (
@@ -395,7 +400,7 @@ def _process(placement: Placement, role: str, conf: Path, pages: Path,
     # The wrapper hands the error pages to the proxy user and enters them (so passes their
     # 0700 as root), then Squid drops to that user.
     spec = ProcessSpec(f"squid-{role}", argv, (ready,), stdout, stderr,
-                       stop_signal=signal.SIGINT, role=role,
+                       stop_signal=signal.SIGINT, stop_grace=SHUTDOWN_GRACE, role=role,
                        capabilities=("CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID",
                                      "NET_BIND_SERVICE"))
     return spec, logs

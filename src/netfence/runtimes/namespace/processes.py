@@ -68,10 +68,11 @@ def stop_all(started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]],
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(spec.stop_signal)
-    deadline = time.monotonic() + grace
-    for _, proc in started:
+    begun = time.monotonic()
+    for spec, proc in started:
+        own = grace if spec.stop_grace is None else min(grace, spec.stop_grace)
         try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
+            proc.wait(max(0.0, begun + own - time.monotonic()))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -144,7 +144,7 @@ class NamespaceFence(Fence):
         self.setup = self.backend.setup(policy, placement) + dns_setup(policy, placement)
         write_setup(self.setup, self.state_dir)
         started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
-        self.undo.callback(processes.stop_all, started)
+        self.undo.callback(_stop_fence, relays, started)
         for proc_spec in self.setup.processes:
             self.signals.check()
             log.info("starting %s", proc_spec.name)
@@ -213,6 +213,14 @@ class NamespaceFence(Fence):
 
     def close(self) -> None:
         self.undo.close()
+
+
+def _stop_fence(relays: Relays,
+                started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]]) -> None:
+    # The connections relayed to the proxies end first, so that their log lines are
+    # written while the proxies still run (Squid is killed soon after its stop signal).
+    relays.close()
+    processes.stop_all(started)
 
 
 def _free_port() -> int:

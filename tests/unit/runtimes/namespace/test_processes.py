@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import socket
 import sys
@@ -101,3 +102,22 @@ def test_a_missing_program_is_one_line(tmp_path: Path) -> None:
     spec = ProcessSpec("dnsmasq", ("/nonexistent/dnsmasq",), (), tmp_path / "o", tmp_path / "e")
     with pytest.raises(NetfenceError, match="dnsmasq: /nonexistent/dnsmasq is not installed"):
         processes.start(spec)
+
+
+SLOW_EXIT = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(0)))\n"
+             "print('ready', flush=True)\ntime.sleep(60)")
+
+
+@pytest.mark.parametrize(("stop_grace", "code"), [(None, 0), (0.2, -signal.SIGKILL)])
+def test_a_process_may_declare_when_it_can_be_killed(tmp_path: Path, stop_grace: float | None,
+                                                     code: int) -> None:
+    # Exits cleanly a second after SIGTERM: waited for, unless it declared that nothing it
+    # does after 0.2 s matters.
+    spec = dataclasses.replace(_spec(tmp_path, SLOW_EXIT, _free_port()), stop_grace=stop_grace)
+    proc = processes.start(spec)
+    deadline = time.monotonic() + 10
+    while b"ready" not in spec.stdout.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    processes.stop_all([(spec, proc)])
+    assert proc.returncode == code

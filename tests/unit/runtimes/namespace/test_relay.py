@@ -93,3 +93,12 @@ def test_close_releases_the_listening_ports() -> None:
         again.bind((LOOPBACK, at.port))  # free again
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((LOOPBACK, at.port), timeout=5)
+
+
+def test_close_twice_is_harmless() -> None:
+    # The teardown closes the relays before stopping the proxies, and again on its way out.
+    relays = Relays()
+    relays.tcp(Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, 9))
+    relays.start()
+    relays.close()
+    relays.close()
