@@ -17,7 +17,6 @@ then the address.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,6 +48,7 @@ from netfence.backends.envoy._names import (
 from netfence.backends.envoy._routes import allowed_domains, denied_domains
 from netfence.policy import Policy, Reason
 from netfence.policy.denied import IPNetwork
+from netfence.profile.hosts import parse_ip
 
 LISTENER_NAME = "transparent"
 # A server-speaks-first protocol sends nothing to inspect: after this it is plain TCP.
@@ -109,7 +109,7 @@ class _Layout:
         # The allowed names as server_names (an SNI never holds an IP literal). Unused
         # when every name is allowed: server_names cannot say "any".
         self.sni_names = [d for d in allowed_domains(policy)
-                          if not d.startswith("[") and not _is_ip(d)]
+                          if parse_ip(d) is None]
 
     def chains(self) -> list[Json]:
         """Per allowed port its complete set, then the chains of every other port; or one
@@ -215,13 +215,6 @@ class _Layout:
                 out.append(scope.chain(NO_NAME, filters.refuse(), **_RAW))
         return out
 
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def transparent_listener(policy: Policy, placement: Placement) -> Json:

@@ -25,6 +25,7 @@ from netfence.backends.envoy._chains import (
 from netfence.backends.envoy._log import RBAC_DETAIL_FORMAT, parse_decision
 from netfence.backends.envoy._rbac import rbac_policies
 from netfence.policy import Policy, Reason, compile_policy
+from netfence.profile.hosts import parse_ip
 from netfence.profile.loader import parse_profile
 from tests.support.envoy_config import (
     ENVOY,
@@ -187,23 +188,16 @@ def _http_reason(chain: Json, host: str, authority: str) -> str:
     route = select_route(select_vhost(hcm["route_config"]["virtual_hosts"], host), "GET",
                          authority)
     name: str = route["name"]
-    if name != Reason.ALLOWED.value or not _is_ip(host.strip("[]")):
+    ip = parse_ip(host)
+    if name != Reason.ALLOWED.value or ip is None:
         return name
     # An allowed IP literal: the address stage (RBAC on the DFP's address: the literal).
-    ip = ipaddress.ip_address(host.strip("[]"))
     (rbac,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
     for policy_name, body in sorted(rbac["typed_config"]["rules"]["policies"].items()):
         if any(permission_matches(p, ip) for p in body["permissions"]):
             return policy_name.partition("@")[0]
     return name
 
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def test_plain_http_is_decided_by_the_host_at_the_dialed_port(case: tuple[Policy, Json]) -> None:
@@ -249,7 +243,7 @@ def test_server_names_are_never_empty_and_never_an_address(case: tuple[Policy, J
     for chain in lst["filter_chains"]:
         names = chain["filter_chain_match"].get("server_names")
         if names is not None:
-            assert names and not any(_is_ip(n.strip("[]")) for n in names), chain["name"]
+            assert names and not any(parse_ip(n) for n in names), chain["name"]
 
 
 def test_dialing_a_name_checks_its_address_first(case: tuple[Policy, Json]) -> None:
