@@ -30,23 +30,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from netfence.backends import DNS_PORT
-from netfence.errors import NetfenceError
 from netfence.runtimes.docker.networks import AddressPlan
+from netfence.runtimes.netfilter import NAT_PRIORITY, run_in
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
-# nft 1.0.6 (Debian 12) refuses the symbolic `dstnat` priority for an inet nat chain on
-# the output hook; numbers work everywhere.
-_NAT_PRIORITY = -100
-_REMEDIES = {"nsenter": "apt-get install util-linux", "ip": "apt-get install iproute2",
-             "nft": "apt-get install nftables"}
 
 
 def workload_ruleset(plan: AddressPlan, transparent: bool) -> str:
@@ -56,7 +50,7 @@ def workload_ruleset(plan: AddressPlan, transparent: bool) -> str:
     return f"""\
 table inet netfence {{
   chain nat_out {{
-    type nat hook output priority {_NAT_PRIORITY}; policy accept;
+    type nat hook output priority {NAT_PRIORITY}; policy accept;
     meta l4proto {{ tcp, udp }} th dport {DNS_PORT} dnat ip to {plan.dns}:{DNS_PORT}
   }}
   chain filter_out {{
@@ -85,7 +79,7 @@ def egress_ruleset(interface: str, plan: AddressPlan, transparent_port: int | No
     """The egress container's nftables rules (nft -f syntax)."""
     redirect = "" if transparent_port is None else f"""\
   chain prerouting {{
-    type nat hook prerouting priority {_NAT_PRIORITY}; policy accept;
+    type nat hook prerouting priority {NAT_PRIORITY}; policy accept;
     iifname "{interface}" ip daddr != {plan.egress} meta l4proto tcp \
 redirect to :{transparent_port}
   }}
@@ -107,23 +101,9 @@ class Netns:
     fd: int
     interface: str
 
-    def run(self, argv: list[str], stdin: str, what: str) -> None:
-        _run(["nsenter", f"--net=/proc/self/fd/{self.fd}", *argv], stdin, what, self.fd)
-
-
-def _run(argv: list[str], stdin: str, what: str, fd: int) -> str:
-    try:
-        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=10,
-                              pass_fds=(fd,))
-    except FileNotFoundError:
-        raise NetfenceError(f"{argv[0]} is not installed", remedy=_REMEDIES[argv[0]]) from None
-    if done.returncode != 0:
-        program = argv[2] if argv[0] == "nsenter" and len(argv) > 2 else argv[0]
-        if "No such file" in done.stderr and program in _REMEDIES:
-            raise NetfenceError(f"{program} is not installed", remedy=_REMEDIES[program])
-        raise NetfenceError(f"{program} in {what}'s network namespace: "
-                            f"{done.stderr.strip() or done.returncode}")
-    return done.stdout
+    def run(self, argv: list[str], stdin: str, what: str) -> str:
+        return run_in(f"/proc/self/fd/{self.fd}", argv, stdin, f"{what}'s",
+                      pass_fds=(self.fd,))
 
 
 def interface_with(address: str, links: object) -> str | None:
@@ -153,8 +133,7 @@ def entered(container: Container, address: str) -> Iterator[Netns | None]:
         yield None
         return
     try:
-        out = _run(["nsenter", f"--net=/proc/self/fd/{fd}", "ip", "-json", "address", "show"],
-                   "", str(container.name), fd)
+        out = Netns(fd, "").run(["ip", "-json", "address", "show"], "", str(container.name))
         try:
             interface = interface_with(address, json.loads(out or "[]"))
         except ValueError:

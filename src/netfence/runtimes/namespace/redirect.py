@@ -13,14 +13,10 @@ no capability there, cannot change the routes or the rules.
 
 from __future__ import annotations
 
-import subprocess
+from pathlib import Path
 
-from netfence.errors import NetfenceError
+from netfence.runtimes.netfilter import NAT_PRIORITY, run_in
 from netfence.runtimes.netns import HAS_IPV6
-
-# A nat chain of the inet family on the output hook: nft 1.0.6 (Debian 12) refuses the
-# symbolic `dstnat` priority there.
-_NAT_PRIORITY = -100
 
 
 def ruleset(dns_port: int, transparent_port: int | None) -> str:
@@ -30,7 +26,7 @@ def ruleset(dns_port: int, transparent_port: int | None) -> str:
     return f"""\
 table inet netfence {{
   chain nat_out {{
-    type nat hook output priority {_NAT_PRIORITY}; policy accept;
+    type nat hook output priority {NAT_PRIORITY}; policy accept;
     meta l4proto {{ tcp, udp }} th dport {dns_port} redirect to :{dns_port}
     ip daddr 127.0.0.0/8 return
     ip6 daddr ::1 return
@@ -47,26 +43,10 @@ table inet netfence {{
 """
 
 
-def _run(argv: list[str], stdin: str) -> None:
-    try:
-        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=10)
-    except FileNotFoundError:
-        raise NetfenceError(f"{argv[0]} is not installed", remedy=_REMEDIES[argv[0]]) from None
-    if done.returncode != 0:
-        if "No such file" in done.stderr and argv[-3] == "nft":
-            raise NetfenceError("nft (nftables) is not installed",
-                                remedy=_REMEDIES["nft"])
-        raise NetfenceError(f"{' '.join(argv)} (in the workload's namespace): "
-                            f"{done.stderr.strip() or done.returncode}")
-
-
-_REMEDIES = {"ip": "apt-get install iproute2", "nft": "apt-get install nftables"}
-
-
-def install(netns: str, dns_port: int, transparent_port: int | None) -> None:
-    """Routes and rules into the named network namespace (root only): two processes."""
+def install(netns: Path, dns_port: int, transparent_port: int | None) -> None:
+    """Routes and rules into the network namespace at `netns` (root only)."""
     routes = "route add default dev lo src 127.0.0.1\n"
     if HAS_IPV6:
         routes += "route add ::/0 dev lo\n"
-    _run(["ip", "-n", netns, "-batch", "-"], routes)
-    _run(["ip", "netns", "exec", netns, "nft", "-f", "-"], ruleset(dns_port, transparent_port))
+    run_in(str(netns), ["ip", "-batch", "-"], routes, "the workload's")
+    run_in(str(netns), ["nft", "-f", "-"], ruleset(dns_port, transparent_port), "the workload's")

@@ -97,7 +97,7 @@ class NamespaceFence(Fence):
         nsfile = netns.create(ns_name(spec.name))
         self.undo.callback(netns.remove, ns_name(spec.name))
         transparent = self.backend.transparent
-        redirect.install(ns_name(spec.name), DNS_PORT,
+        redirect.install(nsfile, DNS_PORT,
                          TRANSPARENT_PORT if transparent else None)
         if not transparent:
             log.warning("%s: programs that ignore the proxy variables cannot connect (the "

@@ -1,0 +1,33 @@
+"""Routes and nftables rules set in a network namespace from the host: how both runtimes
+leave a workload no way out but its fence. Root only; the programs are the host's."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from netfence.errors import NetfenceError
+
+# A nat chain of the inet family: nft 1.0.6 (Debian 12) refuses the symbolic `dstnat`
+# priority for one on the output hook; a number works everywhere.
+NAT_PRIORITY = -100
+_REMEDIES = {"nsenter": "apt-get install util-linux", "ip": "apt-get install iproute2",
+             "nft": "apt-get install nftables"}
+
+
+def run_in(netns: str, argv: Sequence[str], stdin: str, where: str,
+           pass_fds: Sequence[int] = ()) -> str:
+    """`argv` run in the network namespace at path `netns`, fed `stdin`; its output. A
+    failure is one line naming the program and `where` (whose namespace it was)."""
+    try:
+        done = subprocess.run(["nsenter", f"--net={netns}", *argv], input=stdin,
+                              capture_output=True, text=True, timeout=10, pass_fds=pass_fds)
+    except FileNotFoundError:
+        raise NetfenceError("nsenter is not installed", remedy=_REMEDIES["nsenter"]) from None
+    if done.returncode != 0:
+        program = argv[0]
+        if "No such file" in done.stderr and program in _REMEDIES:
+            raise NetfenceError(f"{program} is not installed", remedy=_REMEDIES[program])
+        raise NetfenceError(f"{program} in {where} network namespace: "
+                            f"{done.stderr.strip() or done.returncode}")
+    return done.stdout
