@@ -39,8 +39,11 @@ def needs_namespace(command: tuple[str, ...], runtime: str) -> None:
 
 
 def load_entries(files: tuple[str, ...]) -> dict[str, registry.Entry]:
-    with caller_permissions():  # the caller's files: read them as they could
-        return registry.load(registry.registry_files(files))
+    def read(path: str) -> str:
+        with caller_permissions():  # the caller's files: read them as they could
+            return registry.read_text(path)
+
+    return registry.load(registry.registry_files(files), read)
 
 
 def from_registry(command: tuple[str, ...], env: dict[str, str],

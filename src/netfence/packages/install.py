@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import email.parser  # noqa: F401  (importlib.metadata's, else imported lazily: see below)
 import importlib.metadata
+import json
 import os
 import pwd
 import re
@@ -130,8 +132,8 @@ _NOISE = re.compile(r"^(npm error (code |A complete log|$)|npm ERR! (code |A com
 
 def installer_message(lines: Sequence[str]) -> str:
     """The installer's own one-line reason, from its output: pip's last `ERROR:` line,
-    npm's first `npm error` line that says more than a code, uv's `error:` or its
-    resolver's explanation; else the last line it printed."""
+    npm's first `npm error` line that says more than a code, uv's last `error:` with its
+    cause; else the last line it printed."""
     text = [line.strip() for line in lines if line.strip()]
     for line in reversed(text):
         if line.startswith("ERROR: "):
@@ -139,8 +141,16 @@ def installer_message(lines: Sequence[str]) -> str:
     for line in text:
         if line.startswith(("npm error", "npm ERR!")) and not _NOISE.match(line):
             return re.sub(r"^npm (error|ERR!)\s+", "", line)
-    for line in reversed(text):
-        if line.startswith(("error:", "╰─▶")):
+    for i in range(len(text) - 1, -1, -1):
+        line = text[i]
+        if line.startswith("error:"):
+            # uv: "error: WHAT", then "cause: WHY" (older: "╰─▶ WHY").
+            cause = text[i + 1] if i + 1 < len(text) else ""
+            if cause.startswith(("cause:", "╰─▶")):
+                why = cause.removeprefix("cause:").removeprefix("╰─▶").strip()
+                return f"{line.removeprefix('error:').strip()}: {why}"
+            return line.removeprefix("error:").strip()
+        if line.startswith("╰─▶"):
             return line.removeprefix("╰─▶").strip()
     return text[-1] if text else "no message"
 
@@ -193,7 +203,10 @@ def _run(argv: list[str], account: Account, env: dict[str, str], cwd: Path,
 
 
 def read_install(ref: PackageRef, directory: Path) -> tuple[str, dict[str, str]]:
-    """(installed version, commands) of the package installed in `directory`."""
+    """(installed version, commands) of the package installed in `directory`. Called
+    with the caller's permissions (their files): every module it needs is imported at
+    the top, while root can read netfence's own installation (which may sit where the
+    caller cannot, e.g. under /root)."""
     if ref.kind == "npx":
         return _npm_install(ref, directory)
     return _venv_install(ref, directory)
@@ -211,8 +224,6 @@ def _venv_install(ref: PackageRef, directory: Path) -> tuple[str, dict[str, str]
 
 
 def _npm_install(ref: PackageRef, directory: Path) -> tuple[str, dict[str, str]]:
-    import json
-
     package = directory / "node_modules" / ref.name
     try:
         data = json.loads((package / "package.json").read_text(encoding="utf-8"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -189,14 +189,18 @@ def registry_files(given: Sequence[str] = ()) -> list[str]:
     return [*from_env, *given]
 
 
-def load(files: Sequence[str] = ()) -> dict[str, Entry]:
+def read_text(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def load(files: Sequence[str] = (), read: Callable[[str], str] = read_text) -> dict[str, Entry]:
     """The shipped registry, then each file in order (a later entry replaces an earlier
-    one of the same name). Read the files as their owner would (the CLI's business)."""
+    one of the same name). `read` reads a file: as its owner would (the CLI's business)."""
     entries = {name: Entry(name, server, "built-in")
                for name, server in parse_registry(builtin_text(), BUILTIN).servers.items()}
     for path in files:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read(path)
         except OSError as exc:
             raise UsageError(f"{path}: cannot read the registry: {exc.strerror or exc}",
                              remedy=f"check --registry / {ENV_VAR}") from None

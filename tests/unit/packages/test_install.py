@@ -57,7 +57,11 @@ def test_npm_steps_run_no_install_script(tmp_path: Path) -> None:
     (["  \u00d7 No solution found when resolving dependencies:",
       "  ╰─▶ Because nope was not found in the package registry, it cannot be installed."],
      "Because nope was not found in the package registry, it cannot be installed."),
-    (["error: Failed to spawn: `x`"], "error: Failed to spawn: `x`"),
+    (["Using CPython 3.11.2", "error: No solution found when resolving dependencies",
+      "  cause: Because nope was not found in the package registry, it is unsatisfiable."],
+     "No solution found when resolving dependencies: Because nope was not found in the "
+     "package registry, it is unsatisfiable."),
+    (["error: Failed to spawn: `x`"], "Failed to spawn: `x`"),
     (["something odd", ""], "something odd"),
     ([], "no message"),
 ])
