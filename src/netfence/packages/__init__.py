@@ -43,7 +43,7 @@ def ensure(ref: PackageRef, *, refresh: bool = False, log: Log = lambda _: None)
     with caller_permissions():
         lock = cache.open_lock(root)
     try:
-        cache.hold(lock)
+        cache.hold(lock, lambda: log(f"netfence: waiting for another install into {root}"))
         if not refresh:  # another run may have installed it while this one waited
             with caller_permissions():
                 found = cache.find(root, ref)

@@ -22,7 +22,7 @@ import os
 import pwd
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,9 +155,14 @@ def open_lock(root: Path) -> int:
     return os.open(root / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
-def hold(fd: int) -> None:
-    """One install or removal at a time: another run waits here (released with the fd)."""
-    fcntl.flock(fd, fcntl.LOCK_EX)
+def hold(fd: int, waiting: Callable[[], None] = lambda: None) -> None:
+    """One install or removal at a time: another run waits here (released with the fd),
+    after calling `waiting` (an install takes at most install.INSTALL_TIMEOUT)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        waiting()
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def _package_dirs(root: Path) -> Iterator[Path]:

@@ -134,3 +134,26 @@ def test_an_unclear_command_is_one_line(commands: dict[str, str], wanted: str | 
 def test_ref_without_version_is_not_a_cache_dir() -> None:
     with pytest.raises(AssertionError):
         cache.version_dir(Path("/c"), PackageRef("uvx", "a"))
+
+
+def test_a_second_holder_waits_and_says_so(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    first = cache.open_lock(tmp_path)
+    cache.hold(first)
+    said: list[str] = []
+    second = cache.open_lock(tmp_path)
+    held = threading.Event()
+
+    def take() -> None:
+        cache.hold(second, lambda: said.append("waiting"))
+        held.set()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    assert not held.wait(0.3) and said == ["waiting"]
+    os.close(first)  # released: the second one gets it
+    assert held.wait(5)
+    thread.join(5)
+    os.close(second)
