@@ -25,10 +25,12 @@ from netfence.backends import (
     write_setup,
 )
 from netfence.backends.dnsmasq import dns_setup
-from netfence.cli import output
+from netfence.cli import output, targets
 from netfence.cli.doctor import doctor_checks
 from netfence.cli.images import images as images_group
 from netfence.cli.mcp_config import mcp_config
+from netfence.cli.packages import packages as packages_group
+from netfence.cli.registry import registry as registry_group
 from netfence.errors import NetfenceError, UsageError
 from netfence.policy import compile_policy
 from netfence.profile import Profile, load_profile, split_host_port, with_overrides
@@ -38,6 +40,12 @@ from netfence.runtimes.resolver import host_resolver, parse_endpoint
 from netfence.runtimes.state import check_name, new_name
 
 PROFILE_HELP = "none | network | FILE (JSON or YAML); default: none (deny all egress)"
+
+
+def _registry_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--registry", "registry_files", multiple=True, metavar="FILE",
+                        help="A registry of your own, in netfence's format (also "
+                             "NETFENCE_REGISTRY); its entries replace shipped ones.")(fn)
 
 
 def _profile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -101,7 +109,7 @@ def cli(verbose: bool) -> None:
                    "trusted programs only): only the network is fenced.")
 @click.option("--dns-upstream", default=None, help="Resolver the fence uses: IP[:PORT].")
 @click.option("--transport", type=click.Choice(["stdio", "sse", "streamable-http"]),
-              default="stdio", show_default=True)
+              default=None, help="default: stdio (or the registry entry's)")
 @click.option("--target-port", type=click.IntRange(1, 65535), default=None,
               help="Port the workload serves on (HTTP transports).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
@@ -117,47 +125,76 @@ def cli(verbose: bool) -> None:
               help="Let every public destination through (loopback, private, link-local "
                    "and the host stay denied) and at exit write to FILE a profile allowing "
                    "exactly what was used.")
+@_registry_option
+@click.option("--refresh", is_flag=True,
+              help="Reinstall the uvx:// or npx:// package (and resolve the latest anew).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(proxy: str | None, runtime: str | None, profile_ref: str, allow_host: tuple[str, ...],
-        allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], read: tuple[str, ...],
-        write: tuple[str, ...], allow_unix_socket: tuple[str, ...], host_filesystem: bool,
-        dns_upstream: str | None, transport: str, target_port: int | None, port: int | None,
-        name: str | None, env_pairs: tuple[str, ...], user: str | None, detach: bool,
-        learn: Path | None, command: tuple[str, ...]) -> None:
-    """Run COMMAND behind the fence: netfence run [OPTIONS] -- COMMAND [ARGS...]"""
+def run(proxy: str | None, runtime: str | None, profile_ref: str,
+        allow_host: tuple[str, ...], allow_port: tuple[int, ...], allow_cidr: tuple[str, ...],
+        read: tuple[str, ...], write: tuple[str, ...], allow_unix_socket: tuple[str, ...],
+        host_filesystem: bool, dns_upstream: str | None, transport: str | None,
+        target_port: int | None, port: int | None, name: str | None,
+        env_pairs: tuple[str, ...], user: str | None, detach: bool, learn: Path | None,
+        registry_files: tuple[str, ...], refresh: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND behind the fence: netfence run [OPTIONS] -- COMMAND [ARGS...]
+
+    COMMAND may be uvx://PACKAGE[@VERSION] or npx://PACKAGE[@VERSION] (installed outside
+    the fence, into netfence's cache, then run inside it) or registry://NAME (a known
+    server, with its reviewed profile: netfence registry list)."""
     backend = get_backend(proxy)  # an unknown value fails before anything is created
     chosen_runtime = get_runtime(runtime)
+    env = _env(env_pairs)
+    targets.needs_namespace(command, chosen_runtime.name)
+    target = targets.from_registry(command, env, registry_files)
+    server = target.entry.server if target.entry is not None else None
+    # An entry's own profile unless one is given; --allow-* and grants add to either.
+    given = click.get_current_context().get_parameter_source("profile_ref")
+    base = (target.profile if target.profile is not None
+            and given == click.core.ParameterSource.DEFAULT else _load(profile_ref, (), (), ()))
     profile = with_overrides(
-        _load(profile_ref, allow_host, allow_port, allow_cidr), read=absolute_paths(read),
-        write=absolute_paths(write), allow_unix_socket=absolute_paths(allow_unix_socket))
+        base, allow_host=allow_host, allow_port=allow_port, allow_cidr=allow_cidr,
+        read=[*absolute_paths(read), *target.read],
+        write=[*absolute_paths(write), *target.write],
+        allow_unix_socket=absolute_paths(allow_unix_socket))
+    if transport is None:
+        transport = server.transport if server is not None else "stdio"
+        if server is not None and target_port is None:
+            target_port = server.target_port
     if transport != "stdio" and target_port is None:
         raise UsageError(f"--transport {transport} needs --target-port (the workload's port)")
     if transport == "stdio" and (target_port or port):
         raise UsageError("--target-port and --port need --transport sse or streamable-http")
-    env: dict[str, str] = {}
-    for pair in env_pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--env {pair!r}: expected K=V")
-        env[key] = value
-    spec = WorkloadSpec(
-        name=check_name(name) if name else new_name(), command=command, profile=profile,
-        proxy=backend.name, transport=transport,  # type: ignore[arg-type]
-        target_port=target_port, port=port, env=env,
-        dns_upstream=parse_endpoint(dns_upstream) if dns_upstream else None,
-        user=user, detach=detach, learn=learn.absolute() if learn else None,
-        host_filesystem=host_filesystem,
-    )
     if learn is not None and chosen_runtime.name != "namespace":
         raise UsageError("--learn needs the namespace runtime")
     if host_filesystem and chosen_runtime.name != "namespace":
         raise UsageError("--host-filesystem needs the namespace runtime (a container sees "
                          "its image and its grants)")
+    workload_name = check_name(name) if name else new_name()
+    # Last of the checks, as it may take a while: the package's install (or cache hit).
+    target = targets.installed(target, refresh=refresh, path=env.get("PATH"))
+    spec = WorkloadSpec(
+        name=workload_name, command=target.command, profile=profile,
+        proxy=backend.name, transport=transport,  # type: ignore[arg-type]
+        target_port=target_port, port=port, env=env,
+        dns_upstream=parse_endpoint(dns_upstream) if dns_upstream else None,
+        user=user, detach=detach, learn=learn.absolute() if learn else None,
+        host_filesystem=host_filesystem, program_paths=target.program_paths,
+    )
     chosen_runtime.progress = output.progress  # stderr only: stdout is the workload's
     code = chosen_runtime.run(spec)
     if detach:
         output.err.print(f"netfence: started {spec.name}", markup=False)
     sys.exit(code)
+
+
+def _env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {pair!r}: expected K=V")
+        env[key] = value
+    return env
 
 
 _RUNTIME_OF_HELP = "Default: the runtime the workload was started with."
@@ -319,6 +356,8 @@ def doctor() -> None:
 
 cli.add_command(images_group)
 cli.add_command(mcp_config)
+cli.add_command(packages_group)
+cli.add_command(registry_group)
 
 
 def main() -> None:

@@ -21,9 +21,12 @@ from typing import Any, Literal
 
 import click
 
+from netfence import registry
 from netfence.backends import SUPPORTED
 from netfence.cli import output
 from netfence.errors import UsageError
+from netfence.packages import is_package
+from netfence.packages import parse as parse_package
 from netfence.profile import load_profile
 from netfence.runtimes.state import check_name
 
@@ -54,32 +57,36 @@ def _profile_ref(ref: str) -> str:
 
 def _command(command: tuple[str, ...]) -> list[str]:
     """The workload's program by absolute path when found on this PATH (the client's and
-    sudo's PATH may lack ~/.local/bin and the like); otherwise as given."""
+    sudo's PATH may lack ~/.local/bin and the like); otherwise as given (a package or a
+    registry entry as it is)."""
     first = command[0]
-    if os.sep not in first:
+    if os.sep not in first and not (is_package(first) or registry.is_entry(first)):
         found = shutil.which(first)
         if found:
             first = os.path.abspath(found)
     return [first, *command[1:]]
 
 
-def run_arguments(*, name: str, profile: str, proxy: str | None,
+def run_arguments(*, name: str, profile: str | None, proxy: str | None,
                   allow_host: tuple[str, ...] = (), allow_port: tuple[int, ...] = (),
                   allow_cidr: tuple[str, ...] = (), env: tuple[str, ...] = (),
                   read: tuple[str, ...] = (), write: tuple[str, ...] = (),
                   allow_unix_socket: tuple[str, ...] = (),
                   transport: str = "stdio", target_port: int | None = None,
-                  port: int | None = None) -> list[str]:
+                  port: int | None = None, registry: tuple[str, ...] = ()) -> list[str]:
     """The `netfence run` options (after `run`, before `--`) for these settings; grants
-    by absolute path (the client's working directory is not yours)."""
-    args = ["run", "--name", name, "--profile", profile]
+    by absolute path (the client's working directory is not yours). No profile: a
+    registry entry's own."""
+    args = ["run", "--name", name]
+    if profile is not None:
+        args += ["--profile", profile]
     if proxy:
         args += ["--proxy", proxy]
     for flag, values in (("--allow-host", allow_host), ("--allow-port", allow_port),
                          ("--allow-cidr", allow_cidr), ("--read", _absolute(read)),
                          ("--write", _absolute(write)),
                          ("--allow-unix-socket", _absolute(allow_unix_socket)),
-                         ("--env", env)):
+                         ("--env", env), ("--registry", _absolute(registry))):
         for value in values:
             args += [flag, str(value)]
     if transport != "stdio":
@@ -90,6 +97,34 @@ def run_arguments(*, name: str, profile: str, proxy: str | None,
 
 def _absolute(paths: tuple[str, ...]) -> list[str]:
     return [os.path.abspath(p) for p in paths]
+
+
+def _default_name(first: str) -> str:
+    """A registry entry's name, or a package's command (an npm scope left out)."""
+    if registry.is_entry(first):
+        return first.removeprefix(registry.SCHEME)
+    if is_package(first):
+        ref = parse_package(first)
+        return ref.command or ref.default_command
+    raise UsageError("--name is needed (the server's name in the client and in netfence)")
+
+
+def _registry_entry(first: str, env_pairs: tuple[str, ...],
+                    files: tuple[str, ...]) -> registry.Entry | None:
+    """The registry entry `first` names, checked now: it exists, and every variable it
+    requires is given with --env (the client's `env` block does not reach the server)."""
+    if not registry.is_entry(first):
+        return None
+    from netfence.cli.targets import load_entries
+
+    entry = registry.find(first, load_entries(files))
+    given = {pair.partition("=")[0] for pair in env_pairs if pair.partition("=")[2]}
+    for var in entry.server.env_vars:
+        if var.required and var.name not in given:
+            raise UsageError(f"{first} needs {var.name}"
+                             + (f": {var.description}" if var.description else ""),
+                             remedy=f"pass --env {var.name}=VALUE")
+    return entry
 
 
 def client_entry(fmt: Format, *, command: list[str] | None = None,
@@ -112,9 +147,12 @@ def client_config(fmt: Format, name: str, entry: dict[str, Any]) -> dict[str, An
 
 @click.command("mcp-config", context_settings={"ignore_unknown_options": True,
                                                "allow_interspersed_args": False})
-@click.option("--name", required=True, help="The server's name in the client and in netfence.")
-@click.option("--profile", "profile_ref", default="none", show_default=True,
-              help="none | network | FILE (JSON or YAML)")
+@click.option("--name", default=None,
+              help="The server's name in the client and in netfence (default: the registry "
+                   "entry's, or the package's command).")
+@click.option("--profile", "profile_ref", default=None,
+              help="none | network | FILE (JSON or YAML); default: none, or the registry "
+                   "entry's own")
 @click.option("--allow-host", multiple=True, help="Allowed host (*.example.com for subdomains).")
 @click.option("--allow-port", multiple=True, type=click.IntRange(1, 65535),
               help="Allowed destination port (default 80 and 443).")
@@ -136,18 +174,22 @@ def client_config(fmt: Format, name: str, entry: dict[str, Any]) -> dict[str, An
               help="Host port of the ingress on 127.0.0.1 (HTTP transports; required).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="claude",
               show_default=True, help="claude and cursor: mcpServers; vscode: servers.")
+@click.option("--registry", "registry_files", multiple=True, metavar="FILE",
+              help="A registry of your own (registry://NAME), passed on to netfence run.")
 @click.option("--sudo/--no-sudo", default=True, show_default=True,
               help="Start netfence through `sudo -n` (clients run as you; netfence needs root).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def mcp_config(name: str, profile_ref: str, allow_host: tuple[str, ...],
+def mcp_config(name: str | None, profile_ref: str | None, allow_host: tuple[str, ...],
                allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], proxy: str | None,
                read: tuple[str, ...], write: tuple[str, ...],
                allow_unix_socket: tuple[str, ...], env_pairs: tuple[str, ...], transport: str,
-               target_port: int | None, port: int | None, fmt: Format, sudo: bool,
-               command: tuple[str, ...]) -> None:
+               target_port: int | None, port: int | None, fmt: Format,
+               registry_files: tuple[str, ...], sudo: bool, command: tuple[str, ...]) -> None:
     """Print the MCP client config for COMMAND behind the fence:
-    netfence mcp-config --name N --profile P -- COMMAND [ARGS...]"""
-    check_name(name)
+    netfence mcp-config --name N --profile P -- COMMAND [ARGS...]
+
+    COMMAND may be uvx://PACKAGE[@VERSION], npx://PACKAGE[@VERSION] or registry://NAME."""
+    name = check_name(name or _default_name(command[0]))
     if proxy is not None and proxy.strip().lower() not in SUPPORTED:
         raise UsageError(f"unknown proxy {proxy!r} (--proxy); supported: {', '.join(SUPPORTED)}")
     for pair in env_pairs:
@@ -155,14 +197,22 @@ def mcp_config(name: str, profile_ref: str, allow_host: tuple[str, ...],
             raise UsageError(f"--env {pair!r}: expected K=V")
     if transport == "stdio" and (target_port or port):
         raise UsageError("--target-port and --port need --transport sse or streamable-http")
+    known = _registry_entry(command[0], env_pairs, registry_files)
+    if known is not None and transport == "stdio" and known.server.transport != "stdio":
+        transport = known.server.transport
+        target_port = target_port or known.server.target_port
     if transport != "stdio" and port is None:
         raise UsageError(f"--transport {transport} needs --port: the client's URL must not "
                          "change between runs")
+    if is_package(command[0]):
+        parse_package(command[0])  # a bad reference fails now, not in the client
+    profile = (_profile_ref(profile_ref) if profile_ref is not None
+               else None if known is not None else "none")
     args = run_arguments(
-        name=name, profile=_profile_ref(profile_ref), proxy=proxy, allow_host=allow_host,
+        name=name, profile=profile, proxy=proxy, allow_host=allow_host,
         allow_port=allow_port, allow_cidr=allow_cidr, env=env_pairs, read=read, write=write,
         allow_unix_socket=allow_unix_socket, transport=transport,
-        target_port=target_port or DEFAULT_TARGET_PORT, port=port)
+        target_port=target_port or DEFAULT_TARGET_PORT, port=port, registry=registry_files)
     launcher = (["sudo", "-n"] if sudo else []) + netfence_invocation()
     full = [*launcher, *args, "--", *_command(command)]
     if transport == "stdio":

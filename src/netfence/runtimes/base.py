@@ -49,6 +49,9 @@ class WorkloadSpec:
     # The host's whole file system instead of the view (namespace runtime; trusted
     # programs only).
     host_filesystem: bool = False
+    # Host paths the command needs to start besides its program file, shown read-only
+    # like it (namespace runtime): a package's installation in netfence's cache.
+    program_paths: tuple[str, ...] = ()
     # The file-system grants, checked: set by the runtime before anything starts.
     files: FileGrants | None = None
 

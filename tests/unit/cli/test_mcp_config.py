@@ -109,3 +109,49 @@ def test_file_grants_pass_through_absolute(tmp_path: Path,
     assert params["read"] == (str(tmp_path / "srv"),)
     assert params["write"] == ("/home/me/notes",)
     assert params["allow_unix_socket"] == (str(tmp_path / "agent.sock"),)
+
+
+def test_a_registry_entry_keeps_its_own_profile_and_name() -> None:
+    data, _ = config("--env", "BRAVE_API_KEY=k", "--", "registry://brave-search")
+    args = data["mcpServers"]["brave-search"]["args"]
+    assert "--profile" not in args  # `run` then uses the entry's reviewed profile
+    assert args[args.index("--") + 1:] == ["registry://brave-search"]
+    params = run.make_context("run", run_args(args)).params
+    assert params["name"] == "brave-search" and params["env_pairs"] == ("BRAVE_API_KEY=k",)
+
+
+def test_a_registry_entry_needs_its_variables_now() -> None:
+    done = netfence("mcp-config", "--", "registry://brave-search")
+    assert done.returncode == 2
+    assert "needs BRAVE_API_KEY" in done.stderr.decode() and done.stdout == b""
+
+
+def test_a_team_registry_passes_through_absolute(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "team.yaml").write_text(
+        "servers:\n  ours: {description: x, command: [/opt/ours]}\n")
+    monkeypatch.chdir(tmp_path)
+    data, _ = config("--registry", "team.yaml", "--", "registry://ours")
+    args = data["mcpServers"]["ours"]["args"]
+    assert args[args.index("--registry") + 1] == str(tmp_path / "team.yaml")
+
+
+def test_a_package_passes_unchanged_and_names_the_server() -> None:
+    data, _ = config("--", "npx://@modelcontextprotocol/server-everything@2026.8.31", "stdio")
+    (name, entry), = data["mcpServers"].items()
+    assert name == "server-everything"
+    args = entry["args"]
+    assert args[args.index("--") + 1:] == [
+        "npx://@modelcontextprotocol/server-everything@2026.8.31", "stdio"]
+    assert args[args.index("--profile") + 1] == "none"
+
+
+@pytest.mark.parametrize("args", [
+    ("--", "uvx://pkg@>=1"),
+    ("--", "/bin/true"),  # no --name, and none to derive
+    ("--", "registry://nope"),
+])
+def test_bad_packages_and_entries_are_one_line(args: tuple[str, ...]) -> None:
+    done = netfence("mcp-config", *args)
+    assert done.returncode == 2, done
+    assert len(done.stderr.decode().strip().splitlines()) == 1

@@ -132,7 +132,7 @@ def prepare(spec: WorkloadSpec, user: SandboxUser, path: str) -> WorkloadSpec:
         return view.shows(candidate, real or os.path.realpath(candidate), files, layout,
                           user.home)
 
-    needs = tuple(view.program_binds(program, shown))
+    needs = tuple(view.program_binds(program, shown, spec.program_paths))
     # A program's directory (its virtualenv) is searched for sockets as a grant is.
     masks = [m for b in needs for m in grants.hidden_sockets(b, "the program's directory")]
     files = dataclasses.replace(files, program=needs, masked=(*files.masked, *masks))

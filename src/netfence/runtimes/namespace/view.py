@@ -214,11 +214,14 @@ def _interpreter(path: str) -> str | None:
     return first if first.startswith("/") else None
 
 
-def program_binds(program: str, shown: Callable[[str], bool]) -> list[Bind]:
+def program_binds(program: str, shown: Callable[[str], bool],
+                  extra: Sequence[str] = ()) -> list[Bind]:
     """Read-only binds that let `program` (the absolute path execvp will run) start: the
     file itself (and its real path, for a symbolic link), the virtualenv it sits in with
     the installation that virtualenv's interpreter comes from, and the same for a
-    script's `#!` interpreter. Paths the view shows already (`shown`) are left out."""
+    script's `#!` interpreter; then the `extra` paths the command needs (an npm package's
+    installation, which its interpreter's arguments name). Paths the view shows already
+    (`shown`) are left out."""
     binds: dict[str, Bind] = {}
 
     def add(path: str) -> None:
@@ -241,6 +244,8 @@ def program_binds(program: str, shown: Callable[[str], bool]) -> list[Bind]:
     interpreter = _interpreter(os.path.realpath(program))
     if interpreter is not None and os.path.exists(interpreter):
         program_and_venv(interpreter)
+    for path in extra:
+        add(path)
     # A venv inside another bind, or a file inside a venv, needs no bind of its own.
     kept = [b for b in binds.values()
             if not any(o is not b and under(b.path, o.path) and under(b.source, o.source)

@@ -278,3 +278,12 @@ def test_sockets_are_not_files_to_bind(tmp_path: Path) -> None:
         files = FileGrants(binds=(Bind(str(tmp_path), str(tmp_path)),),
                            masked=(Bind(str(tmp_path / "s.sock"), str(tmp_path / "s.sock")),))
         assert ("--ro-bind", "/dev/null", str(tmp_path / "s.sock")) in steps(plan(files))
+
+
+def test_extra_program_paths_are_bound_read_only_once(tmp_path: Path) -> None:
+    # An npm package's installation: `node` is the program, the install an argument.
+    install = tmp_path / "cache" / "npx" / "pkg" / "1.0.0"
+    (install / "node_modules" / "pkg").mkdir(parents=True)
+    binds = view.program_binds("/usr/bin/env", lambda p: p.startswith("/usr/"),
+                               [str(install), str(install / "node_modules")])
+    assert binds == [Bind(str(install), str(install))]
