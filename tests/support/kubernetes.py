@@ -3,6 +3,7 @@ evaluator of NetworkPolicy rules (who may talk to whom) as the API defines them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,23 @@ def workload_spec(profile: str = "fetch", transport: str = "stdio", proxy: str =
     return WorkloadSpec(**values)
 
 
+@functools.cache
+def _schemas() -> Any:
+    import kubernetes_validate
+    import kubernetes_validate.utils
+
+    # It reads and parses each schema, the large shared definitions too, at every call:
+    # once is enough here (nothing changes them).
+    utils: Any = kubernetes_validate.utils
+    utils.schema_contents = functools.lru_cache(maxsize=None)(utils.schema_contents)
+    return kubernetes_validate
+
+
 def validate(obj: Json) -> str:
     """Validate against the newest Kubernetes schemas kubernetes-validate bundles, strictly
     (an unknown field is an error); the version validated against."""
-    import kubernetes_validate
-
-    return str(kubernetes_validate.validate(obj, kubernetes_validate.latest_version(),
-                                            strict=True))
+    schemas = _schemas()
+    return str(schemas.validate(obj, schemas.latest_version(), strict=True))
 
 
 def by_kind(objects: list[Json], kind: str) -> dict[str, Json]:

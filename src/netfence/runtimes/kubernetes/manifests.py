@@ -1,8 +1,9 @@
 """Everything one fenced workload needs on a cluster, and the form `podman kube play` runs.
 
 The cluster form, in the order `kubectl apply` should create it (policies before any pod,
-the fence before its workload): the NetworkPolicies, the fence's ConfigMap, Services and
-Deployment, then the workload's Service and its Pod or Deployment.
+Services before the pods that look them up, the fence before its workload): the
+NetworkPolicies, the fence's ConfigMap and Services, the workload's Service, the fence's
+Deployment, the workload's Pod or Deployment.
 
 The played form (Podman 4.3 runs Pods, Deployments and ConfigMaps, not Services or
 NetworkPolicies) differs in two things only, both here: the pods find each other by their
@@ -41,12 +42,15 @@ def render(spec: WorkloadSpec, backend: NetworkProxy, cluster: Cluster,
     found = addresses or cluster_addresses(spec, cluster)
     policy = fence_policy(spec, cluster)
     setup = fence.fence_setup(spec, backend, policy, found)
+    workload_side = workload.objects(spec, setup.env, cluster, found)
     return [
         *netpol.policies(spec, policy, cluster),
         fence.config_map(spec.name, cluster.namespace, setup),
         *fence.services(spec, cluster),
+        # Before the fence starts: Squid resolves its ingress's peer at start, then seldom.
+        *[o for o in workload_side if o["kind"] == SERVICE],
         fence.deployment(spec, backend, setup, cluster),
-        *workload.objects(spec, setup.env, cluster, found),
+        *[o for o in workload_side if o["kind"] != SERVICE],
     ]
 
 

@@ -63,11 +63,12 @@ def test_a_field_the_schema_does_not_know_is_refused() -> None:
 def test_what_is_rendered_in_which_order(proxy: str) -> None:
     http = render(workload_spec("fetch", "streamable-http", proxy), get_backend(proxy),
                   cluster())
-    # Policies before any pod exists; the fence before its workload.
+    # Policies before any pod exists, Services before the pods that resolve them (Squid
+    # looks its ingress's peer up at start, then seldom), the fence before its workload.
     assert [(o["kind"], o["metadata"]["name"]) for o in http] == [
         ("NetworkPolicy", "web-workload"), ("NetworkPolicy", "web-fence"),
         ("ConfigMap", "web-fence"), ("Service", "web-fence"), ("Service", "web-ingress"),
-        ("Deployment", "web-fence"), ("Service", "web"), ("Deployment", "web"),
+        ("Service", "web"), ("Deployment", "web-fence"), ("Deployment", "web"),
     ]
     stdio = render(workload_spec("fetch", "stdio", proxy), get_backend(proxy), cluster())
     assert [(o["kind"], o["metadata"]["name"]) for o in stdio] == [
