@@ -543,6 +543,37 @@ def test_ingress_gates_on_host(start_envoy: Callable[..., RunningEnvoy], upstrea
     assert status == 403 and "inbound" in body
 
 
+def test_ingress_reaches_an_upstream_by_name(tmp_path: Path, proxy: EnvoyProxy,
+                                            dns: StubDns, upstream: int) -> None:
+    # A cluster's Service name (the kubernetes target's placement): resolved at the
+    # upstream resolver, here the stub that answers 127.0.0.1.
+    state = tmp_path / "state"
+    placement = dataclasses.replace(
+        make_placement(state, egress_port=free_port(), resolver_port=dns.port,
+                       ingress=(free_port(), upstream)),
+        ingress_upstream=Endpoint("web.default.svc.cluster.local", upstream))
+    setup = proxy.setup(Policy(), placement)
+    write_setup(setup, state)
+    (spec,) = setup.processes
+    assert placement.ingress_listen is not None
+    with spec.stdout.open("wb") as out, spec.stderr.open("wb") as err:
+        proc = subprocess.Popen(spec.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        _wait_listening(placement.ingress_listen.port, proc, spec.stderr)
+        req = "GET /mcp HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        deadline = time.monotonic() + 10  # the first resolution may still be under way
+        while True:
+            status, body = http_via(placement.ingress_listen.port, req)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 200 and "upstream saw host" in body
+        assert "web.default.svc.cluster.local" in dns.queries
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_two_envoys_run_side_by_side(
     start_envoy: Callable[..., RunningEnvoy], upstream: int
 ) -> None:

@@ -45,7 +45,8 @@ class Placement:
     egress_listen: where the egress proxy listens.
     workload_proxy: host:port of the egress proxy as the workload addresses it.
     ingress_listen / ingress_upstream: the client-facing listener and the workload's
-        address as the ingress proxy reaches it; both None for stdio workloads.
+        address as the ingress proxy reaches it (or a name the upstream resolver answers,
+        such as a cluster's Service); both None for stdio workloads.
     dns_listen: where the DNS server listens. upstream_resolver: the real resolver.
     transparent_listen: where connections the workload made to any address arrive,
         redirected with their original destination (SO_ORIGINAL_DST), to be decided by

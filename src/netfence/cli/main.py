@@ -28,7 +28,9 @@ from netfence.backends.dnsmasq import dns_setup
 from netfence.cli import output, targets
 from netfence.cli.doctor import doctor_checks
 from netfence.cli.images import images as images_group
+from netfence.cli.kubernetes import kubernetes_options, render_kubernetes
 from netfence.cli.mcp_config import mcp_config
+from netfence.cli.options import parse_env
 from netfence.cli.packages import packages as packages_group
 from netfence.cli.registry import registry as registry_group
 from netfence.errors import NetfenceError, UsageError
@@ -143,7 +145,7 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
     server, with its reviewed profile: netfence registry list)."""
     backend = get_backend(proxy)  # an unknown value fails before anything is created
     chosen_runtime = get_runtime(runtime)
-    env = _env(env_pairs)
+    env = parse_env(env_pairs)
     targets.needs_namespace(command, chosen_runtime.name)
     target = targets.from_registry(command, env, registry_files)
     server = target.entry.server if target.entry is not None else None
@@ -186,15 +188,6 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
         output.err.print(f"netfence: started {spec.name}", markup=False)
     sys.exit(code)
 
-
-def _env(pairs: tuple[str, ...]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--env {pair!r}: expected K=V")
-        env[key] = value
-    return env
 
 
 _RUNTIME_OF_HELP = "Default: the runtime the workload was started with."
@@ -303,20 +296,42 @@ def check(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, 
     sys.exit(0 if decision.allowed else 1)
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @_proxy_option
 @_profile_options
+@click.option("--target", type=click.Choice(["configs", "kubernetes"]), default="configs",
+              show_default=True,
+              help="configs: the proxy and DNS configs; kubernetes: a cluster's manifests for "
+                   "-- IMAGE [ARGS...].")
 @click.option("--dns-upstream", default=None, help="Resolver the fence uses: IP[:PORT].")
+@click.option("--transport", type=click.Choice(["stdio", "sse", "streamable-http"]),
+              default="stdio", show_default=True, help="kubernetes: the workload's transport.")
 @click.option("--target-port", type=click.IntRange(1, 65535), default=None,
               help="Render an ingress to this workload port too.")
+@kubernetes_options
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Directory to write the configs to (default: print them).")
+              help="Directory to write to (default: print).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def render(proxy: str | None, profile_ref: str, allow_host: tuple[str, ...],
-           allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], dns_upstream: str | None,
-           target_port: int | None, out_dir: Path | None) -> None:
-    """Write the proxy and DNS configs a profile compiles to, for inspection."""
+           allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], target: str,
+           dns_upstream: str | None, transport: str, target_port: int | None,
+           name: str | None, namespace: str, fence_ip: str | None,
+           cluster_cidr: tuple[str, ...], cluster_domain: str, env_pairs: tuple[str, ...],
+           user: str | None, out_dir: Path | None, command: tuple[str, ...]) -> None:
+    """Write what a profile compiles to: the proxy and DNS configs, for inspection, or
+    (--target kubernetes) everything a cluster needs to run IMAGE behind the fence."""
     backend = get_backend(proxy)
-    policy = compile_policy(_load(profile_ref, allow_host, allow_port, allow_cidr))
+    profile = _load(profile_ref, allow_host, allow_port, allow_cidr)
+    if target == "kubernetes":
+        render_kubernetes(
+            backend, profile, name=name, namespace=namespace, fence_ip=fence_ip,
+            cluster_cidr=cluster_cidr, cluster_domain=cluster_domain,
+            dns_upstream=dns_upstream, transport=transport, target_port=target_port,
+            env_pairs=env_pairs, user=user, command=command, out_dir=out_dir)
+        return
+    if command or transport != "stdio":
+        raise UsageError("IMAGE and --transport need --target kubernetes")
+    policy = compile_policy(profile)
     with tempfile.TemporaryDirectory(prefix="netfence-render-") as tmp:
         directory = out_dir or Path(tmp)
         placement = Placement(

@@ -24,6 +24,7 @@ import click
 from netfence import registry
 from netfence.backends import SUPPORTED
 from netfence.cli import output
+from netfence.cli.options import parse_env
 from netfence.errors import UsageError
 from netfence.packages import is_package
 from netfence.packages import parse as parse_package
@@ -192,9 +193,7 @@ def mcp_config(name: str | None, profile_ref: str | None, allow_host: tuple[str,
     name = check_name(name or _default_name(command[0]))
     if proxy is not None and proxy.strip().lower() not in SUPPORTED:
         raise UsageError(f"unknown proxy {proxy!r} (--proxy); supported: {', '.join(SUPPORTED)}")
-    for pair in env_pairs:
-        if "=" not in pair or pair.startswith("="):
-            raise UsageError(f"--env {pair!r}: expected K=V")
+    parse_env(env_pairs)  # checked here: the entry must not fail at the client's start
     if transport == "stdio" and (target_port or port):
         raise UsageError("--target-port and --port need --transport sse or streamable-http")
     known = _registry_entry(command[0], env_pairs, registry_files)

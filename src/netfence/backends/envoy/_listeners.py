@@ -6,6 +6,7 @@ assembles the parts, so a new listener is one more Part.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,17 +72,22 @@ def dns_cache_config(resolver: Endpoint, name: str = DNS_CACHE_NAME) -> Json:
     return {
         "name": name,
         "dns_lookup_family": "V4_PREFERRED",
-        "typed_dns_resolver_config": {
-            "name": "envoy.network.dns_resolver.cares",
-            "typed_config": {
-                "@type": CARES_TYPE,
-                "resolvers": [socket_address(Endpoint(resolver.host, resolver.port))],
-                "use_resolvers_as_fallback": False,
-                # No search list from resolv.conf: a name goes out exactly as allowed.
-                "dns_resolver_options": {
-                    "use_tcp_for_dns_lookups": False,
-                    "no_default_search_domain": True,
-                },
+        "typed_dns_resolver_config": resolver_config(resolver),
+    }
+
+
+def resolver_config(resolver: Endpoint) -> Json:
+    """A DNS resolver asking `resolver` only, never the system's."""
+    return {
+        "name": "envoy.network.dns_resolver.cares",
+        "typed_config": {
+            "@type": CARES_TYPE,
+            "resolvers": [socket_address(Endpoint(resolver.host, resolver.port))],
+            "use_resolvers_as_fallback": False,
+            # No search list from resolv.conf: a name goes out exactly as allowed.
+            "dns_resolver_options": {
+                "use_tcp_for_dns_lookups": False,
+                "no_default_search_domain": True,
             },
         },
     }
@@ -242,9 +248,10 @@ def ingress_listener(policy: Policy, listen: Endpoint, state_dir: Path) -> Json:
     return _listener("ingress", listen, hcm)
 
 
-def ingress_cluster(upstream: Endpoint) -> Json:
-    """The workload's port as the ingress reaches it: one static address."""
-    return {
+def ingress_cluster(upstream: Endpoint, resolver: Endpoint) -> Json:
+    """The workload's port as the ingress reaches it: one static address, or a name (a
+    cluster's Service) resolved at the fence's upstream resolver, as Squid's cache_peer is."""
+    cluster: Json = {
         "name": INGRESS_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "10s",
@@ -253,6 +260,19 @@ def ingress_cluster(upstream: Endpoint) -> Json:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(upstream)}}]}],
         },
     }
+    if not _is_ip(upstream.host):
+        # A STATIC cluster takes addresses only.
+        cluster.update(type="STRICT_DNS", dns_lookup_family="V4_PREFERRED",
+                       typed_dns_resolver_config=resolver_config(resolver))
+    return cluster
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def ingress(policy: Policy, placement: Placement) -> Part:
@@ -267,4 +287,4 @@ def ingress(policy: Policy, placement: Placement) -> Part:
             f"ingress to {upstream} from the host namespace"
         )
     return Part((ingress_listener(policy, listen, placement.state_dir),),
-                (ingress_cluster(upstream),))
+                (ingress_cluster(upstream, placement.upstream_resolver),))

@@ -99,6 +99,30 @@ def test_ingress_gates_on_loopback_names_by_default() -> None:
     assert ingress_listen == {"address": "127.0.0.1", "port_value": 8080}
 
 
+def test_ingress_upstream_by_name_is_resolved_at_the_upstream_resolver() -> None:
+    # A cluster's Service: Envoy resolves the name itself, at the fence's resolver only.
+    named = Placement(
+        state_dir=STATE,
+        egress_listen=Endpoint("0.0.0.0", 3128),
+        workload_proxy="10.96.0.53:3128",
+        dns_listen=Endpoint("127.0.0.1", 53),
+        upstream_resolver=Endpoint("10.96.0.10", 53),
+        ingress_listen=Endpoint("0.0.0.0", 8080),
+        ingress_upstream=Endpoint("web.default.svc.cluster.local", 8000),
+    )
+    cfg = json.loads(EnvoyProxy(ENVOY).setup(Policy(), named).files[0].content)
+    (cluster,) = [c for c in cfg["static_resources"]["clusters"] if c["name"] == "ingress_upstream"]
+    assert cluster["type"] == "STRICT_DNS"
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {
+        "address": "web.default.svc.cluster.local", "port_value": 8000}
+    options = cluster["typed_dns_resolver_config"]["typed_config"]
+    assert options["resolvers"] == [{"socket_address": {"address": "10.96.0.10",
+                                                        "port_value": 53}}]
+    assert options["use_resolvers_as_fallback"] is False
+    assert options["dns_resolver_options"]["no_default_search_domain"] is True
+
+
 def test_ingress_upstream_in_a_namespace_is_refused() -> None:
     bad = Placement(
         state_dir=STATE,
