@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import sys
 import urllib.request
 
 import pytest
 
-from tests.support.fakenet import TEST_RANGE, FakeNet
+from tests.support.fakenet import NETNS_PREFIX, TEST_RANGE, FakeNet, remove_stale
 from tests.support.tinydns import query
 
 pytestmark = pytest.mark.integration
@@ -46,3 +47,35 @@ def test_the_test_range_is_unreachable_outside_the_veth(fakenet: FakeNet) -> Non
     assert routes.startswith("unreachable"), routes
     with pytest.raises(OSError):
         socket.create_connection(("10.203.9.9", 80), timeout=2)
+
+
+def test_a_killed_runs_leftovers_are_removed_a_live_ones_kept(fakenet: FakeNet) -> None:
+    """A simulated internet whose test process is gone is removed before a new one is
+    built; one whose process runs makes the new one fail at once, saying why."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    made: list[str] = []
+    try:
+        for pid in (gone.pid, live.pid):
+            netns = f"{NETNS_PREFIX}{pid}"
+            subprocess.run(["ip", "netns", "add", netns], check=True, timeout=10)
+            made.append(netns)
+            subprocess.run(["ip", "link", "add", f"nfth{pid}", "type", "veth", "peer", "name",
+                            f"nftn{pid}", "netns", netns], check=True, timeout=10)
+        with pytest.raises(RuntimeError, match=f"test process {live.pid}"):
+            remove_stale()
+        subprocess.run(["ip", "netns", "del", made.pop()], check=True, timeout=10)
+        remove_stale()
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout
+        assert f"{NETNS_PREFIX}{gone.pid}" not in listed
+        assert fakenet.netns in listed  # this run's own stays
+        links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True,
+                               check=True, timeout=10).stdout
+        assert f"nfth{gone.pid}" not in links
+    finally:
+        live.kill()
+        live.wait(timeout=10)
+        for netns in made:
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)

@@ -9,6 +9,7 @@ default gateway; the veth's /24 route is more specific and wins while it is up.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.support.fakenet_server import ANSWERS, HOST_IP, SERVER_IPS
 
 TEST_RANGE = "10.203.0.0/16"
 REPO = Path(__file__).resolve().parents[2]
+NETNS_PREFIX = "nft-inet-"
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,50 @@ def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> None:
     raise RuntimeError(f"fakenet servers did not start (exit {proc.poll()}): {seen!r}")
 
 
+def _owner_alive(pid: int) -> bool:
+    """Whether the test process that built a simulated internet still runs (a reused PID
+    that is not a Python process does not count)."""
+    try:
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def remove_stale() -> None:
+    """Remove what a killed test run left of its simulated internet. Its namespace and
+    veth outlive its server, and the kernel keeps routing the servers' addresses through
+    the older veth: every later run would send its traffic to a dead end."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                            check=True, timeout=10).stdout
+    for name in re.findall(rf"^{NETNS_PREFIX}(\d+)", listed, flags=re.MULTILINE):
+        if int(name) == os.getpid():
+            continue  # ours
+        if _owner_alive(int(name)):
+            raise RuntimeError(
+                f"another simulated internet is up ({NETNS_PREFIX}{name}, test process "
+                f"{name}): it holds {TEST_RANGE}; wait for that run to end")
+        subprocess.run(["ip", "netns", "del", f"{NETNS_PREFIX}{name}"], capture_output=True,
+                       timeout=10)
+        subprocess.run(["ip", "link", "del", f"nfth{name}"], capture_output=True, timeout=10)
+
+
+def _check_reachable(host_if: str) -> None:
+    """Fail at once, not in every test after a timeout, if the servers' addresses do not
+    route through this veth."""
+    for ip in SERVER_IPS:
+        route = subprocess.run(["ip", "route", "get", ip], capture_output=True, text=True,
+                               check=True, timeout=10).stdout
+        if f" dev {host_if} " not in route:
+            raise RuntimeError(f"{ip} does not route through the simulated internet's veth "
+                               f"{host_if}: {route.strip()!r} (a leftover route?)")
+
+
 @contextmanager
 def fakenet(lifetime: float = 3600.0) -> Iterator[FakeNet]:
     """Build the simulated internet; remove every piece of it on exit, also on failure."""
     tag = str(os.getpid())
-    netns, host_if, ns_if = f"nft-inet-{tag}", f"nfth{tag}", f"nftn{tag}"
+    netns, host_if, ns_if = f"{NETNS_PREFIX}{tag}", f"nfth{tag}", f"nftn{tag}"
+    remove_stale()
     with ExitStack() as cleanup:
         work = Path(tempfile.mkdtemp(prefix="nf-fakenet-"))
         cleanup.callback(shutil.rmtree, work, ignore_errors=True)
@@ -100,6 +141,7 @@ def fakenet(lifetime: float = 3600.0) -> Iterator[FakeNet]:
             _ip("-n", netns, "addr", "add", f"{ip}/24", "dev", ns_if)
         _ip("-n", netns, "link", "set", ns_if, "up")
         _ip("-n", netns, "link", "set", "lo", "up")
+        _check_reachable(host_if)
 
         dns_log = work / "dns.log"
         proc = subprocess.Popen(
