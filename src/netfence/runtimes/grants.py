@@ -19,7 +19,7 @@ import posixpath
 import pwd
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from netfence.errors import UsageError
@@ -45,6 +45,9 @@ class Bind:
     path: str
     source: str
     writable: bool = False
+    # (st_dev, st_ino) of what was checked and searched, for a grant: the namespace runtime
+    # binds that very file, or refuses to start (sandbox.pin).
+    ident: tuple[int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -134,35 +137,49 @@ def _caller_name() -> str:
         return f"uid {caller[0]}"
 
 
-def _inspect(kind: str, path: str, mode: int, verb: str) -> tuple[str, os.stat_result]:
-    """The grant's real path and status, looked at as the caller; a one-line error when it
-    is missing or the caller may not use it as asked."""
+def _inspect(kind: str, path: str, mode: int, verb: str) -> tuple[str, os.stat_result, int]:
+    """The grant's real path and status, looked at as the caller, and a descriptor of it
+    (O_PATH: the caller closes it) so that what is searched is what was checked, however
+    the path changes meanwhile; a one-line error when it is missing or the caller may not
+    use it as asked."""
     who = _caller_name()  # before the ids change: sudo_caller() asks for root
     with caller_permissions():
         try:
-            info = os.stat(path)
-            real = os.path.realpath(path)
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except FileNotFoundError:
             raise UsageError(f"{kind} {path}: no such file or directory",
                              remedy="create it first, or drop the grant") from None
         except OSError as exc:
             raise UsageError(f"{kind} {path}: {who} cannot reach it "
                              f"({exc.strerror})") from None
-        if stat.S_ISDIR(info.st_mode):
-            mode |= os.X_OK
-        if not os.access(path, mode, effective_ids=True):
-            raise UsageError(f"{kind} {path}: {who} cannot {verb} it")
-    return real, info
+        try:
+            info = os.fstat(fd)
+            real = os.readlink(held(fd))
+            if stat.S_ISDIR(info.st_mode):
+                mode |= os.X_OK
+            if not os.access(held(fd), mode, effective_ids=True):
+                raise UsageError(f"{kind} {path}: {who} cannot {verb} it")
+        except BaseException:
+            os.close(fd)
+            raise
+    return real, info, fd
+
+
+def held(fd: int) -> str:
+    """The path of what descriptor `fd` of this process holds, whatever its name is now."""
+    return f"/proc/self/fd/{fd}"
 
 
 def hidden_sockets(bind: Bind, kind: str, allowed: set[str] | frozenset[str] = frozenset(),
-                   *, container: bool = False) -> list[Bind]:
+                   *, container: bool = False, search: str | None = None) -> list[Bind]:
     """The host Unix sockets inside a granted directory that the workload must not reach:
     every one but those `allowed` (real paths). One line when the directory is too large
-    to search, or (`container`) holds a container engine's socket."""
-    if not os.path.isdir(bind.source):
+    to search, or (`container`) holds a container engine's socket. `search`: where to
+    search (default: `bind.source`), e.g. the directory through a descriptor held open."""
+    root = search or bind.source
+    if not os.path.isdir(root):
         return []
-    found = find_sockets(bind.source)
+    found = find_sockets(root)
     if found is None:
         raise UsageError(
             f"{kind} {bind.path}: too large to search for Unix sockets (more than "
@@ -191,7 +208,8 @@ def check(profile: Profile, *, container: bool = False) -> FileGrants:
         why = refusal(path, path, never)
         if why is not None:
             raise UsageError(f"allow_unix_socket {path}: {why}")
-        real, info = _inspect("allow_unix_socket", path, os.W_OK, "connect to")
+        real, info, fd = _inspect("allow_unix_socket", path, os.W_OK, "connect to")
+        os.close(fd)
         why = refusal(path, real, never)
         if why is not None:
             raise UsageError(f"allow_unix_socket {path}: {why}")
@@ -201,7 +219,7 @@ def check(profile: Profile, *, container: bool = False) -> FileGrants:
         if is_engine_socket(path, real):
             raise UsageError(f"allow_unix_socket {path}: a container engine's socket is "
                              "never granted (whoever holds it is root on the host)")
-        sockets.append(Bind(path, real))
+        sockets.append(Bind(path, real, ident=(info.st_dev, info.st_ino)))
 
     wanted = {path: False for path in profile.read}
     wanted.update({path: True for path in profile.write})  # the same path: write wins
@@ -213,17 +231,22 @@ def check(profile: Profile, *, container: bool = False) -> FileGrants:
         why = refusal(path, path, never)
         if why is not None:
             raise UsageError(f"{kind} {path}: {why}", remedy="grant a narrower path")
-        real, info = _inspect(kind, path, os.R_OK | (os.W_OK if writable else 0),
-                              "write" if writable else "read")
-        why = refusal(path, real, never)
-        if why is not None:
-            raise UsageError(f"{kind} {path}: {why}", remedy="grant a narrower path")
-        if stat.S_ISSOCK(info.st_mode):
-            raise UsageError(f"{kind} {path}: a Unix socket",
-                             remedy=f"grant it with --allow-unix-socket {path}")
-        bind = Bind(path, real, writable)
-        for mask in hidden_sockets(bind, kind, allowed, container=container):
-            masked.setdefault(mask.path, mask)
+        real, info, fd = _inspect(kind, path, os.R_OK | (os.W_OK if writable else 0),
+                                  "write" if writable else "read")
+        try:
+            why = refusal(path, real, never)
+            if why is not None:
+                raise UsageError(f"{kind} {path}: {why}", remedy="grant a narrower path")
+            if stat.S_ISSOCK(info.st_mode):
+                raise UsageError(f"{kind} {path}: a Unix socket",
+                                 remedy=f"grant it with --allow-unix-socket {path}")
+            bind = Bind(path, real, writable, ident=(info.st_dev, info.st_ino))
+            # Searched through the descriptor: a path swapped meanwhile changes nothing.
+            for mask in hidden_sockets(bind, kind, allowed, container=container,
+                                       search=held(fd)):
+                masked.setdefault(mask.path, mask)
+        finally:
+            os.close(fd)
         binds.append(bind)
     binds.sort(key=lambda b: (len(Path(b.path).parts), b.path))
     return FileGrants(binds=tuple(binds), sockets=tuple(sockets),

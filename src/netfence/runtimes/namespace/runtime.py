@@ -182,17 +182,23 @@ class NamespaceFence(Fence):
         os.write(resolv_w, f"nameserver {LOOPBACK}\noptions timeout:2 attempts:2\n".encode())
         os.close(resolv_w)
         info_r, info_w = os.pipe()
-        argv = sandbox.sandbox_argv(
-            netns.netns_path(ns_name(spec.name)), user, spec.command, self.workload_env(user),
-            resolv_r, info_w, hidden=(state.STATE_ROOT, netns.NETNS_DIR), files=spec.files,
-        )
-        self.signals.check()
-        # A signal that arrives from here on waits in the queue until the forwarder
-        # passes it to the workload.
-        proc = subprocess.Popen(
-            argv, env=sandbox.LAUNCH_ENV, pass_fds=(resolv_r, info_w),
-            stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], process_group=0,
-        )
+        pinned = sandbox.pin(spec.files)
+        try:
+            argv = sandbox.sandbox_argv(
+                netns.netns_path(ns_name(spec.name)), user, spec.command,
+                self.workload_env(user), resolv_r, info_w,
+                hidden=(state.STATE_ROOT, netns.NETNS_DIR), files=spec.files, pinned=pinned,
+            )
+            self.signals.check()
+            # A signal that arrives from here on waits in the queue until the forwarder
+            # passes it to the workload.
+            proc = subprocess.Popen(
+                argv, env=sandbox.LAUNCH_ENV, pass_fds=(resolv_r, info_w, *pinned.values()),
+                stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], process_group=0,
+            )
+        finally:
+            for fd in pinned.values():
+                os.close(fd)
         os.close(resolv_r)
         os.close(info_w)
         init_pid = sandbox.read_child_pid(info_r)

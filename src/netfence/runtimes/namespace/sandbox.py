@@ -216,13 +216,15 @@ def sandbox_argv(
     info_fd: int,
     hidden: tuple[Path, ...],
     files: grants.FileGrants | None = None,
+    pinned: Mapping[str, int] | None = None,
 ) -> list[str]:
     """nsenter joins the namespace and drops to the user; bwrap builds the rest.
 
     The workload's environment (partly the caller's: --env) reaches only the workload,
     through bwrap: nsenter runs as root, where PATH or LD_PRELOAD would choose its code.
     Start the argv with LAUNCH_ENV as its environment. `files`: the view `prepare` decided
-    (None: the system directories and nothing granted)."""
+    (None: the system directories and nothing granted); `pinned`: its grants' descriptors
+    (`pin`), which the argv names: pass them to the process."""
     nsenter = shutil.which("nsenter", path=SYSTEM_PATH)
     if nsenter is None:
         raise NetfenceError("nsenter is not installed", remedy="apt-get install util-linux")
@@ -235,12 +237,42 @@ def sandbox_argv(
         *view.plan(files or grants.FileGrants(), view.host_layout(), user.home,
                    # Where the file really is: /etc/resolv.conf is often a link into /run.
                    (resolv_fd, os.path.realpath("/etc/resolv.conf")),
-                   hidden=[str(p) for p in hidden if p.is_dir()]),
+                   hidden=[str(p) for p in hidden if p.is_dir()], pinned=pinned),
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--info-fd", str(info_fd),
     ]
     return [*argv, "--", *command]
+
+
+def pin(files: grants.FileGrants | None) -> dict[str, int]:
+    """A descriptor (O_PATH) of each checked grant, opened without following a link: the
+    very file that was checked (grants.check) or a one-line refusal. Between the check and
+    bwrap, whoever may write a grant's parent directory (a workload with a write grant
+    around it) could swap it for a link to another directory of the workload's user (its
+    agents' sockets, ~/.ssh); bwrap binds the descriptors, never the paths. The caller
+    closes them."""
+    fds: dict[str, int] = {}
+    try:
+        for bind in (*files.binds, *files.sockets) if files else ():
+            if bind.ident is None:
+                continue
+            try:
+                fd = os.open(bind.source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                raise UsageError(f"{bind.path}: gone since it was checked ({exc.strerror})",
+                                 remedy="start again") from None
+            fds[bind.path] = fd
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != bind.ident:
+                raise UsageError(f"{bind.path}: replaced since it was checked (is anything "
+                                 "renaming it? another workload with a write grant around it?)",
+                                 remedy="start again; grant a path only you can rename")
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
 
 
 def read_child_pid(info_fd: int) -> int | None:

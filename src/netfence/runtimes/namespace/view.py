@@ -74,11 +74,14 @@ def _depth(path: str) -> int:
 
 
 def plan(files: FileGrants, layout: Layout, home: str, resolv: tuple[int, str],
-         hidden: Sequence[str] = ()) -> list[str]:
+         hidden: Sequence[str] = (), pinned: Mapping[str, int] | None = None) -> list[str]:
     """bwrap's file-system arguments for the view. Mounts go parent first (a grant inside
     the fresh /tmp or the empty home lands on top of it; a fresh directory inside a grant
     stays fresh), and at the same path: fresh, then granted, then hidden. `resolv`: the
-    fd bwrap reads the fence's resolv.conf from, and where it goes."""
+    fd bwrap reads the fence's resolv.conf from, and where it goes. `pinned`: a grant's
+    path -> a descriptor of the file that was checked, bound instead of its path (a path
+    can be swapped for a link between the check and bwrap)."""
+    held = pinned or {}
     resolv_fd, resolv_path = resolv
     if files.host_filesystem:
         # The host's whole file system (--host-filesystem): only /run is fresh, as the
@@ -99,10 +102,14 @@ def plan(files: FileGrants, layout: Layout, home: str, resolv: tuple[int, str],
     steps += [_Step(path, 0, ("--perms", "1777", "--tmpfs", path)) for path in SHARED_TMP]
     if usable_home(home):
         steps.append(_Step(home, 0, ("--perms", "0700", "--tmpfs", home)))
-    for bind in (*files.program, *files.binds):
+    def bound(bind: Bind) -> tuple[str, ...]:
         flag = "--bind" if bind.writable else "--ro-bind"
-        steps.append(_Step(bind.path, 1, (flag, bind.source, bind.path)))
-    steps += [_Step(s.path, 2, ("--ro-bind", s.source, s.path)) for s in files.sockets]
+        if bind.path in held:
+            return (flag + "-fd", str(held[bind.path]), bind.path)
+        return (flag, bind.source, bind.path)
+
+    steps += [_Step(b.path, 1, bound(b)) for b in (*files.program, *files.binds)]
+    steps += [_Step(s.path, 2, bound(s)) for s in files.sockets]
     steps += [_Step(path, 3, ("--tmpfs", path)) for path in hidden]
     steps += [_Step(m.path, 3, ("--ro-bind", DEV_NULL, m.path)) for m in files.masked]
 

@@ -33,8 +33,9 @@ def plan(files: FileGrants = NOTHING, home: str = HOME,
 
 def steps(args: list[str]) -> list[tuple[str, ...]]:
     """The arguments as (option, operands...) tuples, in order."""
-    arity = {"--ro-bind": 2, "--bind": 2, "--symlink": 2, "--ro-bind-data": 2, "--tmpfs": 1,
-             "--dev": 1, "--proc": 1, "--perms": 1, "--remount-ro": 1, "--chdir": 1}
+    arity = {"--ro-bind": 2, "--bind": 2, "--ro-bind-fd": 2, "--bind-fd": 2, "--symlink": 2,
+             "--ro-bind-data": 2, "--tmpfs": 1, "--dev": 1, "--proc": 1, "--perms": 1,
+             "--remount-ro": 1, "--chdir": 1}
     out: list[tuple[str, ...]] = []
     i = 0
     while i < len(args):
@@ -287,3 +288,40 @@ def test_extra_program_paths_are_bound_read_only_once(tmp_path: Path) -> None:
     binds = view.program_binds("/usr/bin/env", lambda p: p.startswith("/usr/"),
                                [str(install), str(install / "node_modules")])
     assert binds == [Bind(str(install), str(install))]
+
+
+def test_pinned_grants_are_bound_by_their_descriptor() -> None:
+    """A grant checked through a descriptor is bound through it: a path swapped for a link
+    after the check shows nothing else (tests/integration/test_grant_race.py)."""
+    files = FileGrants(binds=(Bind("/srv/data", "/srv/data"),
+                              Bind("/srv/out", "/srv/out", writable=True)),
+                       sockets=(Bind("/srv/a.sock", "/srv/a.sock"),),
+                       program=(Bind("/opt/venv", "/opt/venv"),))
+    got = steps(view.plan(files, MERGED, HOME, RESOLV,
+                          pinned={"/srv/data": 11, "/srv/out": 12, "/srv/a.sock": 13}))
+    assert ("--ro-bind-fd", "11", "/srv/data") in got
+    assert ("--bind-fd", "12", "/srv/out") in got
+    assert ("--ro-bind-fd", "13", "/srv/a.sock") in got
+    assert ("--ro-bind", "/opt/venv", "/opt/venv") in got  # not a grant: not pinned
+
+
+def test_pin_refuses_a_grant_replaced_since_the_check(tmp_path: Path) -> None:
+    from netfence.errors import UsageError
+    from netfence.profile import Profile
+    from netfence.runtimes import grants
+    from netfence.runtimes.namespace import sandbox
+
+    docs, other = tmp_path / "docs", tmp_path / "other"
+    docs.mkdir()
+    other.mkdir()
+    files = grants.check(Profile(read=(str(docs),)))
+    fds = sandbox.pin(files)  # unchanged: pinned
+    try:
+        assert os.path.samefile(f"/proc/self/fd/{fds[str(docs)]}", docs)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    docs.rename(tmp_path / "docs.real")
+    docs.symlink_to(other)
+    with pytest.raises(UsageError, match="replaced since it was checked"):
+        sandbox.pin(files)
