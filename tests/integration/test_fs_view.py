@@ -252,6 +252,31 @@ def test_a_socket_inside_a_read_grant_is_hidden_unless_granted(
         assert f"{other} CONNECTED" in out, out
 
 
+def test_a_named_pipe_inside_a_read_grant_carries_nothing_to_the_host(
+        user: FsUser, net_args: list[str], scratch: Path) -> None:
+    """A read-only mount does not stop writes into a pipe: a host program's control pipe
+    in a granted directory is covered as a socket is."""
+    granted = scratch / "pipes"
+    granted.mkdir(mode=0o755)
+    pipe = granted / "control"
+    os.mkfifo(pipe, 0o666)
+    pipe.chmod(0o666)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # the host program, listening
+    try:
+        done = python(net_args, "import os\n"
+                      "try:\n"
+                      "    fd = os.open(os.environ['PIPE'], os.O_WRONLY | os.O_NONBLOCK)\n"
+                      "    print('wrote', os.write(fd, b'rm -rf ~\\n'))\n"
+                      "except OSError as e:\n"
+                      "    print('refused', e.errno)\n",
+                      extra=("--read", str(granted), "--env", f"PIPE={pipe}"))
+        assert done.returncode == 0, done.stderr
+        # No writer ever came (a non-blocking read of a pipe nobody wrote ends at once).
+        assert os.read(reader, 100) == b"", done.stdout
+    finally:
+        os.close(reader)
+
+
 def test_a_hidden_socket_cannot_be_uncovered(user: FsUser, net_args: list[str],
                                              scratch: Path) -> None:
     """In a write grant the workload owns, the cover over a socket can be neither removed

@@ -94,11 +94,17 @@ def is_engine_socket(path: str, real: str) -> bool:
         engine_path is not None and os.path.realpath(engine_path) == real)
 
 
+def _is_channel(mode: int) -> bool:
+    return stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)
+
+
 def find_sockets(root: str, max_entries: int = MAX_ENTRIES,
                  max_seconds: float = MAX_SECONDS) -> list[str] | None:
-    """The Unix sockets under directory `root`, as paths relative to it; None when the
-    search passed a bound. Symbolic links are not followed (inside the workload's view
-    they resolve in that view), mount points are crossed (a bind shows them)."""
+    """The Unix sockets and named pipes under directory `root`, as paths relative to it;
+    None when the search passed a bound. A pipe is a channel to a host program as a socket
+    is, and a read-only mount does not stop writes into it. Symbolic links are not followed
+    (inside the workload's view they resolve in that view), mount points are crossed (a
+    bind shows them)."""
     found: list[str] = []
     deadline = time.monotonic() + max_seconds
     seen = 0
@@ -119,7 +125,7 @@ def find_sockets(root: str, max_entries: int = MAX_ENTRIES,
                     if entry.is_dir(follow_symlinks=False):
                         todo.append(child)
                     elif not (entry.is_file(follow_symlinks=False)
-                              or entry.is_symlink()) and stat.S_ISSOCK(
+                              or entry.is_symlink()) and _is_channel(
                                   entry.stat(follow_symlinks=False).st_mode):
                         found.append(child)
                 except OSError:

@@ -98,14 +98,15 @@ def bound(path: Path) -> socket.socket:
     return sock
 
 
-def test_find_sockets_finds_them_at_any_depth(tmp_path: Path, listening: ExitStack) -> None:
+def test_find_sockets_finds_them_and_named_pipes_at_any_depth(tmp_path: Path,
+                                                              listening: ExitStack) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "file").write_text("x")
     os.mkfifo(tmp_path / "fifo")
     listening.enter_context(bound(tmp_path / "top.sock"))
     listening.enter_context(bound(tmp_path / "a" / "b" / "deep.sock"))
     (tmp_path / "link.sock").symlink_to(tmp_path / "top.sock")  # not followed
-    assert grants.find_sockets(str(tmp_path)) == ["a/b/deep.sock", "top.sock"]
+    assert grants.find_sockets(str(tmp_path)) == ["a/b/deep.sock", "fifo", "top.sock"]
 
 
 def test_find_sockets_is_bounded(tmp_path: Path) -> None:
