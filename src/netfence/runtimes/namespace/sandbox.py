@@ -53,6 +53,10 @@ def resolve_user(requested: str | None) -> SandboxUser:
         pw = pwd.getpwnam("nobody")
     if pw.pw_uid == 0:
         raise UsageError("the workload must not run as root (choose another --user)")
+    if pw.pw_gid == 0:
+        # It would read and write whatever is root's group's (/etc/sudoers is 0440 root:root).
+        raise UsageError(f"the workload must not run in root's group ({pw.pw_name}'s "
+                         "primary group is root; choose another --user)")
     return SandboxUser(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir)
 
 
