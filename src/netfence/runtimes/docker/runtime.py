@@ -299,12 +299,16 @@ class DockerFence(Fence):
         egress = self.fence["egress"][1]
         port = TRANSPARENT_PORT if self.transparent else None
         installed = redirect.install(holder, egress, plan, port)
-        if installed and port is not None and self.bridge is not None:
+        accepted = None
+        if self.bridge is not None:
+            # Whatever the backend: where Docker set the FORWARD policy to DROP, the
+            # workload's traffic to its fence needs the rule as well.
             self.undo.callback(networks.remove_bridged, spec.name)
-            if networks.accept_bridged(self.bridge, spec.name) is False:
-                log.warning("%s: programs that ignore the proxy variables cannot connect "
-                            "(Docker's isolation rules drop their connections, and netfence "
-                            "could not add its %s rule)", spec.name, networks.DOCKER_USER)
+            accepted = networks.accept_bridged(self.bridge, spec.name)
+        if installed and port is not None and accepted is False:
+            log.warning("%s: programs that ignore the proxy variables cannot connect "
+                        "(Docker's isolation rules drop their connections, and netfence "
+                        "could not add its %s rule)", spec.name, networks.DOCKER_USER)
         if not self.backend.transparent:
             log.warning("%s: programs that ignore the proxy variables cannot connect (the "
                         "%s proxy has no transparent path; --proxy envoy has one)",

@@ -141,3 +141,19 @@ def test_the_workload_resolves_at_the_dns_container_whatever_the_engine_writes(
     assert written.parent == tmp_path and written.stat().st_mode & 0o777 == 0o644
     assert written.read_text().splitlines() == ["nameserver 10.213.7.2",
                                                 "options timeout:2 attempts:2"]
+
+
+def test_the_bridge_is_let_through_without_a_transparent_path_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Squid's workload reaches its fence over the bridge as well: where Docker set the
+    # FORWARD policy to DROP, that needs the rule; failing to add it is no warning here.
+    calls: list[str] = []
+    monkeypatch.setattr(redirect, "install", lambda *args: True)
+    monkeypatch.setattr(networks, "accept_bridged",
+                        lambda bridge, name: calls.append(bridge) or False)
+    fence = _fence(tmp_path, "squid", transparent=False)
+    fence.bridge = "podman3"
+    with caplog.at_level(logging.WARNING, logger="netfence"):
+        fence._redirect(object(), PLAN)  # type: ignore[arg-type]
+    assert calls == ["podman3"]
+    assert [r.getMessage() for r in caplog.records if "DOCKER-USER" in r.getMessage()] == []
