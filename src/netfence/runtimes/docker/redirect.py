@@ -72,8 +72,8 @@ def workload_routes(interface: str, plan: AddressPlan) -> str:
     lines = [f"route del {plan.subnet} dev {interface}"]
     lines += [f"route add {address}/32 dev {interface}"
               for address in (plan.dns, plan.egress, plan.ingress)]
-    # Replaced, not added: Docker Engine gives a container on an internal network a
-    # default route via the gateway it was created with (Podman gives none).
+    # Replaced, not added: Docker Engine 20.10 gave the holder a default route of its own
+    # here (adding one failed with "File exists"); Podman gives none.
     lines.append(f"route replace default via {plan.egress} dev {interface}")
     return "".join(line + "\n" for line in lines)
 
