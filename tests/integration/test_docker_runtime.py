@@ -510,6 +510,14 @@ def test_detach_ps_logs_stop(engine: Engine, proxy: str, net_args: list[str]) ->
         # A subnet of ours, given at creation (Docker Engine needs one for fixed addresses).
         subnet = ipaddress.ip_network(internal["IPAM"]["Config"][0]["Subnet"])
         assert subnet.subnet_of(INTERNAL_POOL), subnet
+        # Where Docker's chains exist (the session's dockerd makes them), the internal
+        # bridge's own traffic is accepted in DOCKER-USER, on either engine: Docker's
+        # isolation rules would drop the transparent path, its DROP policy everything.
+        chain = subprocess.run(["iptables", "-w", "10", "-S", "DOCKER-USER"],
+                               capture_output=True, text=True, timeout=30)
+        if chain.returncode == 0:
+            [rule] = [line for line in chain.stdout.splitlines() if f"netfence:{name}" in line]
+            assert rule.startswith("-A DOCKER-USER -i ") and rule.endswith("-j ACCEPT"), rule
         deadline = time.monotonic() + 20
         text = ""
         records: list[dict[str, Any]] = []
