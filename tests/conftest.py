@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.dockerd import ENGINES, docker_engine, docker_missing_reason
+from tests.support.dockerd import remove_stale as remove_stale_docker
 from tests.support.fakenet import FakeNet
 from tests.support.fakenet import fakenet as build_fakenet
 from tests.support.podman import Engine, podman_engine, podman_missing_reason
@@ -37,6 +38,8 @@ def podman(fakenet: FakeNet) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def dockerd(fakenet: FakeNet) -> Iterator[Engine]:
     """A real Docker Engine (a private dockerd) with the images built."""
+    if os.geteuid() == 0:
+        remove_stale_docker()  # a killed session's daemon would look like a user's Docker
     reason = docker_missing_reason()
     if reason is not None:
         if os.environ.get("CI") and os.geteuid() == 0:

@@ -20,6 +20,7 @@ daemon added, and the bridges and sysctls, so the host is as it was.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from netfence.runtimes.state import is_running, kill, process_start_time
 from tests.support.podman import Engine, wait_for_engine, with_images
 
 # The engines the docker runtime is tested on, each a session fixture of that name.
@@ -45,6 +47,34 @@ BRIDGE_PREFIX = "br-"
 # Written by containerd (shim sockets) and dockerd outside the paths we give them.
 OUTSIDE_DIRS = (Path("/run/containerd"), Path("/run/docker"), Path("/etc/docker"),
                 Path("/var/lib/docker"))
+# While a session's dockerd runs: what it needs to put the host back, should the session
+# be killed before its own cleanup (the next session does it, remove_stale).
+MARKER = Path("/run/netfence-test-dockerd.json")
+
+
+def remove_stale(marker: Path = MARKER) -> None:
+    """Put back what the dockerd of a killed test session changed on the host: its
+    daemon (by the PID that session recorded, if that very process still runs), its
+    chains and rules, bridges, sysctls and FORWARD policy. Otherwise its chains would make
+    this session take it for a user's Docker, and a FORWARD policy it left at DROP would
+    drop Podman's traffic."""
+    try:
+        left = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return
+    pid, started = int(left["pid"]), str(left["started"])
+    kill(pid, started)  # through a pidfd, only if that very process still runs
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while is_running(pid, started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    work = Path(left["work"])
+    _stop_under(work)
+    _restore_host({t: set(c) for t, c in left["chains"].items()}, set(left["links"]),
+                  left["policy"], {Path(k): v for k, v in left["sysctls"].items()},
+                  {Path(p) for p in left["outside"]})
+    _unmount_under(work)
+    shutil.rmtree(work, ignore_errors=True)
+    marker.unlink(missing_ok=True)
 
 
 def docker_missing_reason() -> str | None:
@@ -165,6 +195,12 @@ def _stop_daemon(proc: subprocess.Popen[bytes], work: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(STOP_TIMEOUT)
+    _stop_under(work)
+
+
+def _stop_under(work: Path) -> None:
+    """The daemon's containerd and shims (their command lines name our directory): given
+    time to follow it, then killed."""
     deadline = time.monotonic() + STOP_TIMEOUT
     while _processes_under(work) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -208,6 +244,7 @@ def docker_engine(ca_pem: Path) -> Iterator[Engine]:
     outside_before = {path for path in OUTSIDE_DIRS if path.exists()}
     work = Path(tempfile.mkdtemp(prefix="nf-docker-"))
     with contextlib.ExitStack() as cleanup:
+        cleanup.callback(MARKER.unlink, missing_ok=True)  # last: the host is put back by then
         cleanup.callback(shutil.rmtree, work, ignore_errors=True)
         cleanup.callback(_unmount_under, work)
         cleanup.callback(_restore_host, chains_before, links_before, policy, sysctls,
@@ -223,6 +260,13 @@ def docker_engine(ca_pem: Path) -> Iterator[Engine]:
                  "-H", url, "--bridge=none"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         cleanup.callback(_stop_daemon, proc, work)
+        MARKER.write_text(json.dumps({
+            "pid": proc.pid, "started": process_start_time(proc.pid) or "", "work": str(work),
+            "chains": {t: sorted(c) for t, c in chains_before.items()},
+            "links": sorted(links_before), "policy": policy,
+            "sysctls": {str(k): v for k, v in sysctls.items()},
+            "outside": [str(p) for p in outside_before]}))
+        MARKER.chmod(0o600)
         client = wait_for_engine(url, proc, log, what="dockerd")
         cleanup.callback(client.close)
         if forward_policy() != policy:
