@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.dockerd import ENGINES, docker_engine, docker_missing_reason
+from tests.support.dockerd import remove_stale as remove_stale_docker
 from tests.support.fakenet import FakeNet
 from tests.support.fakenet import fakenet as build_fakenet
 from tests.support.podman import Engine, podman_engine, podman_missing_reason
@@ -31,3 +33,25 @@ def podman(fakenet: FakeNet) -> Iterator[Engine]:
         pytest.skip(reason)
     with podman_engine(fakenet.ca_pem_path) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def dockerd(fakenet: FakeNet) -> Iterator[Engine]:
+    """A real Docker Engine (a private dockerd) with the images built."""
+    if os.geteuid() == 0:
+        remove_stale_docker()  # a killed session's daemon would look like a user's Docker
+    reason = docker_missing_reason()
+    if reason is not None:
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(f"{reason}: CI must run the container runtime tests")
+        pytest.skip(reason)
+    with docker_engine(fakenet.ca_pem_path) as engine:
+        yield engine
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each engine in turn (both session fixtures stay up: their rules meet on one host)."""
+    found = request.getfixturevalue(request.param)
+    assert isinstance(found, Engine)
+    return found

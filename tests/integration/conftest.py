@@ -7,9 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.fakenet import FakeNet
-from tests.support.fence import leftovers, nothing_new
-
-BACKENDS = ("envoy", "squid")
+from tests.support.fence import BACKENDS, leftovers, nothing_new
 
 
 @pytest.fixture(params=BACKENDS)

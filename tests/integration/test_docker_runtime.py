@@ -1,7 +1,8 @@
-"""`netfence run --runtime docker` end to end on a real Podman engine (its Docker API):
-real Envoy, Squid and dnsmasq in containers built from this host's binaries, a workload
-image built the same way, the simulated internet reached through Podman's NAT. Every case
-runs for both backends."""
+"""`netfence run --runtime docker` end to end on real engines, Podman (its Docker API) and
+Docker Engine, both up for the whole session: real Envoy, Squid and dnsmasq in containers
+built from this host's binaries, a workload image built the same way, the simulated
+internet reached through the engine's NAT. Every case runs for both backends, on each
+engine (`engine`)."""
 
 from __future__ import annotations
 
@@ -31,20 +32,35 @@ from netfence.runtimes.docker.networks import (
     internal_network_name,
 )
 from tests.support.clients import DNS_ASK, NODE_GET
+from tests.support.dockerd import ENGINES
 from tests.support.fakenet import FakeNet
 from tests.support.fakenet_server import UNASSIGNED_PRIVATE
-from tests.support.fence import leftovers, netfence_argv, nothing_new
+from tests.support.fence import BACKENDS, leftovers, netfence_argv, nothing_new
 from tests.support.ingress import ECHO_BODY, echo_server, get, get_when_up
 from tests.support.podman import TEST_PREFIX, WORKLOAD_CA, Engine
 
 pytestmark = pytest.mark.integration
 
+# Every case runs on Podman for both backends. Docker Engine runs the cases where the
+# engines differ (addresses, DNS, routes and FORWARD rules, the bridges, ports, labels and
+# capabilities as reported, attach, error texts); a case that checks a backend's decisions
+# alone runs there for Envoy (the transparent path crosses Docker's rules) or not at all,
+# which keeps the second engine's cost near two minutes.
+PODMAN_ONLY = pytest.mark.parametrize("engine", ["podman"], indirect=True)
+
+
+def on_docker_with(*proxies: str) -> pytest.MarkDecorator:
+    """Podman with both backends, Docker Engine with `proxies` only."""
+    cases = [(engine, proxy) for engine in ENGINES for proxy in BACKENDS
+             if engine == "podman" or proxy in proxies]
+    return pytest.mark.parametrize(("engine", "proxy"), cases, indirect=True)
+
 STATE_ROOT = state.STATE_ROOT
 
 
 @pytest.fixture(autouse=True)
-def nothing_left_behind(podman: Engine) -> Iterator[None]:
-    with nothing_new(lambda: [*leftovers(), *podman.managed()]):
+def nothing_left_behind(engine: Engine) -> Iterator[None]:
+    with nothing_new(lambda: [*leftovers(), *engine.managed()]):
         yield
 
 
@@ -97,18 +113,20 @@ def parse_status(out: str) -> dict[str, str]:
 
 
 class TestEgressMatrix:
-    def test_allowed_http_and_https(self, podman: Engine, proxy: str,
+    def test_allowed_http_and_https(self, engine: Engine, proxy: str,
                                     net_args: list[str]) -> None:
-        out = script(podman, proxy, net_args,
+        out = script(engine, proxy, net_args,
                      "curl -sS -m 10 http://allowed.test/hello; "
                      f"curl -sS -m 10 --cacert {WORKLOAD_CA} https://www.allowed.test/tls",
                      allow=(".allowed.test",))
         assert "fakenet ok host=allowed.test path=/hello" in out
         assert "fakenet ok host=www.allowed.test path=/tls" in out
 
+    @PODMAN_ONLY
+
     def test_not_allowlisted_gets_403_and_connect_is_refused(
-            self, podman: Engine, proxy: str, net_args: list[str]) -> None:
-        out = script(podman, proxy, net_args,
+            self, engine: Engine, proxy: str, net_args: list[str]) -> None:
+        out = script(engine, proxy, net_args,
                      status_lines("http://other.test/") +
                      f"curl -sS -m 10 --cacert {WORKLOAD_CA} https://other.test/; "
                      "echo connect_rc=$?", allow=("allowed.test",))
@@ -116,23 +134,27 @@ class TestEgressMatrix:
         assert "not_allowlisted" in out
         assert "fakenet ok" not in out and "connect_rc=0" not in out, out
 
-    def test_names_resolving_to_denied_addresses(self, podman: Engine, proxy: str,
+    @PODMAN_ONLY
+
+    def test_names_resolving_to_denied_addresses(self, engine: Engine, proxy: str,
                                                  net_args: list[str]) -> None:
         cases = {"hostaddr.test": "host_address", "loopback.test": "loopback_address",
                  "metadata.test": "link_local_address", "private.test": "private_address"}
         urls = [f"http://{host}/" for host in cases]
-        out = parse_status(script(podman, proxy, net_args, status_lines(*urls),
+        out = parse_status(script(engine, proxy, net_args, status_lines(*urls),
                                   allow=tuple(cases)))
         for host, reason in cases.items():
             got = out[f"http://{host}/"]
             assert got.startswith("403 ") and reason in got, (host, got)
 
-    def test_host_names_and_port_denied(self, podman: Engine, proxy: str,
+    @PODMAN_ONLY
+
+    def test_host_names_and_port_denied(self, engine: Engine, proxy: str,
                                         net_args: list[str]) -> None:
         urls = ("http://localhost/", "http://host.containers.internal/",
                 "http://host.docker.internal/")
         # NO_PROXY exempts localhost; --noproxy "" sends it to the fence all the same.
-        out = parse_status(script(podman, proxy, net_args,
+        out = parse_status(script(engine, proxy, net_args,
                                   status_lines(*urls, flags="--noproxy ''") +
                                   status_lines("http://allowed.test:8080/"),
                                   extra=("--profile", "network")))
@@ -140,19 +162,21 @@ class TestEgressMatrix:
             assert out[url].startswith("403 ") and "denied_name" in out[url], (url, out)
         assert "port_not_allowed" in out["http://allowed.test:8080/"], out
 
-    def test_gateways_and_host_addresses_denied(self, podman: Engine, proxy: str,
+    @on_docker_with("envoy")
+
+    def test_gateways_and_host_addresses_denied(self, engine: Engine, proxy: str,
                                                 net_args: list[str], fakenet: FakeNet) -> None:
         # A first workload keeps the external network up, so its gateway is known.
         holder = new_name()
-        started = fenced(podman, proxy, net_args, "sleep", "60", name=holder,
+        started = fenced(engine, proxy, net_args, "sleep", "60", name=holder,
                          extra=("--detach",))
         assert started.returncode == 0, started.stderr
         try:
-            external = podman.client.networks.get(EXTERNAL_NETWORK)
+            external = engine.client.networks.get(EXTERNAL_NETWORK)
             ext_gateway = external.attrs["IPAM"]["Config"][0]["Gateway"]
             # Another workload's fence, on the shared external network: never reachable,
             # whatever --allow-cidr says.
-            neighbour = podman.client.containers.get(f"{holder}-dns").attrs[
+            neighbour = engine.client.containers.get(f"{holder}-dns").attrs[
                 "NetworkSettings"]["Networks"][EXTERNAL_NETWORK]["IPAddress"]
             # The workload's own internal gateway: the first address of its subnet (Podman
             # gives each network a /24).
@@ -166,14 +190,14 @@ class TestEgressMatrix:
             # Lift every private range: the gateways must be denied as host addresses.
             extra = ("--allow-cidr", "10.0.0.0/8", "--allow-cidr", "172.16.0.0/12",
                      "--allow-cidr", "192.168.0.0/16", "--profile", "network")
-            out = parse_status(script(podman, proxy, net_args, text, extra=extra))
+            out = parse_status(script(engine, proxy, net_args, text, extra=extra))
         finally:
-            nf(podman, "stop", holder)
+            nf(engine, "stop", holder)
         assert len(out) == 4, out
         for url, got in out.items():
             assert got.startswith("403 ") and "host_address" in got, (url, got)
 
-    def test_direct_connections_reach_only_the_fence(self, podman: Engine, proxy: str,
+    def test_direct_connections_reach_only_the_fence(self, engine: Engine, proxy: str,
                                                      net_args: list[str],
                                                      fakenet: FakeNet) -> None:
         # A host service on every address: the workload must not reach it through the
@@ -195,7 +219,7 @@ class TestEgressMatrix:
                 "        print('answered', host, port, s.recv(200).split(b' ')[:2])\n"
                 "    except OSError as e:\n"
                 "        print('refused', host, port, e.errno)\n")
-            out = script(podman, proxy, net_args, f"python3 -c \"{code}\"; "
+            out = script(engine, proxy, net_args, f"python3 -c \"{code}\"; "
                          "curl -sS -m 5 --noproxy '*' http://allowed.test/; echo curl_rc=$?",
                          allow=("allowed.test",))
             listener.setblocking(False)
@@ -214,10 +238,10 @@ class TestEgressMatrix:
         else:
             assert "fakenet ok" not in out and "curl_rc=0" not in out, out
 
-    def test_dns_answers_allowed_names_only(self, podman: Engine, proxy: str,
+    def test_dns_answers_allowed_names_only(self, engine: Engine, proxy: str,
                                             net_args: list[str], fakenet: FakeNet) -> None:
         fakenet.clear_queries()
-        out = script(podman, proxy, net_args,
+        out = script(engine, proxy, net_args,
                      "getent hosts allowed.test; echo rc=$?; getent hosts denied.test; "
                      "echo rc=$?", allow=("allowed.test",))
         assert "10.203.0.2" in out and "allowed.test" in out, out
@@ -255,10 +279,10 @@ class TestTransparent:
     container's transparent listener and are decided by the name they carry, never by the
     address dialed; DNS to any address is the fence's; other UDP is refused."""
 
-    def test_node_reaches_an_allowed_host(self, podman: Engine, net_args: list[str]) -> None:
+    def test_node_reaches_an_allowed_host(self, engine: Engine, net_args: list[str]) -> None:
         if not shutil.which("node"):
             pytest.skip("node is not installed on this host (the workload image takes it)")
-        got = node_calls(podman, net_args, ("fetch", "http://allowed.test/", {}),
+        got = node_calls(engine, net_args, ("fetch", "http://allowed.test/", {}),
                          ("fetch", "https://www.allowed.test/", {}),
                          ("http", "http://allowed.test/", {}),
                          ("https", "https://allowed.test/", {}), allow=(".allowed.test",))
@@ -267,24 +291,26 @@ class TestTransparent:
             assert result.get("status") == 200 and result.get("server") == server, got
         assert "host=allowed.test" in str(got[0].get("body")), got
 
-    def test_clients_with_their_proxy_turned_off(self, podman: Engine,
+    @PODMAN_ONLY
+
+    def test_clients_with_their_proxy_turned_off(self, engine: Engine,
                                                  net_args: list[str]) -> None:
         text = "".join(
             f"curl -sS -m 10 --noproxy '*' --cacert {WORKLOAD_CA} -o /dev/null "
             f"-w 'curl %{{http_code}} %{{remote_ip}}\\n' {url}; "
             f"SSL_CERT_FILE={WORKLOAD_CA} python3 -c {shlex.quote(PYTHON_GET)} {url}; "
             for url in ("http://allowed.test/", "https://allowed.test/"))
-        out = script(podman, "envoy", net_args, text, allow=("allowed.test",))
+        out = script(engine, "envoy", net_args, text, allow=("allowed.test",))
         # curl dialed the address it resolved; the fence answered there for the name.
         assert out.splitlines() == ["curl 200 10.203.0.2", "python 200 10.203.0.2:80",
                                     "curl 200 10.203.0.2", "python 200 10.203.0.2:443"], out
 
-    def test_the_name_decides_not_the_address_dialed(self, podman: Engine,
+    def test_the_name_decides_not_the_address_dialed(self, engine: Engine,
                                                      net_args: list[str]) -> None:
         if not shutil.which("node"):
             pytest.skip("node is not installed on this host (the workload image takes it)")
         got = node_calls(
-            podman, net_args,
+            engine, net_args,
             # The allowed name sent to another host's address, and to an address where
             # nothing runs: it reaches the allowed host, never the address dialed.
             ("http", "http://10.203.0.4/", {"headers": {"Host": "allowed.test"}}),
@@ -300,12 +326,14 @@ class TestTransparent:
         assert got[2].get("status") == 403 and "not_allowlisted" in str(got[2].get("body")), got
         assert "error" in got[3], got
 
-    def test_everything_else_is_refused(self, podman: Engine, net_args: list[str],
+    @PODMAN_ONLY
+
+    def test_everything_else_is_refused(self, engine: Engine, net_args: list[str],
                                         fakenet: FakeNet) -> None:
         if not shutil.which("node"):
             pytest.skip("node is not installed on this host (the workload image takes it)")
         fakenet.clear_queries()
-        got = node_calls(podman, net_args, ("fetch", "http://other.test/", {}),
+        got = node_calls(engine, net_args, ("fetch", "http://other.test/", {}),
                          ("http", "http://10.203.0.2/", {"headers": {"Host": "loopback.test"}}),
                          ("http", "http://allowed.test:8080/", {}),
                          ("fetch", "http://loopback.test/", {}),
@@ -317,12 +345,14 @@ class TestTransparent:
         assert got[2].get("status") == 403 and "port_not_allowed" in str(got[2].get("body")), got
         assert "other.test" not in {name for name, _ in fakenet.queries()}
 
-    def test_dns_to_any_address_is_the_fences(self, podman: Engine, proxy: str,
+    @on_docker_with("envoy")
+
+    def test_dns_to_any_address_is_the_fences(self, engine: Engine, proxy: str,
                                               net_args: list[str], fakenet: FakeNet) -> None:
         # A program with a resolver of its own, asking an address where no DNS server
         # runs: the fence answers, with the same allowlist (Squid's fence too).
         fakenet.clear_queries()
-        out = script(podman, proxy, net_args,
+        out = script(engine, proxy, net_args,
                      f'python3 -c "$DNS_ASK" {UNASSIGNED_PRIVATE} allowed.test denied.test',
                      allow=("allowed.test",), extra=CLIENT_ENV)
         lines = out.splitlines()
@@ -332,18 +362,22 @@ class TestTransparent:
         assert len(denied) == 2 and all(line.endswith("[]") for line in denied), out
         assert "denied.test" not in {name for name, _ in fakenet.queries()}
 
-    def test_other_udp_is_refused_at_once(self, podman: Engine, proxy: str,
+    @on_docker_with("envoy")
+
+    def test_other_udp_is_refused_at_once(self, engine: Engine, proxy: str,
                                           net_args: list[str]) -> None:
         code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                 "try:\n"
                 f" s.sendto(b'quic?', ('{UNASSIGNED_PRIVATE}', 443))\n"
                 " print('sent')\nexcept OSError as e:\n print('refused', e.errno)")
-        out = script(podman, proxy, net_args, f"python3 -c {shlex.quote(code)}")
+        out = script(engine, proxy, net_args, f"python3 -c {shlex.quote(code)}")
         assert out.startswith("refused"), out
 
+    @PODMAN_ONLY
+
     def test_squid_says_programs_ignoring_the_proxy_cannot_connect(
-            self, podman: Engine, net_args: list[str]) -> None:
-        done = fenced(podman, "squid", net_args, "sh", "-c",
+            self, engine: Engine, net_args: list[str]) -> None:
+        done = fenced(engine, "squid", net_args, "sh", "-c",
                       "curl -sS -m 10 --noproxy '*' http://allowed.test/; echo rc=$?; "
                       "curl -sS -m 10 http://allowed.test/", allow=("allowed.test",))
         out = done.stdout.decode()
@@ -355,13 +389,13 @@ class TestTransparent:
 # --- ingress, stdio, lifecycle ------------------------------------------------------------
 
 
-def test_ingress_reaches_an_http_workload(podman: Engine, proxy: str,
+def test_ingress_reaches_an_http_workload(engine: Engine, proxy: str,
                                           net_args: list[str]) -> None:
     proc = subprocess.Popen(
         netfence_argv("run", "--proxy", proxy, *net_args, "--name", new_name(),
                       "--transport", "streamable-http", "--target-port", "8000", "--",
-                      podman.workload_image, "python3", "-c", echo_server("0.0.0.0", 8000)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=podman.env())
+                      engine.workload_image, "python3", "-c", echo_server("0.0.0.0", 8000)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=engine.env())
     try:
         assert proc.stderr is not None
         url = ""
@@ -387,13 +421,16 @@ def test_ingress_reaches_an_http_workload(podman: Engine, proxy: str,
         proc.communicate(timeout=60)
 
 
-def test_detached_http_workload_is_up_when_run_returns(podman: Engine, proxy: str,
+@PODMAN_ONLY
+
+
+def test_detached_http_workload_is_up_when_run_returns(engine: Engine, proxy: str,
                                                        net_args: list[str]) -> None:
     """`run --detach` returns once the workload and its ingress are up, with the URL."""
     name = new_name()
-    started = nf(podman, "run", "--proxy", proxy, *net_args, "--name", name, "--detach",
+    started = nf(engine, "run", "--proxy", proxy, *net_args, "--name", name, "--detach",
                  "--transport", "streamable-http", "--target-port", "8000", "--",
-                 podman.workload_image, "python3", "-c", echo_server("0.0.0.0", 8000))
+                 engine.workload_image, "python3", "-c", echo_server("0.0.0.0", 8000))
     try:
         assert started.returncode == 0, started.stderr
         err = started.stderr.decode()
@@ -402,27 +439,30 @@ def test_detached_http_workload_is_up_when_run_returns(podman: Engine, proxy: st
         status, body = get_when_up(f"{base}/index.html", timeout=30)
         assert status == 200 and body == ECHO_BODY, (status, body)
     finally:
-        stopped = nf(podman, "stop", name)
+        stopped = nf(engine, "stop", name)
     assert stopped.returncode == 0, stopped.stderr
 
 
-def test_stdio_passthrough_is_byte_exact(podman: Engine, proxy: str,
+@on_docker_with("envoy")
+
+
+def test_stdio_passthrough_is_byte_exact(engine: Engine, proxy: str,
                                          net_args: list[str]) -> None:
     import os
 
     data = os.urandom(1 << 20) + bytes(range(256))
-    done = fenced(podman, proxy, net_args, "cat", input=data)
+    done = fenced(engine, proxy, net_args, "cat", input=data)
     assert done.returncode == 0, done.stderr
     assert done.stdout == data
     # netfence's own words go to stderr only; the exit status is the workload's.
-    done = fenced(podman, proxy, net_args, "sh", "-c", "echo out; echo err >&2; exit 7")
+    done = fenced(engine, proxy, net_args, "sh", "-c", "echo out; echo err >&2; exit 7")
     assert (done.stdout, done.returncode) == (b"out\n", 7), done
     assert b"err\n" in done.stderr
 
 
-def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) -> None:
+def test_detach_ps_logs_stop(engine: Engine, proxy: str, net_args: list[str]) -> None:
     name = new_name()
-    started = fenced(podman, proxy, net_args, "sh", "-c",
+    started = fenced(engine, proxy, net_args, "sh", "-c",
                      "curl -s -m 5 http://allowed.test/ >/dev/null; "
                      "curl -s -m 5 --noproxy '*' http://allowed.test/ >/dev/null; "
                      "curl -s -m 5 http://other.test/ >/dev/null; exec sleep 60",
@@ -433,10 +473,10 @@ def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) ->
     plain = {"NETFENCE_RUNTIME": ""}
     try:
         for env in (plain, {}):
-            listed = nf(podman, "ps", "--json", **env).stdout.decode()
+            listed = nf(engine, "ps", "--json", **env).stdout.decode()
             assert name in listed, (env, listed)
         # Labels on everything it owns.
-        owned = podman.client.containers.list(
+        owned = engine.client.containers.list(
             all=True, filters={"label": f"io.netfence.workload={name}"})
         roles = {c.labels["io.netfence.role"] for c in owned}
         assert roles == {"workload", "net", "dns", "egress"}, roles
@@ -465,11 +505,19 @@ def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) ->
         assert holder["HostConfig"]["ReadonlyRootfs"] is True
         assert any("no-new-privileges" in opt for opt in holder["HostConfig"]["SecurityOpt"])
         assert set(holder["NetworkSettings"]["Networks"]) == {internal_network_name(name)}
-        internal = podman.client.networks.get(internal_network_name(name)).attrs
+        internal = engine.client.networks.get(internal_network_name(name)).attrs
         assert internal["Labels"]["io.netfence.workload"] == name
         # A subnet of ours, given at creation (Docker Engine needs one for fixed addresses).
         subnet = ipaddress.ip_network(internal["IPAM"]["Config"][0]["Subnet"])
         assert subnet.subnet_of(INTERNAL_POOL), subnet
+        # Where Docker's chains exist (the session's dockerd makes them), the internal
+        # bridge's own traffic is accepted in DOCKER-USER, on either engine: Docker's
+        # isolation rules would drop the transparent path, its DROP policy everything.
+        chain = subprocess.run(["iptables", "-w", "10", "-S", "DOCKER-USER"],
+                               capture_output=True, text=True, timeout=30)
+        if chain.returncode == 0:
+            [rule] = [line for line in chain.stdout.splitlines() if f"netfence:{name}" in line]
+            assert rule.startswith("-A DOCKER-USER -i ") and rule.endswith("-j ACCEPT"), rule
         deadline = time.monotonic() + 20
         text = ""
         records: list[dict[str, Any]] = []
@@ -481,24 +529,27 @@ def test_detach_ps_logs_stop(podman: Engine, proxy: str, net_args: list[str]) ->
             return {"allowed.test", "other.test"} <= hosts and direct
 
         while time.monotonic() < deadline and not logged():
-            text = nf(podman, "logs", name, "--json", **plain).stdout.decode()
+            text = nf(engine, "logs", name, "--json", **plain).stdout.decode()
             records = [json.loads(line) for line in text.splitlines()]
             time.sleep(0.3)
         assert logged(), text
-        denied = nf(podman, "logs", name, "--denied", "--json", **plain).stdout.decode()
+        denied = nf(engine, "logs", name, "--denied", "--json", **plain).stdout.decode()
         assert "other.test" in denied and "allowed.test" not in denied, denied
     finally:
-        stopped = nf(podman, "stop", name, **plain)
+        stopped = nf(engine, "stop", name, **plain)
     assert stopped.returncode == 0, stopped.stderr
-    assert name not in nf(podman, "ps", "--json").stdout.decode()
-    assert name not in nf(podman, "ps", "--json", **plain).stdout.decode()
+    assert name not in nf(engine, "ps", "--json").stdout.decode()
+    assert name not in nf(engine, "ps", "--json", **plain).stdout.decode()
     assert not (STATE_ROOT / name).exists()
 
 
-def test_two_workloads_at_once(podman: Engine, proxy: str, net_args: list[str]) -> None:
+@on_docker_with("envoy")
+
+
+def test_two_workloads_at_once(engine: Engine, proxy: str, net_args: list[str]) -> None:
     names = [new_name(), new_name()]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        runs = [pool.submit(fenced, podman, proxy, net_args, "curl", "-sS", "-m", "10",
+        runs = [pool.submit(fenced, engine, proxy, net_args, "curl", "-sS", "-m", "10",
                             f"http://allowed.test/{n}", allow=("allowed.test",), name=n)
                 for n in names]
         results = [r.result(timeout=120) for r in runs]
@@ -506,17 +557,20 @@ def test_two_workloads_at_once(podman: Engine, proxy: str, net_args: list[str]) 
         assert done.returncode == 0, done.stderr
         assert b"teardown" not in done.stderr, done.stderr  # each removed all it owns
         assert f"path=/{name}".encode() in done.stdout, done.stdout
-    if not podman.managed():  # the last one out removed the shared network
+    if not engine.managed():  # the last one out removed the shared network
         with pytest.raises(docker.errors.NotFound):
-            podman.client.networks.get(EXTERNAL_NETWORK)
+            engine.client.networks.get(EXTERNAL_NETWORK)
 
 
 def _link_address(ifname: str) -> str:
     return Path(f"/sys/class/net/{ifname}/address").read_text().strip()
 
 
+@on_docker_with("envoy")
+
+
 def test_a_port_joining_the_external_bridge_does_not_stall_egress(
-        podman: Engine, proxy: str, net_args: list[str]) -> None:
+        engine: Engine, proxy: str, net_args: list[str]) -> None:
     """A Linux bridge takes its lowest port's hardware address unless one was set: another
     workload's fence joining the shared external network would change it under a running
     egress proxy, whose cached gateway entry then points nowhere for up to a minute."""
@@ -526,16 +580,16 @@ def test_a_port_joining_the_external_bridge_does_not_stall_egress(
             'echo "$(curl -sS -m 5 http://allowed.test/after 2>&1)"; read go; echo done')
     proc = subprocess.Popen(
         netfence_argv("run", "--proxy", proxy, *net_args, "--name", new_name(),
-                      "--allow-host", "allowed.test", "--", podman.workload_image,
+                      "--allow-host", "allowed.test", "--", engine.workload_image,
                       "sh", "-c", text),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=podman.env())
+        env=engine.env())
     port = f"nfp{secrets.token_hex(4)}"  # our own veth pair, removed below
     try:
         assert proc.stdin is not None and proc.stdout is not None
         first = proc.stdout.readline().decode()
         assert "fakenet ok host=allowed.test path=/before" in first, first
-        gateway = podman.client.networks.get(EXTERNAL_NETWORK).attrs["IPAM"]["Config"][0][
+        gateway = engine.client.networks.get(EXTERNAL_NETWORK).attrs["IPAM"]["Config"][0][
             "Gateway"]
         links = subprocess.run(["ip", "-json", "address", "show"], capture_output=True,
                                text=True, check=True).stdout
@@ -579,51 +633,54 @@ def _one_line_error(done: subprocess.CompletedProcess[bytes]) -> str:
     return err
 
 
-def test_no_engine_is_a_clear_error(podman: Engine, tmp_path: Path, net_args: list[str]) -> None:
-    done = nf(podman, "run", *net_args, "--name", new_name(), "--", podman.workload_image,
+@PODMAN_ONLY
+
+
+def test_no_engine_is_a_clear_error(engine: Engine, tmp_path: Path, net_args: list[str]) -> None:
+    done = nf(engine, "run", *net_args, "--name", new_name(), "--", engine.workload_image,
               "true", DOCKER_HOST=f"unix://{tmp_path}/no-such.sock")
     assert "no container engine answers" in _one_line_error(done)
 
 
-def test_missing_image_is_a_clear_error(podman: Engine, net_args: list[str]) -> None:
+def test_missing_image_is_a_clear_error(engine: Engine, net_args: list[str]) -> None:
     image = "localhost/netfence-test/no-such-image:1"
-    done = nf(podman, "run", *net_args, "--name", new_name(), "--", image, "true")
+    done = nf(engine, "run", *net_args, "--name", new_name(), "--", image, "true")
     assert image in _one_line_error(done)
-    done = nf(podman, "run", *net_args, "--name", new_name(), "--", podman.workload_image,
+    done = nf(engine, "run", *net_args, "--name", new_name(), "--", engine.workload_image,
               "true", NETFENCE_DNS_IMAGE=image)
     err = _one_line_error(done)
     assert image in err and "netfence images build" in err
 
 
-def test_taken_name_is_a_clear_error(podman: Engine, net_args: list[str]) -> None:
+def test_taken_name_is_a_clear_error(engine: Engine, net_args: list[str]) -> None:
     name = new_name()
-    started = nf(podman, "run", *net_args, "--name", name, "--detach", "--",
-                 podman.workload_image, "sleep", "60")
+    started = nf(engine, "run", *net_args, "--name", name, "--detach", "--",
+                 engine.workload_image, "sleep", "60")
     assert started.returncode == 0, started.stderr
     try:
-        again = nf(podman, "run", *net_args, "--name", name, "--", podman.workload_image,
+        again = nf(engine, "run", *net_args, "--name", name, "--", engine.workload_image,
                    "true")
         assert name in _one_line_error(again)
         # A container of that name made outside netfence: the engine's name is taken too.
         other = new_name()
-        podman.client.containers.create(podman.workload_image, ["true"], name=other)
+        engine.client.containers.create(engine.workload_image, ["true"], name=other)
         try:
-            taken = nf(podman, "run", *net_args, "--name", other, "--",
-                       podman.workload_image, "true")
+            taken = nf(engine, "run", *net_args, "--name", other, "--",
+                       engine.workload_image, "true")
             assert other in _one_line_error(taken)
         finally:
-            podman.client.containers.get(other).remove(force=True)
+            engine.client.containers.get(other).remove(force=True)
     finally:
-        nf(podman, "stop", name)
+        nf(engine, "stop", name)
 
 
-def test_stop_cleans_up_after_a_killed_supervisor(podman: Engine, net_args: list[str]) -> None:
+def test_stop_cleans_up_after_a_killed_supervisor(engine: Engine, net_args: list[str]) -> None:
     name = new_name()
-    started = nf(podman, "run", *net_args, "--name", name, "--detach", "--",
-                 podman.workload_image, "sleep", "60")
+    started = nf(engine, "run", *net_args, "--name", name, "--detach", "--",
+                 engine.workload_image, "sleep", "60")
     assert started.returncode == 0, started.stderr
     try:
-        [record] = [r for r in json.loads(nf(podman, "ps", "--json").stdout)
+        [record] = [r for r in json.loads(nf(engine, "ps", "--json").stdout)
                     if r["name"] == name]
         os.kill(record["supervisor_pid"], signal.SIGKILL)  # the supervisor this test started
         deadline = time.monotonic() + 10
@@ -631,9 +688,20 @@ def test_stop_cleans_up_after_a_killed_supervisor(podman: Engine, net_args: list
                 time.monotonic() < deadline:
             time.sleep(0.1)
         # Its containers outlive it; ps still shows the workload, stop finds it by labels.
-        assert name in nf(podman, "ps", "--json").stdout.decode()
+        assert name in nf(engine, "ps", "--json").stdout.decode()
     finally:
-        stopped = nf(podman, "stop", name)
+        stopped = nf(engine, "stop", name)
     assert stopped.returncode == 0, stopped.stderr
-    assert not podman.client.containers.list(
+    assert not engine.client.containers.list(
         all=True, filters={"label": f"io.netfence.workload={name}"})
+
+
+def test_doctor_names_the_engine_and_its_version(engine: Engine) -> None:
+    done = nf(engine, "doctor", timeout=60)
+    [line] = [line for line in done.stderr.decode().splitlines() if "container engine" in line]
+    product = {"podman": "Podman ", "docker": "Docker Engine "}[engine.kind]
+    version = engine.client.version()
+    number = version["Version"] if engine.kind == "docker" else next(
+        c["Version"] for c in version["Components"] if "Podman" in c["Name"])
+    assert line.startswith("ok") and f"{product}{number} " in line, line
+    assert line.endswith(f"at {engine.url}"), line

@@ -2,7 +2,7 @@
 client talks to an SDK server (tests/support/mcp_server.py) that `netfence run` fences —
 over stdio, and through the ingress over streamable HTTP and SSE — for both backends, in
 the namespace runtime; and over stdio and streamable HTTP in the container runtime, on the
-test session's Podman engine (TestContainerRuntime)."""
+test session's Podman and Docker engines (TestContainerRuntime)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult, TextContent
 
 from netfence.errors import NetfenceError
+from tests.support.dockerd import ENGINES
 from tests.support.fakenet import FakeNet
 from tests.support.fence import leftovers, netfence, netfence_argv, nothing_new
 from tests.support.mcp_env import McpEnv, mcp_env
@@ -78,6 +79,7 @@ class Launch:
     name_prefix: str
     env: dict[str, str] | None = field(default=None, repr=False)
     grants: tuple[str, ...] = ()
+    engine: Engine | None = field(default=None, repr=False)  # the docker runtime's
 
     def name(self, kind: str, proxy: str) -> str:
         return f"{self.name_prefix}{kind}-{proxy}"
@@ -112,7 +114,8 @@ def in_container(engine: Engine, image: str, env: McpEnv) -> Launch:
     return Launch(runtime_args=("--runtime", "docker"), server=server, ca_path=WORKLOAD_CA,
                   # Random, so a name a crashed session left cannot clash; TEST_PREFIX, so
                   # the engine fixture removes what a failed test leaves.
-                  name_prefix=f"{TEST_PREFIX}{secrets.token_hex(3)}-", env=engine.env())
+                  name_prefix=f"{TEST_PREFIX}{secrets.token_hex(3)}-", env=engine.env(),
+                  engine=engine)
 
 
 def fence_args(proxy: str, fakenet: FakeNet, launch: Launch) -> list[str]:
@@ -361,14 +364,17 @@ def test_stdout_carries_only_the_protocol(proxy: str, fakenet: FakeNet,
     assert json.loads(lines[0])["id"] == 1
 
 
-@pytest.fixture(scope="module")
-def in_containers(podman: Engine, fakenet: FakeNet, server_env: McpEnv) -> Iterator[Launch]:
-    """The docker runtime, with the test workload image plus the MCP environment's
-    directory; the image is removed at the end of the module, also after a failure."""
+@pytest.fixture(scope="module", params=ENGINES)
+def in_containers(request: pytest.FixtureRequest, fakenet: FakeNet,
+                  server_env: McpEnv) -> Iterator[Launch]:
+    """The docker runtime on each engine, with the test workload image plus the MCP
+    environment's directory; the image is removed at the end of the module, also after a
+    failure."""
+    engine = request.getfixturevalue(request.param)
     try:
-        with workload_image_with(podman, fakenet.ca_pem_path, "mcp-workload",
+        with workload_image_with(engine, fakenet.ca_pem_path, "mcp-workload",
                                  server_env.server.parent) as image:
-            yield in_container(podman, image, server_env)
+            yield in_container(engine, image, server_env)
     except (RuntimeError, NetfenceError) as exc:
         pytest.fail(f"the MCP workload image: {exc}")
 
@@ -378,9 +384,11 @@ class TestContainerRuntime:
     of the test engine, the fence in containers beside it."""
 
     @pytest.fixture
-    def nothing_left_behind(self, podman: Engine) -> Iterator[None]:
+    def nothing_left_behind(self, in_containers: Launch) -> Iterator[None]:
         # The module's check, and the engine's containers and networks too.
-        with nothing_new(lambda: [*leftovers(), *podman.managed()]):
+        engine = in_containers.engine
+        assert engine is not None
+        with nothing_new(lambda: [*leftovers(), *engine.managed()]):
             yield
 
     def test_stdio(self, proxy: str, fakenet: FakeNet, in_containers: Launch,

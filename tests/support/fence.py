@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 STATE_ROOT = Path("/run/netfence")
+BACKENDS = ("envoy", "squid")  # every fence test runs for each (the `proxy` fixture)
 NETNS_DIR = Path("/run/netns")
 
 

@@ -57,6 +57,9 @@ class Engine:
     url: str
     client: docker.DockerClient
     workload_image: str
+    # "podman" or "docker"; and the prefix of the host bridges its networks get.
+    kind: str = "podman"
+    bridge_prefix: str = "podman"
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment a `netfence` subprocess needs to use this engine."""
@@ -70,15 +73,21 @@ class Engine:
                                                                           filters=label)]
         found += [f"network {n.name}" for n in self.client.networks.list(filters=label)]
         found += [f"link {link.name}" for link in Path("/sys/class/net").iterdir()
-                  if link.name.startswith("podman") and link.name != "podman0"]
+                  if link.name.startswith(self.bridge_prefix) and link.name != "podman0"]
+        # The rules the runtime adds to Docker's DOCKER-USER chain, one per workload (on
+        # either engine, while the session's dockerd made the chain).
+        rules = subprocess.run(["iptables", "-w", "10", "-S", "DOCKER-USER"],
+                               capture_output=True, text=True, timeout=30).stdout
+        found += [f"iptables {line}" for line in rules.splitlines() if "netfence:" in line]
         return found
 
 
-def _wait_for_engine(url: str, proc: subprocess.Popen[bytes], log: Path) -> docker.DockerClient:
+def wait_for_engine(url: str, proc: subprocess.Popen[bytes], log: Path,
+                    what: str = "podman system service") -> docker.DockerClient:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"podman system service exited ({proc.returncode}): "
+            raise RuntimeError(f"{what} exited ({proc.returncode}): "
                                f"{log.read_text(errors='replace')[-2000:]}")
         try:
             client = docker.DockerClient(base_url=url, timeout=120)
@@ -86,11 +95,11 @@ def _wait_for_engine(url: str, proc: subprocess.Popen[bytes], log: Path) -> dock
             return client
         except (docker.errors.DockerException, OSError):
             time.sleep(0.1)
-    raise RuntimeError(f"podman system service did not answer on {url} within "
+    raise RuntimeError(f"{what} did not answer on {url} within "
                        f"{START_TIMEOUT:.0f} s")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)  # the PID we started, nothing else
         try:
@@ -168,6 +177,33 @@ def _remove_test_objects(client: docker.DockerClient) -> None:
             client.networks.get(EXTERNAL_NETWORK).remove()
 
 
+def with_images(client: docker.DockerClient, url: str, ca_pem: Path,
+                cleanup: contextlib.ExitStack) -> str:
+    """Build the fence images (through the real command) and the test workload image in
+    the engine at `url`; their removal is pushed on `cleanup`, and before it (so run
+    first) the removal of whatever a failed test left. The workload image's tag."""
+    # Images: the fence's through the real command, the workload's with the same code.
+    before = {key: _image_id(client, image.local) for key, image in IMAGES.items()}
+    for key, image in IMAGES.items():
+        if before[key] is None:
+            cleanup.callback(_remove_image, client, image.local)
+    built = subprocess.run(netfence_argv("images", "build"), capture_output=True,
+                           env={**os.environ, "DOCKER_HOST": url}, timeout=300)
+    if built.returncode != 0:
+        raise RuntimeError(f"netfence images build failed: {built.stderr.decode()}")
+    for key, image in IMAGES.items():
+        old = before[key]
+        if old is not None and old != _image_id(client, image.local):
+            _remove_image(client, old)  # the rebuild left it untagged: ours to tidy
+    tag = f"localhost/netfence-test/workload:{os.getpid()}"
+    cleanup.callback(_remove_image, client, tag)
+    build(client, workload_rootfs(ca_pem), tag, {TEST_LABEL: "true"})
+
+    # Registered last, so it runs first: whatever a failed test left, before the images.
+    cleanup.callback(_remove_test_objects, client)
+    return tag
+
+
 @contextlib.contextmanager
 def podman_engine(ca_pem: Path) -> Iterator[Engine]:
     """A private Podman service with the fence and workload images; all removed at exit."""
@@ -183,29 +219,11 @@ def podman_engine(ca_pem: Path) -> Iterator[Engine]:
                 ["podman", "system", "service", "--time=0", url],
                 env={**os.environ, "CONTAINERS_CONF": str(conf)},
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-        cleanup.callback(_stop, proc)
-        client = _wait_for_engine(url, proc, log)
+        cleanup.callback(stop, proc)
+        client = wait_for_engine(url, proc, log)
         cleanup.callback(client.close)
 
-        # Images: the fence's through the real command, the workload's with the same code.
-        before = {key: _image_id(client, image.local) for key, image in IMAGES.items()}
-        for key, image in IMAGES.items():
-            if before[key] is None:
-                cleanup.callback(_remove_image, client, image.local)
-        built = subprocess.run(netfence_argv("images", "build"), capture_output=True,
-                               env={**os.environ, "DOCKER_HOST": url}, timeout=300)
-        if built.returncode != 0:
-            raise RuntimeError(f"netfence images build failed: {built.stderr.decode()}")
-        for key, image in IMAGES.items():
-            old = before[key]
-            if old is not None and old != _image_id(client, image.local):
-                _remove_image(client, old)  # the rebuild left it untagged: ours to tidy
-        tag = f"localhost/netfence-test/workload:{os.getpid()}"
-        cleanup.callback(_remove_image, client, tag)
-        build(client, workload_rootfs(ca_pem), tag, {TEST_LABEL: "true"})
-
-        # Registered last, so it runs first: whatever a failed test left, before the images.
-        cleanup.callback(_remove_test_objects, client)
+        tag = with_images(client, url, ca_pem, cleanup)
         yield Engine(url=url, client=client, workload_image=tag)
 
 

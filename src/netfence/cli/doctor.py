@@ -16,6 +16,8 @@ class Check:
     ok: bool
     detail: str
     remedy: str | None = None
+    # Needed by some runs only (the container engine: --runtime docker): not a failure.
+    optional: bool = False
 
 
 def _version(argv: list[str]) -> str | None:
@@ -77,6 +79,27 @@ def _resolver() -> Check:
     return Check("resolver", True, f"{found} (from {RESOLV_CONF}; --dns-upstream overrides)")
 
 
+def _engine() -> Check:
+    """The container engine --runtime docker would use: which one, its version, where."""
+    from netfence.errors import NetfenceError
+
+    try:
+        from netfence.runtimes.docker.engine import connect_to, describe
+
+        client, url = connect_to()
+    except (ImportError, NetfenceError) as exc:
+        reason = exc.message if isinstance(exc, NetfenceError) else str(exc)
+        return Check("container engine", False, f"{reason}; only --runtime docker needs one",
+                     "install docker.io or podman, or point DOCKER_HOST at an engine's "
+                     "socket", optional=True)
+    try:
+        return Check("container engine", True, f"{describe(client)} at {url}")
+    except NetfenceError as exc:
+        return Check("container engine", False, f"{url}: {exc.message}", optional=True)
+    finally:
+        client.close()
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
     _root,
     _netns,
@@ -89,6 +112,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     lambda: _binary("dnsmasq", ["dnsmasq", "--version"], "apt-get install dnsmasq-base"),
     lambda: _binary("bubblewrap", ["bwrap", "--version"], "apt-get install bubblewrap"),
     lambda: _binary("nsenter", ["nsenter", "--version"], "apt-get install util-linux"),
+    _engine,
 )
 
 

@@ -358,10 +358,11 @@ def doctor() -> None:
     """Check what `netfence run` needs on this machine, and how to fix what is missing."""
     failed = False
     for check_result in doctor_checks():
-        mark = "[green]ok[/green]  " if check_result.ok else "[red]MISSING[/red]"
+        mark = ("[green]ok[/green]  " if check_result.ok else
+                "[yellow]none[/yellow]   " if check_result.optional else "[red]MISSING[/red]")
         output.err.print(f"{mark} {check_result.name}: {check_result.detail}")
         if not check_result.ok:
-            failed = True
+            failed = failed or not check_result.optional
             if check_result.remedy:
                 output.err.print(f"        fix: {check_result.remedy}", markup=False)
     output.err.print("netfence: some checks failed; apply the fixes above" if failed

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_doctor_names_what_is_missing_and_the_fix() -> None:
@@ -18,3 +21,36 @@ def test_doctor_names_what_is_missing_and_the_fix() -> None:
     assert "MISSING nftables" in err and "fix: apt-get install nftables" in err, err
     assert err.strip().splitlines()[-1].startswith("netfence: some checks failed")
     assert done.stdout == b""
+
+
+def test_doctor_names_the_container_engine_and_its_version(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from netfence.cli import doctor
+    from netfence.runtimes.docker import engine
+
+    class Client:
+        closed = False
+
+        def version(self) -> dict[str, object]:
+            return {"Version": "20.10.24", "ApiVersion": "1.41",
+                    "Components": [{"Name": "Engine", "Version": "20.10.24"}]}
+
+        def close(self) -> None:
+            Client.closed = True
+
+    monkeypatch.setattr(engine, "connect_to", lambda: (Client(), "unix:///run/x.sock"))
+    check = doctor._engine()
+    assert check.ok and check.name == "container engine", check
+    assert check.detail == "Docker Engine 20.10.24 (API 1.41) at unix:///run/x.sock"
+    assert Client.closed
+
+
+def test_doctor_without_a_container_engine_is_not_a_failure(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "netfence", "doctor"], capture_output=True,
+                          timeout=60, env={**os.environ,
+                                           "DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
+    err = done.stderr.decode()
+    [line] = [line for line in err.splitlines() if "container engine" in line]
+    assert line.startswith("none") and "only --runtime docker needs one" in line, err
+    assert "fix: install docker.io or podman" in err
+    assert ("MISSING" in err) == (done.returncode == 1), err

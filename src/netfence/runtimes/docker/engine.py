@@ -45,6 +45,11 @@ def candidate_urls() -> list[str]:
 
 def connect() -> DockerClient:
     """A client for the first engine that answers; a one-line error when none does."""
+    return connect_to()[0]
+
+
+def connect_to() -> tuple[DockerClient, str]:
+    """connect(), and the URL of the engine that answered."""
     try:
         import docker
         import docker.errors
@@ -61,7 +66,7 @@ def connect() -> DockerClient:
             continue
         try:
             client.ping()
-            return client
+            return client, url
         except (docker.errors.DockerException, OSError) as exc:
             client.close()
             failures.append(f"{url}: {_reason(exc)}")
@@ -108,3 +113,18 @@ def is_podman(client: DockerClient) -> bool:
         components = client.version().get("Components") or []
     return any(isinstance(c, dict) and "podman" in str(c.get("Name", "")).lower()
                for c in components)
+
+
+def describe(client: DockerClient) -> str:
+    """The engine's product and version, e.g. "Docker Engine 20.10.24" or "Podman 4.3.1"
+    (with the API version it serves)."""
+    with engine_errors("engine version"):
+        version = client.version()
+    components = [c for c in version.get("Components") or [] if isinstance(c, dict)]
+    podman = next((c for c in components if "podman" in str(c.get("Name", "")).lower()), None)
+    if podman is not None:
+        name, number = "Podman", podman.get("Version") or version.get("Version")
+    else:
+        name, number = "Docker Engine", version.get("Version")
+    api = version.get("ApiVersion")
+    return f"{name} {number or '(version unknown)'}" + (f" (API {api})" if api else "")

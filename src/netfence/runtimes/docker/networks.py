@@ -25,6 +25,7 @@ import ipaddress
 import json
 import logging
 import os
+import shlex
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,14 +76,20 @@ class AddressPlan:
 
 
 def plan_addresses(subnet: str, gateway: str | None) -> AddressPlan:
-    """The first four usable addresses of the subnet, skipping the gateway."""
+    """The first four usable addresses of the subnet, skipping the gateway.
+
+    An engine may not report the gateway (Docker Engine leaves it out for a network created
+    with a subnet alone, and its bridge holds the first address all the same), so the
+    subnet's first address is never planned either, and stands for the gateway when none
+    is known: both engines give that one to the bridge by default."""
     net = ipaddress.ip_network(subnet, strict=False)
     if not isinstance(net, ipaddress.IPv4Network):
         raise NetfenceError(f"internal network subnet {subnet} is not IPv4")
-    gw = ipaddress.IPv4Address(gateway) if gateway else None
+    first = next(net.hosts(), None)
+    gw = ipaddress.IPv4Address(gateway) if gateway else first
     free: list[str] = []
     for host in net.hosts():
-        if host != gw:
+        if host not in (gw, first):
             free.append(str(host))
         if len(free) == 4:
             break
@@ -196,9 +203,12 @@ def create_internal(client: DockerClient, workload: str) -> Network:
         for _ in range(_SUBNET_ATTEMPTS):
             subnet = free_subnet(taken)
             try:
+                # The gateway asked for, not left to the engine: Docker Engine would give
+                # it all the same but not report it (plan_addresses).
                 return client.networks.create(
                     name, driver="bridge", internal=True, labels=labels(workload, "internal"),
-                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet))]))
+                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet),
+                                                           gateway=str(subnet[1]))]))
             except docker.errors.APIError as exc:
                 # Docker: "Pool overlaps ..."; Podman: "subnet ... is already used ...".
                 text = str(exc).lower()
@@ -275,6 +285,12 @@ def bridge_carrying(address: str, links: list[dict[str, object]]) -> str | None:
     return None
 
 
+def bridge_of(plan: AddressPlan) -> str | None:
+    """The host bridge of the internal network (found by its gateway address, so only
+    while it still has it); None when the engine is elsewhere or gave it none."""
+    return bridge_carrying(str(plan.gateway), _host_links()) if plan.gateway else None
+
+
 def strip_host_addresses(plan: AddressPlan) -> bool:
     """Remove the host's addresses from the internal network's bridge, if we can.
 
@@ -320,3 +336,63 @@ def pin_bridge_address(gateway: str | None) -> None:
                           capture_output=True, text=True, timeout=10)
     if done.returncode != 0:
         log.info("could not pin the address of %s: %s", bridge, done.stderr.strip())
+
+
+# --- Docker's FORWARD rules ------------------------------------------------------------
+
+# Docker Engine's chain for its users' rules, which its FORWARD chain jumps to first.
+DOCKER_USER = "DOCKER-USER"
+
+
+def _rule_comment(workload: str) -> str:
+    return f"netfence:{workload}"
+
+
+def _iptables(*args: str) -> subprocess.CompletedProcess[str] | None:
+    """`iptables` (the one Docker runs, found on PATH), or None when it cannot run."""
+    try:
+        return subprocess.run(["iptables", "-w", "10", *args], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def bridge_rule(bridge: str, workload: str) -> list[str]:
+    """The DOCKER-USER rule that lets an internal bridge's own traffic through."""
+    return [DOCKER_USER, "-i", bridge, "-o", bridge, "-m", "comment", "--comment",
+            _rule_comment(workload), "-j", "ACCEPT"]
+
+
+def accept_bridged(bridge: str, workload: str) -> bool | None:
+    """Let the traffic between the ports of `bridge` (the workload's internal network)
+    through Docker's FORWARD chain, where Docker's chains exist; None when they do not.
+
+    br_netfilter sends bridged frames through FORWARD, where Docker drops what an internal
+    network's port sends to an address outside its subnet, and what comes back from one
+    (DOCKER-ISOLATION-STAGE-1): exactly the workload's redirected connections, which cross
+    the bridge to the egress container with their original destination. Where Docker set
+    the FORWARD policy to DROP, a Podman internal network's traffic is dropped too (netavark
+    accepts nothing for one). The rule names only this bridge as both ends: nothing leaves
+    it. True when it is in place."""
+    listed = _iptables("-S", DOCKER_USER)
+    if listed is None or listed.returncode != 0:
+        return None
+    done = _iptables("-I", *bridge_rule(bridge, workload))
+    if done is None or done.returncode != 0:
+        log.info("could not add a %s rule for %s: %s", DOCKER_USER, bridge,
+                 done.stderr.strip() if done else "iptables did not run")
+        return False
+    return True
+
+
+def remove_bridged(workload: str) -> None:
+    """Remove the workload's DOCKER-USER rules (found by their comment); none is fine."""
+    if os.geteuid() != 0:
+        return
+    listed = _iptables("-S", DOCKER_USER)
+    if listed is None or listed.returncode != 0:
+        return
+    for line in listed.stdout.splitlines():
+        words = shlex.split(line)
+        if words[:2] == ["-A", DOCKER_USER] and _rule_comment(workload) in words:
+            _iptables("-D", *words[1:])

@@ -19,10 +19,11 @@ only, and only when the engine runs on this host, which the namespace's addresse
 
 The redirected packets cross the internal bridge with foreign destinations, so where
 br_netfilter is loaded they pass the host's FORWARD chain. Netavark (Podman) adds no rule
-for an internal network there (checked with Podman 4.3 and netavark 1.4). Docker Engine,
-by moby's documentation, drops packets leaving an internal network for an address outside
-its subnet (DOCKER-ISOLATION-STAGE-1); not exercised here: there the connections would be
-dropped (fail-closed) unless DOCKER-USER accepts the bridge's own traffic.
+for an internal network there (checked with Podman 4.3 and netavark 1.4). Docker Engine
+drops packets leaving an internal network for an address outside its subnet
+(DOCKER-ISOLATION-STAGE-1; seen with Docker 20.10): the runtime accepts the internal
+bridge's own traffic in DOCKER-USER (networks.accept_bridged), else the connections are
+dropped (fail-closed).
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def workload_routes(interface: str, plan: AddressPlan) -> str:
     lines = [f"route del {plan.subnet} dev {interface}"]
     lines += [f"route add {address}/32 dev {interface}"
               for address in (plan.dns, plan.egress, plan.ingress)]
-    lines.append(f"route add default via {plan.egress} dev {interface}")
+    # Replaced, not added: Docker Engine 20.10 gave the holder a default route of its own
+    # here (adding one failed with "File exists"); Podman gives none.
+    lines.append(f"route replace default via {plan.egress} dev {interface}")
     return "".join(line + "\n" for line in lines)
 
 

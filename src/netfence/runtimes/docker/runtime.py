@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
     from docker.models.networks import Network
+    from docker.types import Mount
 
 log = logging.getLogger("netfence")
 
@@ -85,6 +86,8 @@ _PATHS = {"sse": "/sse", "streamable-http": "/mcp"}
 _START_ORDER = {"dns": 0, "egress": 1, "ingress": 2}
 # The container holding the workload's network namespace: `<name>-net`.
 HOLDER_ROLE = "net"
+# The workload's resolv.conf, in its state directory (mounted alone).
+RESOLV_CONF = "resolv.conf"
 
 
 def container_resolver(spec: WorkloadSpec) -> Endpoint:
@@ -129,6 +132,8 @@ class DockerFence(Fence):
         # before the configs are written; the rules themselves need root, see _redirect).
         self.transparent = backend.transparent and os.geteuid() == 0
         self.attachment: containers.Attachment | None = None
+        # The internal network's host bridge, once found (before its address goes).
+        self.bridge: str | None = None
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -235,6 +240,8 @@ class DockerFence(Fence):
             # The first container on each network brought its bridge up: before any other
             # joins, the internal one loses the host's address, the external one's
             # hardware address is fixed.
+            if os.geteuid() == 0:
+                self.bridge = networks.bridge_of(self.plan)
             self._strip_bridge()
             networks.pin_bridge_address(self.external_gateway)
         containers.Readiness(container, process).wait()
@@ -292,6 +299,16 @@ class DockerFence(Fence):
         egress = self.fence["egress"][1]
         port = TRANSPARENT_PORT if self.transparent else None
         installed = redirect.install(holder, egress, plan, port)
+        accepted = None
+        if self.bridge is not None:
+            # Whatever the backend: where Docker set the FORWARD policy to DROP, the
+            # workload's traffic to its fence needs the rule as well.
+            self.undo.callback(networks.remove_bridged, spec.name)
+            accepted = networks.accept_bridged(self.bridge, spec.name)
+        if installed and port is not None and accepted is False:
+            log.warning("%s: programs that ignore the proxy variables cannot connect "
+                        "(Docker's isolation rules drop their connections, and netfence "
+                        "could not add its %s rule)", spec.name, networks.DOCKER_USER)
         if not self.backend.transparent:
             log.warning("%s: programs that ignore the proxy variables cannot connect (the "
                         "%s proxy has no transparent path; --proxy envoy has one)",
@@ -316,12 +333,12 @@ class DockerFence(Fence):
             # Docker refuses a hostname with a joined network and gives the joiner the
             # holder's (the workload's name); Podman would give it its container id.
             options["hostname"] = spec.name
-        # DNS, hosts and addresses are the holder's: the engines refuse them here.
+        # Hosts and addresses are the holder's: the engines refuse them here.
         self.workload = containers.create(
             self.client, spec.name, self.image, command=self.args,
             network_mode=f"container:{holder.id}", environment=environment, labels=labels,
             cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            mounts=containers.grant_mounts(spec.files),
+            mounts=[*containers.grant_mounts(spec.files), self._resolv_conf()],
             # A tiny init as PID 1: signals reach the command with their default actions
             # (a shell or an MCP server as PID 1 would ignore SIGTERM) and a signal's
             # death is reported as 128+N.
@@ -330,6 +347,22 @@ class DockerFence(Fence):
             **options,
         )
         self.undo.callback(containers.remove, self.client, self.workload.id or spec.name)
+
+    def _resolv_conf(self) -> Mount:
+        """The workload's /etc/resolv.conf, naming the dns container. Podman writes it so
+        from the holder's DNS setting; Docker Engine names its embedded server
+        (127.0.0.11) on every user network instead, which answers an internal network's
+        containers nothing from outside. One file, read-only: nothing else of the state
+        directory is shown."""
+        from docker.types import Mount
+
+        assert self.plan is not None
+        path = self.state_dir / RESOLV_CONF
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(resolv_conf(self.plan))
+        os.chmod(path, 0o644)  # whatever the umask: any user the workload runs as reads it
+        return Mount(target="/etc/resolv.conf", source=str(path), type="bind", read_only=True)
 
     # -- running ------------------------------------------------------------------------
 
@@ -366,6 +399,12 @@ class DockerFence(Fence):
     def close(self) -> None:
         with engine_errors("removing the fence"):
             self.undo.close()
+
+
+def resolv_conf(plan: networks.AddressPlan) -> str:
+    """The workload's resolver: the dns container, with short timeouts (a refused name
+    fails fast)."""
+    return f"nameserver {plan.dns}\noptions timeout:2 attempts:2\n"
 
 
 def _signal_name(signum: int) -> str:
@@ -517,6 +556,7 @@ def teardown(client: DockerClient, name: str) -> None:
             filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_WORKLOAD}={name}"]})
     for network in owned:
         networks.remove_network(client, network.name or "")
+    networks.remove_bridged(name)
     networks.remove_external_if_unused(client)
 
 

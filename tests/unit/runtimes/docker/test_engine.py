@@ -37,3 +37,16 @@ def test_podman_is_told_from_docker_by_its_version() -> None:
     assert engine.is_podman(_Versioned(podman))  # type: ignore[arg-type]
     assert not engine.is_podman(_Versioned(docker))  # type: ignore[arg-type]
     assert not engine.is_podman(_Versioned({}))  # type: ignore[arg-type]
+
+
+def test_the_engine_is_described_by_product_and_version() -> None:
+    # The shapes Podman 4.3 and Docker Engine 20.10 answer GET /version with.
+    podman = {"Version": "4.3.1", "ApiVersion": "1.41",
+              "Components": [{"Name": "Podman Engine", "Version": "4.3.1"}]}
+    docker = {"Version": "20.10.24+dfsg1", "ApiVersion": "1.41",
+              "Components": [{"Name": "Engine", "Version": "20.10.24+dfsg1"},
+                             {"Name": "containerd", "Version": "1.6.20~ds1"}]}
+    assert engine.describe(_Versioned(podman)) == "Podman 4.3.1 (API 1.41)"  # type: ignore[arg-type]
+    assert engine.describe(_Versioned(docker)) == \
+        "Docker Engine 20.10.24+dfsg1 (API 1.41)"  # type: ignore[arg-type]
+    assert engine.describe(_Versioned({})) == "Docker Engine (version unknown)"  # type: ignore[arg-type]

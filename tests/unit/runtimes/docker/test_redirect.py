@@ -28,7 +28,7 @@ def test_the_workload_reaches_its_fence_on_link_and_everything_else_by_the_egres
         "route add 10.213.7.2/32 dev eth0",
         "route add 10.213.7.3/32 dev eth0",
         "route add 10.213.7.4/32 dev eth0",
-        "route add default via 10.213.7.3 dev eth0",
+        "route replace default via 10.213.7.3 dev eth0",
     ]
 
 
@@ -104,3 +104,56 @@ def test_a_run_says_in_one_line_when_programs_ignoring_the_proxy_cannot_connect(
     # The transparent port only when the backend has the listener (and netfence is root).
     port = asked[0][3]
     assert port == (TRANSPARENT_PORT if transparent and os.geteuid() == 0 else None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the transparent path is root's")
+@pytest.mark.parametrize(("accepted", "warned"), [(True, False), (None, False), (False, True)])
+def test_the_internal_bridge_is_let_through_dockers_forward_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        accepted: bool | None, warned: bool) -> None:
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(redirect, "install", lambda *args: True)
+    monkeypatch.setattr(networks, "accept_bridged",
+                        lambda bridge, name: calls.append(("accept", bridge, name)) or accepted)
+    monkeypatch.setattr(networks, "remove_bridged",
+                        lambda name: calls.append(("remove", name)))
+    fence = _fence(tmp_path, "envoy", transparent=True)
+    fence.bridge = "br-0123456789ab"
+    with caplog.at_level(logging.WARNING, logger="netfence"):
+        fence._redirect(object(), PLAN)  # type: ignore[arg-type]
+    assert calls == [("accept", "br-0123456789ab", "w")]
+    notes = [r.getMessage() for r in caplog.records]
+    assert bool(notes) == warned and all("DOCKER-USER" in n for n in notes), notes
+    fence.undo.close()  # the rule goes with the fence, whatever came of adding it
+    assert calls[-1] == ("remove", "w")
+
+
+def test_the_workload_resolves_at_the_dns_container_whatever_the_engine_writes(
+        tmp_path: Path) -> None:
+    # Docker Engine names its embedded server (127.0.0.11) in every container's
+    # resolv.conf on a user network; the workload gets one file naming its fence instead.
+    fence = _fence(tmp_path, "envoy", transparent=False)
+    fence.plan = PLAN
+    mount = fence._resolv_conf()
+    assert (mount["Target"], mount["Type"], mount["ReadOnly"]) == (
+        "/etc/resolv.conf", "bind", True)
+    written = Path(mount["Source"])
+    assert written.parent == tmp_path and written.stat().st_mode & 0o777 == 0o644
+    assert written.read_text().splitlines() == ["nameserver 10.213.7.2",
+                                                "options timeout:2 attempts:2"]
+
+
+def test_the_bridge_is_let_through_without_a_transparent_path_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Squid's workload reaches its fence over the bridge as well: where Docker set the
+    # FORWARD policy to DROP, that needs the rule; failing to add it is no warning here.
+    calls: list[str] = []
+    monkeypatch.setattr(redirect, "install", lambda *args: True)
+    monkeypatch.setattr(networks, "accept_bridged",
+                        lambda bridge, name: calls.append(bridge) or False)
+    fence = _fence(tmp_path, "squid", transparent=False)
+    fence.bridge = "podman3"
+    with caplog.at_level(logging.WARNING, logger="netfence"):
+        fence._redirect(object(), PLAN)  # type: ignore[arg-type]
+    assert calls == ["podman3"]
+    assert [r.getMessage() for r in caplog.records if "DOCKER-USER" in r.getMessage()] == []
