@@ -119,7 +119,8 @@ def with_overrides(
     out = profile.network.outbound
     merged = {
         "insecure_allow_all": out.insecure_allow_all,
-        "allow_host": [str(p) for p in out.allow_host] + hosts,
+        # The profile's own entries as parsed: only the new ones are parsed again.
+        "allow_host": [*out.allow_host, *hosts],
         # None (absent: 80 and 443) stays None unless ports are added; an explicit [] (no
         # port at all) must stay [], never fall back to the defaults.
         "allow_port": (
