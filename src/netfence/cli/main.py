@@ -350,7 +350,16 @@ def render(proxy: str | None, profile_ref: str, allow_host: tuple[str, ...],
                 output.err.print(f"wrote {spec.path}", markup=False)
             elif spec.content:
                 output.out.print(f"# ==> {spec.path.relative_to(directory)} <==", markup=False)
-                output.out.print(spec.content, markup=False)
+                output.out.print(_readable(spec.path, spec.content), markup=False)
+
+
+def _readable(path: Path, content: str) -> str:
+    """A config as printed for a person: JSON indented (the file is written compact)."""
+    if path.suffix != ".json":
+        return content
+    import json
+
+    return json.dumps(json.loads(content), indent=1) + "\n"
 
 
 @cli.command()
