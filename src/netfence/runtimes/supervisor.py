@@ -9,6 +9,8 @@ Fence (`fence`), and the removal of what a workload left (`remove`).
 from __future__ import annotations
 
 import abc
+import ctypes
+import gc
 import logging
 import os
 import shutil
@@ -97,6 +99,7 @@ class SupervisedRuntime(Runtime):
                     fence.start()
                 finally:
                     self.report(None)  # the progress display ends before any other output
+                release_memory()
                 _record(record, fence)
                 fence.launch(detached=ready.detached)
                 launched = True
@@ -164,6 +167,18 @@ class SupervisedRuntime(Runtime):
         if record is None:
             raise self._missing(name)
         yield from read_decisions(record, follow)
+
+
+def release_memory() -> None:
+    """Give back to the system what building the fence's configs took (a long allowlist
+    makes many short-lived objects): the supervisor stays for the workload's lifetime."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
 
 
 def _record(record: state.WorkloadState, fence: Fence) -> None:

@@ -9,6 +9,7 @@ can reach a host service.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from netfence.backends import (
@@ -141,16 +143,24 @@ class NamespaceFence(Fence):
             transparent_listen=tuple(Endpoint(loopback, TRANSPARENT_PORT, nsfile)
                                      for loopback in LOOPBACKS if transparent),
         )
-        self.setup = self.backend.setup(policy, placement) + dns_setup(policy, placement)
-        write_setup(self.setup, self.state_dir)
         started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
         self.undo.callback(_stop_fence, relays, started)
-        for proc_spec in self.setup.processes:
-            self.signals.check()
-            log.info("starting %s", proc_spec.name)
-            self.report(f"starting {proc_spec.name}")
-            started.append((proc_spec, processes.start(proc_spec)))
-            self._own(started[-1][1].pid)
+        # The proxy starts while the DNS config is generated (a long allowlist takes a
+        # while to render, and the proxy a while to load it).
+        parts: tuple[Callable[[], ProxySetup], ...] = (
+            lambda: self.backend.setup(policy, placement), lambda: dns_setup(policy, placement))
+        for part in parts:
+            setup = part()
+            write_setup(setup, self.state_dir)
+            # Kept without the files' text: with a long allowlist, megabytes never read again.
+            self.setup += dataclasses.replace(setup, files=tuple(
+                dataclasses.replace(f, content="") for f in setup.files))
+            for proc_spec in setup.processes:
+                self.signals.check()
+                log.info("starting %s", proc_spec.name)
+                self.report(f"starting {proc_spec.name}")
+                started.append((proc_spec, processes.start(proc_spec)))
+                self._own(started[-1][1].pid)
         # Relay threads start only after the last fork with a preexec hook.
         relays.start()
         for proc_spec, proc in started:
