@@ -28,7 +28,6 @@ from netfence.cli.options import parse_env
 from netfence.errors import UsageError
 from netfence.packages import is_package
 from netfence.packages import parse as parse_package
-from netfence.profile import load_profile
 from netfence.runtimes.state import check_name
 
 Format = Literal["claude", "cursor", "vscode"]
@@ -52,6 +51,8 @@ def netfence_invocation() -> list[str]:
 def _profile_ref(ref: str) -> str:
     """A built-in name as is; a file by absolute path (the client's cwd is unknown).
     Loading it here reports a bad profile now, not when the client starts it."""
+    from netfence.profile.loader import load_profile
+
     load_profile(ref)
     return ref if ref in BUILTIN_PROFILES else str(Path(ref).absolute())
 

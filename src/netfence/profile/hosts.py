@@ -11,8 +11,6 @@ import re
 import socket
 from dataclasses import dataclass
 
-import idna
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_NAME = 253
@@ -115,6 +113,8 @@ def parse_ip(raw: str) -> IPAddress | None:
 def _to_ascii(name: str) -> str:
     if name.isascii():
         return name.lower()
+    import idna  # only for a non-ASCII name (10 ms to import)
+
     try:
         return idna.encode(name, uts46=True).decode("ascii")
     except idna.IDNAError as exc:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from netfence.backends import DecisionRecord, Endpoint, ProxySetup
-from netfence.profile import Profile
 from netfence.runtimes.state import WorkloadState
 
 if TYPE_CHECKING:
+    from netfence.profile.model import Profile
     from netfence.runtimes.grants import FileGrants
 
 Transport = Literal["stdio", "sse", "streamable-http"]

@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netfence.backends import (
     DNS_PORT,
@@ -43,10 +44,12 @@ from netfence.runtimes.base import (
     WorkloadSpec,
 )
 from netfence.runtimes.namespace import processes, redirect, sandbox
-from netfence.runtimes.namespace.relay import Relays
 from netfence.runtimes.resolver import host_resolver
 from netfence.runtimes.signals import StopSignals
 from netfence.runtimes.supervisor import SupervisedRuntime
+
+if TYPE_CHECKING:
+    from netfence.runtimes.namespace.relay import Relays
 
 log = logging.getLogger("netfence")
 
@@ -108,6 +111,8 @@ class NamespaceFence(Fence):
         self.signals.check()
         policy = compile_policy(spec.profile, netns.host_addresses(),
                                 learn=spec.learn is not None)
+        from netfence.runtimes.namespace.relay import Relays  # asyncio: only to run a fence
+
         relays = Relays()
         self.undo.callback(relays.close)
 
@@ -282,10 +287,12 @@ class _Forwarder:
             # A signal from before the sandbox existed is delivered on the first round.
             for signum in self.signals.take():
                 self._deliver(signum)
-            exited, _, _ = select.select([self.exit_fd], [], [], 0.1)
-            if exited:
+            ready, _, _ = select.select([self.exit_fd, self.signals.fileno()], [], [], 0.1)
+            if self.exit_fd in ready:
                 code = self.proc.wait()
                 break
+            if ready:
+                self.signals.drain()  # a stop signal: delivered at the top, at once
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self._kill()
         if code == -signal.SIGKILL and self.killed_for is not None:
