@@ -71,6 +71,7 @@ class EnvoyProxy(NetworkProxy):
     name = "envoy"
     listens_in_netns = True
     transparent = True
+    carries_relays = True
 
     def __init__(self, envoy_path: str | None = None) -> None:
         self._envoy_path = envoy_path

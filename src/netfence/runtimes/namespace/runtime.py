@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from netfence.backends import (
     DNS_PORT,
     Endpoint,
+    Forward,
     NetworkProxy,
     Placement,
     ProcessSpec,
@@ -32,6 +33,7 @@ from netfence.backends import (
     write_setup,
 )
 from netfence.backends.dnsmasq import dns_setup
+from netfence.backends.relay import relay_setup
 from netfence.errors import PrivilegeError
 from netfence.policy import compile_policy
 from netfence.runtimes import netns, state
@@ -111,25 +113,31 @@ class NamespaceFence(Fence):
         self.signals.check()
         policy = compile_policy(spec.profile, netns.host_addresses(),
                                 learn=spec.learn is not None)
-        from netfence.runtimes.namespace.relay import Relays  # asyncio: only to run a fence
-
-        relays = Relays()
-        self.undo.callback(relays.close)
-
+        # What cannot listen in the namespace is reached through Envoy relays (the
+        # fence's DNS; Squid's egress): Envoy carries them, or one of its own does.
         inside = Endpoint(LOOPBACK, WORKLOAD_PROXY_PORT, nsfile)
+        forwards: list[Forward] = []
         if self.backend.listens_in_netns:
             egress = inside
         else:
             egress = Endpoint(LOOPBACK, _free_port())
-            relays.tcp(inside, egress)
+            forwards.append(Forward(inside, egress))
         dns = Endpoint(LOOPBACK, _free_port())
         for loopback in LOOPBACKS:
-            relays.udp(Endpoint(loopback, DNS_PORT, nsfile), dns)
-            relays.tcp(Endpoint(loopback, DNS_PORT, nsfile), dns)
+            forwards += [Forward(Endpoint(loopback, DNS_PORT, nsfile), dns, "udp"),
+                         Forward(Endpoint(loopback, DNS_PORT, nsfile), dns, "tcp")]
+        carried = self.backend.carries_relays
 
+        relays: Relays | None = None
         ingress_listen = ingress_upstream = None
         if spec.transport != "stdio":
             assert spec.target_port is not None
+            # Into the namespace, which no Envoy cluster can dial: a relay of Python's
+            # (asyncio: imported only for a workload that serves).
+            from netfence.runtimes.namespace.relay import Relays
+
+            relays = Relays()
+            self.undo.callback(relays.close)
             ingress_listen = Endpoint(LOOPBACK, spec.port or _free_port())
             ingress_upstream = relays.tcp(
                 Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, spec.target_port, nsfile)
@@ -147,13 +155,17 @@ class NamespaceFence(Fence):
             workload_name=spec.name,
             transparent_listen=tuple(Endpoint(loopback, TRANSPARENT_PORT, nsfile)
                                      for loopback in LOOPBACKS if transparent),
+            relays=tuple(forwards) if carried else (),
         )
         started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
         self.undo.callback(_stop_fence, relays, started)
         # The proxy starts while the DNS config is generated (a long allowlist takes a
         # while to render, and the proxy a while to load it).
-        parts: tuple[Callable[[], ProxySetup], ...] = (
-            lambda: self.backend.setup(policy, placement), lambda: dns_setup(policy, placement))
+        parts: list[Callable[[], ProxySetup]] = [
+            lambda: self.backend.setup(policy, placement), lambda: dns_setup(policy, placement)]
+        if not carried:
+            parts.insert(0, lambda: relay_setup(forwards, self.state_dir,
+                                                placement.programs.get("envoy")))
         for part in parts:
             setup = part()
             write_setup(setup, self.state_dir)
@@ -167,7 +179,8 @@ class NamespaceFence(Fence):
                 started.append((proc_spec, processes.start(proc_spec)))
                 self._own(started[-1][1].pid)
         # Relay threads start only after the last fork with a preexec hook.
-        relays.start()
+        if relays is not None:
+            relays.start()
         for proc_spec, proc in started:
             self.report(f"waiting for {proc_spec.name}")
             processes.wait_ready(proc_spec, proc, self.signals.check)
@@ -230,12 +243,14 @@ class NamespaceFence(Fence):
         self.undo.close()
 
 
-def _stop_fence(relays: Relays,
+def _stop_fence(relays: Relays | None,
                 started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]]) -> None:
     # The connections relayed to the proxies end first, so that their log lines are
     # written while the proxies still run (Squid is killed soon after its stop signal).
-    relays.close()
-    processes.stop_all(started)
+    if relays is not None:
+        relays.close()
+    processes.stop_all([s for s in started if s[0].role == "relay"])
+    processes.stop_all([s for s in started if s[0].role != "relay"])
 
 
 def _free_port() -> int:
