@@ -101,7 +101,8 @@ class SupervisedRuntime(Runtime):
                     fence.start()
                 finally:
                     self.report(None)  # the progress display ends before any other output
-                release_memory()
+                if not fence.releases_memory:
+                    release_memory()
                 _record(record, fence)
                 fence.launch(detached=ready.detached)
                 launched = True

@@ -48,7 +48,7 @@ from netfence.runtimes.base import (
 from netfence.runtimes.namespace import processes, redirect, sandbox
 from netfence.runtimes.resolver import host_resolver
 from netfence.runtimes.signals import StopSignals
-from netfence.runtimes.supervisor import SupervisedRuntime
+from netfence.runtimes.supervisor import SupervisedRuntime, release_memory
 
 if TYPE_CHECKING:
     from netfence.runtimes.namespace.relay import Relays
@@ -85,6 +85,8 @@ def _url(spec: WorkloadSpec, port: int) -> str:
 class NamespaceFence(Fence):
     """One workload's fence; every step registers its own undo on `self.undo`."""
 
+    releases_memory = True  # once idle (processes.IdleWatch)
+
     def __init__(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
                  signals: StopSignals, report: ProgressHook | None = None) -> None:
         self.spec = spec
@@ -97,6 +99,7 @@ class NamespaceFence(Fence):
         self.url: str | None = None
         self.setup = ProxySetup(files=(), processes=())
         self.forwarder: _Forwarder | None = None
+        self.started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
 
     def start(self) -> None:
         spec = self.spec
@@ -157,7 +160,7 @@ class NamespaceFence(Fence):
                                      for loopback in LOOPBACKS if transparent),
             relays=tuple(forwards) if carried else (),
         )
-        started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+        started = self.started
         self.undo.callback(_stop_fence, relays, started)
         # The proxy starts while the DNS config is generated (a long allowlist takes a
         # while to render, and the proxy a while to load it).
@@ -232,7 +235,8 @@ class NamespaceFence(Fence):
 
     def wait(self) -> int:
         assert self.forwarder is not None
-        return self.forwarder.wait()
+        return self.forwarder.wait(
+            processes.IdleWatch([p for _s, p in self.started], then=release_memory))
 
     def _own(self, *pids: int) -> None:
         for pid in pids:
@@ -295,8 +299,9 @@ class _Forwarder:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
 
-    def wait(self) -> int:
-        """The sandbox's exit status, shell-style (128 + N for a signal)."""
+    def wait(self, idle: processes.IdleWatch | None = None) -> int:
+        """The sandbox's exit status, shell-style (128 + N for a signal). `idle` is
+        ticked meanwhile, until a stop signal came."""
         assert self.exit_fd is not None
         while True:
             # A signal from before the sandbox existed is delivered on the first round.
@@ -310,6 +315,8 @@ class _Forwarder:
                 self.signals.drain()  # a stop signal: delivered at the top, at once
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self._kill()
+            elif idle is not None and self.deadline is None and not ready:
+                idle.tick()
         if code == -signal.SIGKILL and self.killed_for is not None:
             return 128 + self.killed_for  # stopped on that signal's account
         return code if code >= 0 else 128 - code
