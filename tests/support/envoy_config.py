@@ -128,11 +128,16 @@ def header_matches(matcher: Json, headers: dict[str, str]) -> bool:
     return hit != bool(matcher.get("invert_match"))
 
 
-def select_route(vhost: Json, method: str, authority: str, scheme: str = "http") -> Json:
+def select_route(vhost: Json, method: str, authority: str, scheme: str = "http",
+                 state: dict[str, str] | None = None) -> Json:
+    """The first route that matches; `state`: the connection's filter state (strings)."""
     headers = {":authority": authority, ":scheme": scheme}
     for route in vhost["routes"]:
         match = route["match"]
         if ("connect_matcher" in match) != (method == "CONNECT"):
+            continue
+        if not all((state or {}).get(m["key"]) == m["string_match"]["exact"]
+                   for m in match.get("filter_state", [])):
             continue
         if all(header_matches(h, headers) for h in match.get("headers", [])):
             return route  # type: ignore[no-any-return]
@@ -195,10 +200,20 @@ def _prefix_match(chain: Json, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def select_chain(listener_json: Json, ip: str, port: int, *, sni: str = "",
                  transport: str = "raw_buffer", alpn: tuple[str, ...] = ()) -> Json:
-    """The filter chain Envoy gives a connection to ip:port, level by level, never going
-    back to a less specific level: destination port, then the longest destination prefix,
-    then server name (exact, `*.suffix` longest first, none), transport, application
-    protocol; the default chain when a level has nothing."""
+    """The filter chain Envoy gives a connection to ip:port: by the listener's
+    filter_chain_matcher when it has one, else by each chain's filter_chain_match."""
+    if "filter_chain_matcher" in listener_json:
+        return _matched_chain(listener_json, ip, port, sni, transport, alpn)
+    return select_legacy_chain(listener_json, ip, port, sni=sni, transport=transport,
+                               alpn=alpn)
+
+
+def select_legacy_chain(listener_json: Json, ip: str, port: int, *, sni: str = "",
+                        transport: str = "raw_buffer", alpn: tuple[str, ...] = ()) -> Json:
+    """The filter chain Envoy gives a connection to ip:port by filter_chain_match, level by
+    level, never going back to a less specific level: destination port, then the longest
+    destination prefix, then server name (exact, `*.suffix` longest first, none),
+    transport, application protocol; the default chain when a level has nothing."""
     address = ipaddress.ip_address(ip)
     chains: list[Json] = listener_json["filter_chains"]
     default: Json = listener_json["default_filter_chain"]
@@ -226,3 +241,81 @@ def select_chain(listener_json: Json, ip: str, port: int, *, sni: str = "",
         return default
     (chain,) = level  # two chains matching alike: Envoy refuses the config
     return chain
+
+
+# --- the same choice by a filter_chain_matcher ------------------------------------------
+
+_INPUT = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3."
+
+
+def _matched_chain(listener_json: Json, ip: str, port: int, sni: str, transport: str,
+                   alpn: tuple[str, ...]) -> Json:
+    """Envoy's unified matcher: exact maps, ServerNameMatcher (exact name, then `*.suffix`
+    longest first, then `*`) and IPMatcher (longest prefix; exclusive entries only),
+    on_no_match when an input has no value or no entry; then the chain by the action's
+    name, the default chain when none has it."""
+    values = {
+        "DestinationPortInput": str(port),
+        "DestinationIPInput": ip,
+        "ServerNameInput": sni or None,
+        "TransportProtocolInput": transport,
+        "ApplicationProtocolInput": ",".join(f"'{p}'" for p in alpn) or None,
+    }
+    name = _evaluate(listener_json["filter_chain_matcher"], values)
+    for chain in listener_json["filter_chains"]:
+        if chain["name"] == name:
+            return chain  # type: ignore[no-any-return]
+    default: Json = listener_json["default_filter_chain"]
+    return default
+
+
+def _on_match(on_match: Json, values: dict[str, str | None]) -> str | None:
+    if "action" in on_match:
+        typed = on_match["action"]["typed_config"]
+        assert typed["@type"] == "type.googleapis.com/google.protobuf.StringValue"
+        value: str = typed["value"]
+        return value
+    return _evaluate(on_match["matcher"], values)
+
+
+def _evaluate(matcher: Json, values: dict[str, str | None]) -> str | None:
+    tree = matcher["matcher_tree"]
+    input_type = tree["input"]["typed_config"]["@type"]
+    assert input_type.startswith(_INPUT), input_type
+    value = values[input_type.removeprefix(_INPUT)]
+    chosen: Json | None = None
+    if value is not None and "exact_match_map" in tree:
+        chosen = tree["exact_match_map"]["map"].get(value)
+    elif value is not None:
+        custom = tree["custom_match"]["typed_config"]
+        if custom["@type"].endswith("ServerNameMatcher"):
+            chosen = _by_server_name(custom, value)
+        else:
+            assert custom["@type"].endswith("IPMatcher")
+            chosen = _by_prefix(custom, ipaddress.ip_address(value))
+    if chosen is None:
+        fallback = matcher.get("on_no_match")
+        return None if fallback is None else _on_match(fallback, values)
+    return _on_match(chosen, values)
+
+
+def _by_server_name(custom: Json, name: str) -> Json | None:
+    labels = name.split(".")
+    candidates = [name] + ["*." + ".".join(labels[i:]) for i in range(1, len(labels))] + ["*"]
+    for candidate in candidates:
+        for entry in custom["domain_matchers"]:
+            if candidate in entry["domains"]:
+                found: Json = entry["on_match"]
+                return found
+    return None
+
+
+def _by_prefix(custom: Json, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Json | None:
+    best: tuple[int, Json] | None = None
+    for entry in custom["range_matchers"]:
+        assert entry["exclusive"] is True  # no fallback to a shorter prefix
+        for cidr in entry["ranges"]:
+            net = ipaddress.ip_network(f"{cidr['address_prefix']}/{cidr['prefix_len']}")
+            if ip in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, entry["on_match"])
+    return None if best is None else best[1]

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from netfence.policy import LOOPBACK_HOSTS, Policy
 
@@ -39,6 +40,16 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """An L4 relay: TCP connections, or UDP datagrams and their answers, that arrive at
+    `listen` go to `target` (for a piece that cannot listen where it is reached)."""
+
+    listen: Endpoint
+    target: Endpoint
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+@dataclass(frozen=True)
 class Placement:
     """Where the fence's pieces live, decided by the runtime.
 
@@ -48,6 +59,8 @@ class Placement:
         address as the ingress proxy reaches it (or a name the upstream resolver answers,
         such as a cluster's Service); both None for stdio workloads.
     dns_listen: where the DNS server listens. upstream_resolver: the real resolver.
+    relays: L4 forwards the proxy carries beside its own listeners (only backends that
+        `carry_relays` get any; the runtime runs relay.relay_setup for the others).
     transparent_listen: where connections the workload made to any address arrive,
         redirected with their original destination (SO_ORIGINAL_DST), to be decided by
         the name they carry (TLS SNI, HTTP Host); empty when the runtime redirects none
@@ -65,6 +78,7 @@ class Placement:
     ingress_upstream: Endpoint | None = None
     workload_name: str = "workload"
     transparent_listen: tuple[Endpoint, ...] = ()
+    relays: tuple[Forward, ...] = ()
     # How to invoke a program by name where the runtime runs it (a container image has
     # its own paths); a backend falls back to the host's program.
     programs: Mapping[str, str] = field(default_factory=dict)
@@ -184,6 +198,8 @@ class NetworkProxy(abc.ABC):
     # Whether it decides redirected connections by the name they carry (SNI, Host), so
     # that programs ignoring the proxy variables get through (Placement.transparent_listen).
     transparent: bool = False
+    # Whether its process can carry L4 relays across namespaces (Placement.relays).
+    carries_relays: bool = False
 
     @abc.abstractmethod
     def setup(self, policy: Policy, placement: Placement) -> ProxySetup:

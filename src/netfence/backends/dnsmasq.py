@@ -37,8 +37,12 @@ def _server(endpoint: Endpoint) -> str:
 
 def _covered_by_wildcard(name: str, wildcards: set[str]) -> bool:
     """Whether some `*.parent` pattern (or `*.name` itself) already forwards `name`."""
-    labels = name.split(".")
-    return any(".".join(labels[i:]) in wildcards for i in range(len(labels)))
+    at = 0
+    while at >= 0:  # the name, then each parent: what follows each dot
+        if name[at:] in wildcards:
+            return True
+        at = name.find(".", at) + 1 or -1
+    return False
 
 
 def forward_rules(patterns: tuple[HostPattern, ...], upstream: Endpoint) -> list[str]:

@@ -171,9 +171,12 @@ def domain_values(patterns: Iterable[HostPattern]) -> list[str]:
     wild = {p.name for p in pats if p.subdomains}
 
     def covered(name: str, strict: bool) -> bool:
-        labels = name.split(".")
-        start = 1 if strict else 0
-        return any(".".join(labels[i:]) in wild for i in range(start, len(labels)))
+        at = name.find(".") + 1 or -1 if strict else 0
+        while at >= 0:  # the name (unless strict), then each parent
+            if name[at:] in wild:
+                return True
+            at = name.find(".", at) + 1 or -1
+        return False
 
     out: list[str] = []
     # Names first, parents before children; IP literals after, in text order.

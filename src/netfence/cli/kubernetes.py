@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,9 +13,11 @@ from netfence.backends import NetworkProxy
 from netfence.cli import output
 from netfence.cli.options import parse_env
 from netfence.errors import UsageError
-from netfence.profile import Profile
 from netfence.runtimes.base import WorkloadSpec
 from netfence.runtimes.resolver import parse_endpoint
+
+if TYPE_CHECKING:
+    from netfence.profile.model import Profile  # the loader and pydantic: not for every run
 
 # What removes everything one render made (kubectl's `all` leaves policies and ConfigMaps).
 KINDS = "networkpolicy,configmap,service,deployment,pod"

@@ -6,11 +6,10 @@ import dataclasses
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,9 +23,7 @@ from netfence.backends import (
     get_backend,
     write_setup,
 )
-from netfence.backends.dnsmasq import dns_setup
 from netfence.cli import output, targets
-from netfence.cli.doctor import doctor_checks
 from netfence.cli.images import images as images_group
 from netfence.cli.kubernetes import kubernetes_options, render_kubernetes
 from netfence.cli.mcp_config import mcp_config
@@ -34,12 +31,14 @@ from netfence.cli.options import parse_env
 from netfence.cli.packages import packages as packages_group
 from netfence.cli.registry import registry as registry_group
 from netfence.errors import NetfenceError, UsageError
-from netfence.policy import compile_policy
-from netfence.profile import Profile, load_profile, split_host_port, with_overrides
+from netfence.profile import split_host_port
 from netfence.runtimes import WorkloadSpec, get_runtime, running, runtime_of
 from netfence.runtimes.caller import caller_permissions
 from netfence.runtimes.resolver import host_resolver, parse_endpoint
 from netfence.runtimes.state import check_name, new_name
+
+if TYPE_CHECKING:
+    from netfence.profile.model import Profile
 
 PROFILE_HELP = "none | network | FILE (JSON or YAML); default: none (deny all egress)"
 
@@ -64,6 +63,8 @@ def _profile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, ...],
           allow_cidr: tuple[str, ...]) -> Profile:
+    from netfence.profile.loader import load_profile, with_overrides
+
     with caller_permissions():  # the caller's file: read it as they could
         profile = load_profile(profile_ref)
     return with_overrides(profile, allow_host=allow_host, allow_port=allow_port,
@@ -143,6 +144,8 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
     COMMAND may be uvx://PACKAGE[@VERSION] or npx://PACKAGE[@VERSION] (installed outside
     the fence, into netfence's cache, then run inside it) or registry://NAME (a known
     server, with its reviewed profile: netfence registry list)."""
+    from netfence.profile.loader import with_overrides
+
     backend = get_backend(proxy)  # an unknown value fails before anything is created
     chosen_runtime = get_runtime(runtime)
     env = parse_env(env_pairs)
@@ -283,6 +286,7 @@ def check(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, 
           allow_cidr: tuple[str, ...], resolved_ip: str | None, as_json: bool,
           target: str) -> None:
     """Decide HOST[:PORT] (default port 443) as the fence would; exit 0 allowed, 1 denied."""
+    from netfence.policy import compile_policy
     from netfence.runtimes.netns import host_addresses
 
     policy = compile_policy(_load(profile_ref, allow_host, allow_port, allow_cidr),
@@ -320,6 +324,11 @@ def render(proxy: str | None, profile_ref: str, allow_host: tuple[str, ...],
            user: str | None, out_dir: Path | None, command: tuple[str, ...]) -> None:
     """Write what a profile compiles to: the proxy and DNS configs, for inspection, or
     (--target kubernetes) everything a cluster needs to run IMAGE behind the fence."""
+    import tempfile
+
+    from netfence.backends.dnsmasq import dns_setup
+    from netfence.policy import compile_policy
+
     backend = get_backend(proxy)
     profile = _load(profile_ref, allow_host, allow_port, allow_cidr)
     if target == "kubernetes":
@@ -350,12 +359,23 @@ def render(proxy: str | None, profile_ref: str, allow_host: tuple[str, ...],
                 output.err.print(f"wrote {spec.path}", markup=False)
             elif spec.content:
                 output.out.print(f"# ==> {spec.path.relative_to(directory)} <==", markup=False)
-                output.out.print(spec.content, markup=False)
+                output.out.print(_readable(spec.path, spec.content), markup=False)
+
+
+def _readable(path: Path, content: str) -> str:
+    """A config as printed for a person: JSON indented (the file is written compact)."""
+    if path.suffix != ".json":
+        return content
+    import json
+
+    return json.dumps(json.loads(content), indent=1) + "\n"
 
 
 @cli.command()
 def doctor() -> None:
     """Check what `netfence run` needs on this machine, and how to fix what is missing."""
+    from netfence.cli.doctor import doctor_checks
+
     failed = False
     for check_result in doctor_checks():
         mark = ("[green]ok[/green]  " if check_result.ok else

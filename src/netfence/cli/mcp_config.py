@@ -17,19 +17,19 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from netfence import registry
 from netfence.backends import SUPPORTED
 from netfence.cli import output
 from netfence.cli.options import parse_env
 from netfence.errors import UsageError
-from netfence.packages import is_package
-from netfence.packages import parse as parse_package
-from netfence.profile import load_profile
 from netfence.runtimes.state import check_name
+
+# The registry and the installer are imported where used: `netfence run` needs neither.
+if TYPE_CHECKING:
+    from netfence import registry
 
 Format = Literal["claude", "cursor", "vscode"]
 FORMATS = ("claude", "cursor", "vscode")
@@ -52,6 +52,8 @@ def netfence_invocation() -> list[str]:
 def _profile_ref(ref: str) -> str:
     """A built-in name as is; a file by absolute path (the client's cwd is unknown).
     Loading it here reports a bad profile now, not when the client starts it."""
+    from netfence.profile.loader import load_profile
+
     load_profile(ref)
     return ref if ref in BUILTIN_PROFILES else str(Path(ref).absolute())
 
@@ -60,6 +62,9 @@ def _command(command: tuple[str, ...]) -> list[str]:
     """The workload's program by absolute path when found on this PATH (the client's and
     sudo's PATH may lack ~/.local/bin and the like); otherwise as given (a package or a
     registry entry as it is)."""
+    from netfence import registry
+    from netfence.packages import is_package
+
     first = command[0]
     if os.sep not in first and not (is_package(first) or registry.is_entry(first)):
         found = shutil.which(first)
@@ -102,6 +107,10 @@ def _absolute(paths: tuple[str, ...]) -> list[str]:
 
 def _default_name(first: str) -> str:
     """A registry entry's name, or a package's command (an npm scope left out)."""
+    from netfence import registry
+    from netfence.packages import is_package
+    from netfence.packages import parse as parse_package
+
     if registry.is_entry(first):
         return first.removeprefix(registry.SCHEME)
     if is_package(first):
@@ -114,6 +123,8 @@ def _registry_entry(first: str, env_pairs: tuple[str, ...],
                     files: tuple[str, ...]) -> registry.Entry | None:
     """The registry entry `first` names, checked now: it exists, and every variable it
     requires is given with --env (the client's `env` block does not reach the server)."""
+    from netfence import registry
+
     if not registry.is_entry(first):
         return None
     from netfence.cli.targets import load_entries
@@ -203,6 +214,9 @@ def mcp_config(name: str | None, profile_ref: str | None, allow_host: tuple[str,
     if transport != "stdio" and port is None:
         raise UsageError(f"--transport {transport} needs --port: the client's URL must not "
                          "change between runs")
+    from netfence.packages import is_package
+    from netfence.packages import parse as parse_package
+
     if is_package(command[0]):
         parse_package(command[0])  # a bad reference fails now, not in the client
     profile = (_profile_ref(profile_ref) if profile_ref is not None

@@ -7,13 +7,48 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Environment variables that change what rich takes for a terminal.
+_TERMINAL_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS",
+                 "JUPYTER_LINES")
+
+
+class _Lazy:
+    """A rich Console made on first use: importing rich takes about 20 ms of every start,
+    and a run that goes well prints nothing."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def _made(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        """As rich decides it; without rich when no variable tells it otherwise."""
+        if self._console is None and not any(k in os.environ for k in _TERMINAL_ENV):
+            stream = sys.stderr if self._stderr else sys.stdout
+            return stream is not None and stream.isatty()
+        return self._made().is_terminal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+
+err: Console = _Lazy(stderr=True)  # type: ignore[assignment]
+out: Console = _Lazy(stderr=False)  # type: ignore[assignment]
 
 
 class Progress:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from netfence.cli import output
 from netfence.cli.targets import install_log
 from netfence.errors import UsageError
-from netfence.packages import cache, ensure, parse
-from netfence.packages.refs import KINDS, PackageRef
 from netfence.runtimes.caller import caller_permissions
+
+# The installer is imported by the commands that use it (cli.targets).
+if TYPE_CHECKING:
+    from netfence.packages.refs import PackageRef
 
 
 def _size(size: int) -> str:
@@ -34,6 +37,8 @@ def packages() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_packages(as_json: bool) -> None:
     """The cached packages, each version with its size."""
+    from netfence.packages import cache
+
     root = cache.cache_root()
     with caller_permissions():
         found = cache.all_installed(root)
@@ -65,6 +70,8 @@ def list_packages(as_json: bool) -> None:
 @click.argument("refs", nargs=-1, required=True, metavar="uvx://PKG[@V]|npx://PKG[@V]...")
 def install_packages(refresh: bool, refs: tuple[str, ...]) -> None:
     """Install packages into the cache now, so that a later run starts at once."""
+    from netfence.packages import ensure, parse
+
     for text in refs:
         installed = ensure(parse(text), refresh=refresh, log=install_log)
         output.err.print(f"netfence: {installed.ref} in {installed.directory}", markup=False)
@@ -76,6 +83,9 @@ def install_packages(refresh: bool, refs: tuple[str, ...]) -> None:
 def remove_packages(remove_all: bool, refs: tuple[str, ...]) -> None:
     """Remove a package's version, every version of a package given without one, or
     everything (--all)."""
+    from netfence.packages import cache, parse
+    from netfence.packages.refs import KINDS
+
     if remove_all == bool(refs):
         raise UsageError("name packages to remove, or pass --all (not both)")
     parsed: list[PackageRef] = [parse(text) for text in refs]

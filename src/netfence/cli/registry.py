@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from netfence import registry as reg
 from netfence.cli import output
 from netfence.cli.targets import load_entries
-from netfence.profile import Profile
+
+# The registry's models are imported by the commands that use them (cli.targets).
+if TYPE_CHECKING:
+    from netfence import registry as reg
+    from netfence.profile import Profile
 
 _REGISTRY_OPTION = click.option(
     "--registry", "registry_files", multiple=True, metavar="FILE",
@@ -40,6 +43,8 @@ def what_runs(server: reg.Server) -> str:
 
 
 def entry_json(entry: reg.Entry) -> dict[str, Any]:
+    from netfence import registry as reg
+
     data: dict[str, Any] = {"name": entry.name, "source": entry.source,
                             **entry.server.model_dump(mode="json", exclude={"permissions"})}
     data["permissions"] = reg.profile_data(entry.profile)
@@ -47,6 +52,8 @@ def entry_json(entry: reg.Entry) -> dict[str, Any]:
 
 
 def run_example(entry: reg.Entry) -> str:
+    from netfence import registry as reg
+
     envs = [f"--env {v.name}=..." for v in entry.server.env_vars if v.required]
     args = " DIR" if entry.server.grant_arguments else ""
     return " ".join(["sudo netfence run", *envs, f"-- {reg.SCHEME}{entry.name}{args}"])
@@ -85,6 +92,8 @@ def list_entries(registry_files: tuple[str, ...], as_json: bool) -> None:
 @click.argument("name")
 def show_entry(registry_files: tuple[str, ...], as_json: bool, name: str) -> None:
     """One server: what runs, what it needs, its profile, and how to run it."""
+    from netfence import registry as reg
+
     entry = reg.find(reg.SCHEME + name.removeprefix(reg.SCHEME), load_entries(registry_files))
     if as_json:
         output.print_json(entry_json(entry))

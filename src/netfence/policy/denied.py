@@ -28,15 +28,20 @@ DENIED_NAMES: tuple[str, ...] = (
 DENIED_SUFFIXES: tuple[str, ...] = ("localhost",)
 
 
+_SUFFIXES = frozenset(DENIED_SUFFIXES)
+_BELOW_SUFFIXES = tuple("." + s for s in DENIED_SUFFIXES)
+_NAMES = frozenset(DENIED_NAMES)
+
+
 def is_denied_zone(name: str) -> bool:
     """Whether `name` and every name below it are denied (it is, or is under, a suffix)."""
-    return any(name == s or name.endswith("." + s) for s in DENIED_SUFFIXES)
+    return name in _SUFFIXES or name.endswith(_BELOW_SUFFIXES)
 
 
 def is_denied_name(name: str) -> bool:
     """Whether a canonical name is denied whatever the allowlist says (localhost and the
     like): the one test the policy and every backend apply."""
-    return name in DENIED_NAMES or is_denied_zone(name)
+    return name in _NAMES or is_denied_zone(name)
 
 
 # The order in which backends check the address classes, so that they all report the

@@ -14,8 +14,12 @@ import datetime
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from netfence.profile import Profile, canonical_host
+from netfence.profile.hosts import canonical_host
+
+if TYPE_CHECKING:
+    from netfence.profile.model import Profile
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from netfence.policy.decision import Decision, Reason
 from netfence.policy.denied import (
@@ -24,9 +25,12 @@ from netfence.policy.denied import (
     subtract,
     with_embedded_forms,
 )
-from netfence.profile import HostPattern, Profile, canonical_host
+from netfence.profile import HostPattern, canonical_host
+from netfence.profile.defaults import DEFAULT_PORTS
 from netfence.profile.hosts import IPAddress
-from netfence.profile.model import DEFAULT_PORTS
+
+if TYPE_CHECKING:
+    from netfence.profile.model import Profile
 
 # The names of this machine's loopback: all that ingress accepts when the profile names no
 # inbound host, and what the workload reaches without its proxy (no_proxy).

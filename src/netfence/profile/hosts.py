@@ -11,8 +11,6 @@ import re
 import socket
 from dataclasses import dataclass
 
-import idna
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_NAME = 253
@@ -23,9 +21,19 @@ _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
 # inet_aton accepts these legacy IPv4 spellings (decimal, hex, octal, shortened); a client
 # library may too, so they must be read as addresses, never as names.
 _LEGACY_IPV4 = re.compile(r"^(?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}$")
+# A character no IP literal has, in any spelling inet_aton reads (trailing whitespace
+# included; an IPv6 one has a colon): such a host is a name. A long allowlist then skips
+# two failing address parsers per name.
+_NOT_IN_IPV4 = re.compile(r"[^0-9a-fA-FxX.\s]")
+# A name every check of canonical_name passes at once (lower-case ASCII, labels of 1 to
+# MAX_LABEL characters); anything else takes the checks one by one, for their messages.
+_PLAIN_NAME = re.compile(
+    rf"(?:[a-z0-9_](?:[a-z0-9_-]{{0,{MAX_LABEL - 2}}}[a-z0-9_])?\.)*"
+    rf"[a-z0-9_](?:[a-z0-9_-]{{0,{MAX_LABEL - 2}}}[a-z0-9_])?\.?"
+)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class HostPattern:
     """An allowlist entry: an exact name, a name with all its subdomains, or an IP literal."""
 
@@ -65,6 +73,8 @@ def split_host_port(text: str) -> tuple[str, str | None]:
 def _reject_unsafe_chars(raw: str) -> None:
     if raw == "":
         raise ValueError("empty host")
+    if raw.isascii() and raw.isprintable() and " " not in raw:
+        return  # printable ASCII other than space: none of the characters below
     for ch in raw:
         if ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F:
             raise ValueError(f"contains whitespace or a control character ({ch!r})")
@@ -83,6 +93,8 @@ def parse_ip(raw: str) -> IPAddress | None:
             return ipaddress.ip_address(text.split("%", 1)[0])
         except ValueError:
             return None
+    if ":" not in text and _NOT_IN_IPV4.search(text):
+        return None
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -101,6 +113,8 @@ def parse_ip(raw: str) -> IPAddress | None:
 def _to_ascii(name: str) -> str:
     if name.isascii():
         return name.lower()
+    import idna  # only for a non-ASCII name (10 ms to import)
+
     try:
         return idna.encode(name, uts46=True).decode("ascii")
     except idna.IDNAError as exc:
@@ -112,6 +126,10 @@ def canonical_name(raw: str) -> str:
 
     Raises ValueError with a reason for anything that is not a plain DNS name.
     """
+    if _PLAIN_NAME.fullmatch(raw):
+        name = raw[:-1] if raw.endswith(".") else raw
+        if len(name) <= MAX_NAME:
+            return name
     _reject_unsafe_chars(raw)
     if "://" in raw:
         raise ValueError("a scheme is not part of a host")

@@ -13,10 +13,13 @@ from pydantic import BaseModel, ValidationError
 from netfence.errors import ProfileError
 from netfence.profile.model import InboundNetwork, Network, OutboundNetwork, Profile
 
+# Constructed, not validated (these values are valid): no validator is built at import.
 BUILTIN_PROFILES: dict[str, Profile] = {
-    "none": Profile(name="none"),
-    "network": Profile(
-        name="network", network=Network(outbound=OutboundNetwork(insecure_allow_all=True))
+    "none": Profile.model_construct(name="none"),
+    "network": Profile.model_construct(
+        name="network",
+        network=Network.model_construct(
+            outbound=OutboundNetwork.model_construct(insecure_allow_all=True)),
     ),
 }
 
@@ -119,7 +122,8 @@ def with_overrides(
     out = profile.network.outbound
     merged = {
         "insecure_allow_all": out.insecure_allow_all,
-        "allow_host": [str(p) for p in out.allow_host] + hosts,
+        # The profile's own entries as parsed: only the new ones are parsed again.
+        "allow_host": [*out.allow_host, *hosts],
         # None (absent: 80 and 443) stays None unless ports are added; an explicit [] (no
         # port at all) must stay [], never fall back to the defaults.
         "allow_port": (

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from netfence.backends import DecisionRecord, Endpoint, ProxySetup
-from netfence.profile import Profile
 from netfence.runtimes.state import WorkloadState
 
 if TYPE_CHECKING:
+    from netfence.profile.model import Profile
     from netfence.runtimes.grants import FileGrants
 
 Transport = Literal["stdio", "sse", "streamable-http"]
@@ -73,6 +73,9 @@ class Fence(abc.ABC):
     # when the ingress starts with the workload) and the proxies' files and logs.
     url: str | None = None
     setup: ProxySetup = ProxySetup(files=(), processes=())
+    # True: the fence calls supervisor.release_memory itself, once its workload runs and
+    # it is idle (a short run then never pays for it); else the supervisor does, at start.
+    releases_memory: bool = False
 
     @abc.abstractmethod
     def start(self) -> None:

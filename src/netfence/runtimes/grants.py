@@ -21,10 +21,13 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netfence.errors import UsageError
-from netfence.profile import Profile
 from netfence.runtimes.caller import caller_permissions, sudo_caller
+
+if TYPE_CHECKING:
+    from netfence.profile.model import Profile
 
 # The search of a granted directory for Unix sockets; beyond either bound the grant is
 # refused (a narrower one is cheap to search).

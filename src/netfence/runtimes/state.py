@@ -7,7 +7,7 @@ import fcntl
 import json
 import os
 import re
-import secrets
+import select
 import shutil
 import signal
 from dataclasses import asdict, dataclass, field
@@ -23,7 +23,7 @@ CLAIMANT = "claimant"  # pid and start time of the run that claimed the name
 
 
 def new_name() -> str:
-    return "nf-" + secrets.token_hex(3)
+    return "nf-" + os.urandom(3).hex()  # as secrets.token_hex, without importing it (5 ms)
 
 
 def check_name(name: str) -> str:
@@ -103,6 +103,22 @@ def kill(pid: int, started: str, signum: int = signal.SIGKILL) -> None:
         if is_running(pid, started):
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, signum)
+    finally:
+        os.close(fd)
+
+
+def wait_gone(pid: int, started: str, timeout: float) -> bool:
+    """Whether that very process has exited (a zombie has) within `timeout` seconds: woken
+    by its pidfd the moment it exits, not by polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return True
+    try:
+        if not is_running(pid, started):
+            return True
+        exited, _, _ = select.select([fd], [], [], timeout)
+        return bool(exited) or not is_running(pid, started)
     finally:
         os.close(fd)
 

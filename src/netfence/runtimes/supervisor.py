@@ -9,6 +9,8 @@ Fence (`fence`), and the removal of what a workload left (`remove`).
 from __future__ import annotations
 
 import abc
+import ctypes
+import gc
 import logging
 import os
 import shutil
@@ -16,18 +18,20 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netfence.backends import DecisionRecord, NetworkProxy, get_backend
 from netfence.errors import NetfenceError, PrivilegeError
 from netfence.policy.learn import Used, learned_profile, summary
-from netfence.profile import Profile
 from netfence.runtimes import state
 from netfence.runtimes.base import WORKLOAD_STOP_GRACE, Fence, Runtime, WorkloadSpec
 from netfence.runtimes.caller import caller_permissions
 from netfence.runtimes.detach import ReadyPipe, detach, redirect_own_stdio
 from netfence.runtimes.logs import decision_records, read_decisions
 from netfence.runtimes.signals import Interrupted, StopSignals
-from netfence.runtimes.waiting import wait_for
+
+if TYPE_CHECKING:
+    from netfence.profile.model import Profile
 
 log = logging.getLogger("netfence")
 
@@ -97,6 +101,8 @@ class SupervisedRuntime(Runtime):
                     fence.start()
                 finally:
                     self.report(None)  # the progress display ends before any other output
+                if not fence.releases_memory:
+                    release_memory()
                 _record(record, fence)
                 fence.launch(detached=ready.detached)
                 launched = True
@@ -146,13 +152,13 @@ class SupervisedRuntime(Runtime):
     def stop(self, name: str) -> None:
         record = self._record_of(name)
         if record is not None and record.alive:
-            state.kill(record.supervisor_pid, record.supervisor_start, signal.SIGTERM)
-            done = wait_for(lambda: not record.alive, WORKLOAD_STOP_GRACE + self.teardown_time)
-            if not done:
+            pid, started = record.supervisor_pid, record.supervisor_start
+            state.kill(pid, started, signal.SIGTERM)
+            if not state.wait_gone(pid, started, WORKLOAD_STOP_GRACE + self.teardown_time):
                 # A supervisor that hangs is killed: what it leaves is removed just below.
                 log.warning("%s: the supervisor did not stop in time; killing it", name)
-                state.kill(record.supervisor_pid, record.supervisor_start)
-                wait_for(lambda: not record.alive, 5.0)
+                state.kill(pid, started)
+                state.wait_gone(pid, started, 5.0)
         if record is not None:
             record.kill_orphans()
         if not self.remove(name, record) and record is None:
@@ -164,6 +170,18 @@ class SupervisedRuntime(Runtime):
         if record is None:
             raise self._missing(name)
         yield from read_decisions(record, follow)
+
+
+def release_memory() -> None:
+    """Give back to the system what building the fence's configs took (a long allowlist
+    makes many short-lived objects): the supervisor stays for the workload's lifetime."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
 
 
 def _record(record: state.WorkloadState, fence: Fence) -> None:

@@ -4,6 +4,8 @@ runtime (a stand-in here), and the one-line refusals before anything is installe
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,7 @@ def installs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
         return Prepared(installed, ("/usr/bin/node", str(tmp_path / "install/x.js"), *args),
                         (str(tmp_path / "install"),))
 
-    monkeypatch.setattr(targets, "prepare", fake_prepare)
+    monkeypatch.setattr("netfence.packages.prepare", fake_prepare)  # imported when used
     return asked
 
 
@@ -158,3 +160,20 @@ def test_packages_list_and_remove_on_an_empty_cache(tmp_path: Path,
     assert invoke("packages", "remove", "uvx://a").exit_code == 0
     done = netfence("packages", "remove")
     assert done.returncode == 2 and b"--all" in done.stderr
+
+
+def test_the_schemes_told_apart_before_import_are_the_registrys_and_packages() -> None:
+    from netfence.packages.refs import SCHEMES
+
+    assert targets.REGISTRY_SCHEME == registry.SCHEME
+    assert tuple(SCHEMES) == targets.PACKAGE_SCHEMES
+
+
+def test_a_plain_run_imports_neither_the_registry_nor_pydantic() -> None:
+    # A fresh interpreter: this one has imported everything already.
+    code = ("import sys, netfence.cli.main; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' "
+            "or m in ('netfence.registry', 'netfence.packages')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stdout

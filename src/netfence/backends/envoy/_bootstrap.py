@@ -8,23 +8,29 @@ from netfence.backends.base import Placement
 from netfence.backends.envoy._listeners import Part, egress, ingress
 from netfence.backends.envoy._names import CONN_LIMIT_TYPE, Json
 from netfence.backends.envoy._transparent import transparent
+from netfence.backends.relay import relay_resources
 from netfence.policy import Policy
 
 ADMIN_SOCKET_NAME = "envoy-admin.sock"
 ADMIN_SOCKET_MODE = 0o600
 MAX_DOWNSTREAM_CONNECTIONS = 10_000
 RE2_MAX_PROGRAM_SIZE = 100_000
+# No memory_allocator_manager: it gave back 11 MiB after loading 100,000 names, but its
+# thread sleeps out its interval when Envoy stops (a 1 s interval: 0.95 s to exit).
 
 
 def parts(policy: Policy, placement: Placement) -> list[Part]:
     """The listeners the placement asks for: the egress always, the transparent listener
     where the runtime redirects the workload's connections, the ingress for a workload
-    that serves (not stdio)."""
+    that serves (not stdio), and the relays it carries (the fence's DNS)."""
     out = [egress(policy, placement)]
     if placement.transparent_listen:
         out.append(transparent(policy, placement))
     if placement.ingress_listen is not None:
         out.append(ingress(policy, placement))
+    if placement.relays:
+        listeners, clusters = relay_resources(placement.relays)
+        out.append(Part(tuple(listeners), tuple(clusters)))
     return out
 
 

@@ -99,8 +99,21 @@ def host_domains(patterns: Iterable[HostPattern]) -> list[str]:
     return list(dict.fromkeys(d for p in patterns for d in pattern_domains(p)))
 
 
+# Every denied domain ends so: only those need the full check (a long allowlist has few).
+_DENIED_ENDINGS = (*DENIED_NAMES, *DENIED_SUFFIXES)
+
+
+def _without_denied(domains: list[str]) -> list[str]:
+    return [d for d in domains if not (d.endswith(_DENIED_ENDINGS) and _denied_domain(d))]
+
+
 def allowed_domains(policy: Policy) -> list[str]:
-    return [d for d in host_domains(policy.hosts) if not _denied_domain(d)]
+    return _without_denied(host_domains(policy.hosts))
+
+
+def allowed_name_domains(policy: Policy) -> list[str]:
+    """allowed_domains without the IP literals (in the same order): what an SNI can be."""
+    return _without_denied(host_domains(policy.name_patterns))
 
 
 # --- ports -----------------------------------------------------------------------------
@@ -244,24 +257,44 @@ def egress_virtual_hosts(policy: Policy) -> list[Json]:
     return vhosts
 
 
-def transparent_virtual_hosts(policy: Policy, port: int | None, port_allowed: bool) -> list[Json]:
-    """The name and port stages of a transparent HTTP chain, by the Host header.
+# Set on each transparent HTTP connection (the port its client dialed), for the routes:
+# one route table serves every port, so the allowed names are listed once.
+DIALED_PORT_KEY = "netfence.dialed_port"
 
-    The filter chain already matched the port the client dialed: `port` (None on a
-    port-agnostic chain: any port) and whether the policy allows it. The dial goes to the
-    dialed port, so on a per-port chain a Host naming another port is refused
-    (invalid_host): otherwise the DFP would dial the Host's port, which no chain checked.
-    No https:// or CONNECT route: a client talking to its server sends neither. IP
-    literals match by their canonical text (in `domains`); other spellings are refused.
+
+def _on_port(route: Json, port: int) -> Json:
+    route["match"]["filter_state"] = [{"key": DIALED_PORT_KEY,
+                                       "string_match": {"exact": str(port)}}]
+    return route
+
+
+def _transparent_port_routes(policy: Policy) -> list[Json]:
+    """The port stage by the dialed port: on an allowed port P, a Host naming another port
+    is refused (invalid_host), since the dial goes to P; any other port is refused."""
+    if policy.any_port:  # dialed at the Host's port, or the dialed one when it names none
+        return [{"name": Reason.ALLOWED.value, "match": {"prefix": "/"},
+                 "route": _forward(DFP_CLUSTER)}, *_forbidden(Reason.INVALID_HOST.value)]
+    routes: list[Json] = []
+    for port in sorted(set(policy.ports)):
+        match = {"prefix": "/",
+                 "headers": [_authority_matcher(authority_regex([port], default_port=port))]}
+        routes.append(_on_port({"name": Reason.ALLOWED.value, "match": match,
+                                "route": _forward(DFP_CLUSTER)}, port))
+        routes += [_on_port(r, port) for r in _forbidden(Reason.INVALID_HOST.value)]
+    return routes + _forbidden(Reason.PORT_NOT_ALLOWED.value)
+
+
+def transparent_virtual_hosts(policy: Policy) -> list[Json]:
+    """The name and port stages of the transparent HTTP chains, by the Host header.
+
+    The port is the one the client dialed (DIALED_PORT_KEY), and the dial goes there: on a
+    port the policy allows, a Host naming another port is refused (invalid_host), since
+    the DFP would dial the Host's port, which nothing checked; every other port is
+    port_not_allowed. When every port is allowed, a Host's port is dialed as written. No
+    https:// or CONNECT route: a client talking to its server sends neither. IP literals
+    match by their canonical text (in `domains`); other spellings are refused.
     """
-    if port_allowed:
-        match: Json = {"prefix": "/"}
-        if port is not None:
-            match["headers"] = [_authority_matcher(authority_regex([port], default_port=port))]
-        allowed = [{"name": Reason.ALLOWED.value, "match": match, "route": _forward(DFP_CLUSTER)},
-                   *_forbidden(Reason.INVALID_HOST.value)]
-    else:
-        allowed = _forbidden(Reason.PORT_NOT_ALLOWED.value)
+    allowed = _transparent_port_routes(policy)
     vhosts: list[Json] = [{
         "name": Reason.DENIED_NAME.value,
         "domains": denied_domains(),

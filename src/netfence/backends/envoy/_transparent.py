@@ -13,6 +13,11 @@ level, the less specific chains of that level are out of reach. So each port's c
 each address set's chains are complete on their own, every set named as _chains says.
 Each refusal says the reason Policy.decide gives: the name stage first, then the port,
 then the address.
+
+The chains are laid out with that filter_chain_match (layout_listener); the bootstrap's
+listener picks them by a filter_chain_matcher that decides alike with each allowed name
+listed once (_matcher), and its HTTP chains are one: they differ in nothing, their routes
+read the dialed port.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from netfence.backends.envoy._chains import (
     ANY_PORT,
     HTTP,
     HTTP_PORT_NOT_ALLOWED,
+    HTTP_ROLES,
     LITERAL,
     NO_NAME,
     RAW_PASS,
@@ -35,20 +41,21 @@ from netfence.backends.envoy._chains import (
     TLS_PASS,
     TLS_PORT_NOT_ALLOWED,
     chain_name,
+    split_chain_name,
 )
 from netfence.backends.envoy._destinations import destinations
 from netfence.backends.envoy._listeners import Part, dfp_cluster, socket_address
 from netfence.backends.envoy._log import EGRESS_LOG_NAME, TRANSPARENT_LOG_FORMAT, access_log
+from netfence.backends.envoy._matcher import with_matcher
 from netfence.backends.envoy._names import (
     HTTP_INSPECTOR_TYPE,
     ORIGINAL_DST_FILTER_TYPE,
     TLS_INSPECTOR_TYPE,
     Json,
 )
-from netfence.backends.envoy._routes import allowed_domains, denied_domains
+from netfence.backends.envoy._routes import allowed_name_domains, denied_domains
 from netfence.policy import Policy, Reason
 from netfence.policy.denied import IPNetwork
-from netfence.profile.hosts import parse_ip
 
 LISTENER_NAME = "transparent"
 # A server-speaks-first protocol sends nothing to inspect: after this it is plain TCP.
@@ -108,8 +115,8 @@ class _Layout:
         self.destinations = destinations(policy)
         # The allowed names as server_names (an SNI never holds an IP literal). Unused
         # when every name is allowed: server_names cannot say "any".
-        self.sni_names = [d for d in allowed_domains(policy)
-                          if parse_ip(d) is None]
+        self.sni_names = allowed_name_domains(policy)
+        self._http_filters: list[Json] | None = None
 
     def chains(self) -> list[Json]:
         """Per allowed port its complete set, then the chains of every other port; or one
@@ -144,8 +151,12 @@ class _Layout:
     def _dial(self, scope: _Scope, no_sni: Reason | None = None) -> list[Json]:
         return filters.dial_sni(self.policy, self.placement, scope.port, no_sni)
 
-    def _http(self, scope: _Scope, port_allowed: bool = True) -> list[Json]:
-        return filters.http(self.policy, self.placement, scope.port, port_allowed)
+    def _http(self) -> list[Json]:
+        # The same for every HTTP chain (the routes read the dialed port): with_matcher
+        # keeps one, so the allowed names are listed once.
+        if self._http_filters is None:
+            self._http_filters = filters.http(self.policy, self.placement)
+        return self._http_filters
 
     def _literal(self, scope: _Scope) -> list[Json]:
         """An allowed literal: an allowed name is dialed by name; no name goes to the
@@ -159,7 +170,7 @@ class _Layout:
             out.append(scope.chain(TLS_PASS, tls, **_tls()))
         elif self.sni_names:
             out.append(scope.chain(TLS_ALLOWED, self._dial(scope), **_tls(self.sni_names)))
-        out.append(scope.chain(HTTP, self._http(scope), **_PLAIN_HTTP))
+        out.append(scope.chain(HTTP, self._http(), **_PLAIN_HTTP))
         if not self.policy.allow_all:
             out.append(scope.chain(TLS_PASS, filters.pass_tls(), **_tls()))
         # Its transport named: once a raw_buffer chain exists (HTTP), a chain without a
@@ -176,7 +187,7 @@ class _Layout:
             out.append(scope.chain(TLS_ALLOWED, self._dial(scope, reason), **_tls()))
         elif self.sni_names:
             out.append(scope.chain(TLS_ALLOWED, self._dial(scope), **_tls(self.sni_names)))
-        out.append(scope.chain(HTTP, self._http(scope), **_PLAIN_HTTP))
+        out.append(scope.chain(HTTP, self._http(), **_PLAIN_HTTP))
         if not self.policy.allow_all:
             out.append(scope.chain(TLS_NOT_ALLOWED, filters.refuse(), **_tls()))
         out.append(scope.chain(NO_NAME, filters.refuse(), **_RAW))
@@ -187,7 +198,7 @@ class _Layout:
         out = [scope.denied_names()]
         if self.sni_names:
             out.append(scope.chain(TLS_ALLOWED, self._dial(scope), **_tls(self.sni_names)))
-        out.append(scope.chain(HTTP, self._http(scope), **_PLAIN_HTTP))
+        out.append(scope.chain(HTTP, self._http(), **_PLAIN_HTTP))
         out.append(scope.chain(TLS_NOT_ALLOWED, filters.refuse(), **_tls()))
         return out
 
@@ -198,7 +209,7 @@ class _Layout:
         if self.policy.allow_all:
             return [everywhere.denied_names(),
                     everywhere.chain(TLS_PORT_NOT_ALLOWED, filters.refuse(), **_tls()),
-                    everywhere.chain(HTTP_PORT_NOT_ALLOWED, self._http(everywhere, False),
+                    everywhere.chain(HTTP_PORT_NOT_ALLOWED, self._http(),
                                      **_PLAIN_HTTP)]
         literals = self.destinations.every
         scopes = [_Scope(None, None, literals, LITERAL)] if literals else []
@@ -208,7 +219,7 @@ class _Layout:
             if self.sni_names:
                 out.append(scope.chain(TLS_PORT_NOT_ALLOWED, filters.refuse(),
                                        **_tls(self.sni_names)))
-            out.append(scope.chain(HTTP_PORT_NOT_ALLOWED, self._http(scope, False),
+            out.append(scope.chain(HTTP_PORT_NOT_ALLOWED, self._http(),
                                    **_PLAIN_HTTP))
             out.append(scope.chain(TLS_NOT_ALLOWED, filters.refuse(), **_tls()))
             if scope.prefixes:
@@ -216,8 +227,9 @@ class _Layout:
         return out
 
 
-
-def transparent_listener(policy: Policy, placement: Placement) -> Json:
+def layout_listener(policy: Policy, placement: Placement) -> Json:
+    """The listener with each chain's filter_chain_match: the layout that the bootstrap's
+    filter_chain_matcher decides alike (_matcher)."""
     first, *more = placement.transparent_listen
     listener: Json = {"name": LISTENER_NAME, "address": socket_address(first)}
     if more:
@@ -243,6 +255,17 @@ def transparent_listener(policy: Policy, placement: Placement) -> Json:
                                   TRANSPARENT_LOG_FORMAT)],
     })
     return listener
+
+
+def _merged(name: str) -> str | None:
+    """HTTP chains are all alike (their routes decide): one chain, `http`. The others keep
+    their names, which the decision log reads."""
+    scope_role = split_chain_name(name)
+    return chain_name(HTTP) if scope_role is not None and scope_role[1] in HTTP_ROLES else None
+
+
+def transparent_listener(policy: Policy, placement: Placement) -> Json:
+    return with_matcher(layout_listener(policy, placement), _merged)
 
 
 def transparent(policy: Policy, placement: Placement) -> Part:

@@ -30,7 +30,7 @@ from netfence.backends.envoy._names import (
 )
 from netfence.backends.envoy._rbac import rbac_policies
 from netfence.backends.envoy._replies import HOST_OF_AUTHORITY, deny_replies
-from netfence.backends.envoy._routes import transparent_virtual_hosts
+from netfence.backends.envoy._routes import DIALED_PORT_KEY, transparent_virtual_hosts
 from netfence.policy import Policy, Reason
 
 ORIGINAL_DST_CLUSTER = "original_dst"
@@ -119,22 +119,20 @@ def _address_rules(policy: Policy, sni_only: bool) -> dict[str, Json]:
         for name, body in policies.items()}
 
 
-def http(policy: Policy, placement: Placement, port: int | None,
-         port_allowed: bool) -> list[Json]:
-    """The egress' HTTP stages by the Host header, dialing the port dialed. `port`: the
-    chain's (None: any); `port_allowed`: whether the policy allows it."""
+def http(policy: Policy, placement: Placement) -> list[Json]:
+    """The egress' HTTP stages by the Host header, dialing the port dialed; one route table
+    for every port (_routes.transparent_virtual_hosts), so every HTTP chain is the same."""
     state = [_state(DYNAMIC_PORT_KEY, DIALED_PORT)]
-    if port is None and port_allowed:
-        # No port in the chain's match to hold the Host to: a Host naming a port would be
-        # dialed there (the cluster appends the dynamic port only to a bare host).
+    if policy.any_port:
+        # No port stage: a Host naming a port would be dialed there (the cluster appends
+        # the dynamic port only to a bare host).
         state.insert(0, _state(DYNAMIC_HOST_KEY, HOST_OF_AUTHORITY))
     filters = [
         {"name": "envoy.filters.http.set_filter_state",
          "typed_config": {"@type": SET_FILTER_STATE_TYPE, "on_request_headers": state}},
         *egress_filters(policy, placement, host_from_filter_state=True),
     ]
-    vhosts = transparent_virtual_hosts(policy, port, port_allowed)
-    hcm = streaming_hcm("transparent", vhosts, filters)
+    hcm = streaming_hcm("transparent", transparent_virtual_hosts(policy), filters)
     hcm.update({
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         # The remedy names the port dialed, whether the Host names one or not.
@@ -143,7 +141,14 @@ def http(policy: Policy, placement: Placement, port: int | None,
         "server_header_transformation": "PASS_THROUGH",
         "access_log": [access_log(_log_path(placement), TRANSPARENT_HTTP_LOG_FORMAT)],
     })
-    return [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    chain: list[Json] = []
+    if not policy.any_port:
+        # For the routes' port stage: the connection's state, set before any request.
+        chain.append({"name": "envoy.filters.network.set_filter_state", "typed_config": {
+            "@type": NET_SET_FILTER_STATE_TYPE, "on_new_connection": [
+                {**_state(DIALED_PORT_KEY, DIALED_PORT), "factory_key": "envoy.string"}]}})
+    chain.append({"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm})
+    return chain
 
 
 def _log_path(placement: Placement) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import subprocess
 import time
@@ -59,6 +60,81 @@ def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes],
     if not wait_for(listening, timeout, READY_INTERVAL, check):
         raise NetfenceError(f"{spec.name} did not start listening on "
                             f"{', '.join(map(str, pending))} within {timeout:.0f} s")
+
+
+_SYS_PROCESS_MADVISE = 440  # x86-64 and arm64 alike
+_MADV_PAGEOUT = 21
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+def page_out(pid: int) -> None:
+    """Reclaim the pages of `pid`'s read-only file mappings (its program text and
+    libraries) that it alone maps: a proxy touches most of its binary while starting
+    (Envoy: about 46 MiB of its 60, registering its extensions) and little of it after.
+    Only clean pages, never written: nothing goes to swap, and a page used again is read
+    back from the file (process_madvise MADV_PAGEOUT, Linux 5.10). Best effort."""
+    ranges: list[tuple[int, int]] = []
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if (len(fields) > 5 and "w" not in fields[1] and fields[5].startswith("/")
+                        and not fields[5].rstrip().endswith("(deleted)")):
+                    low, high = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((low, high - low))
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        for first in range(0, len(ranges), 512):  # IOV_MAX is 1024
+            chunk = ranges[first:first + 512]
+            vectors = (_IoVec * len(chunk))(*(_IoVec(a, n) for a, n in chunk))
+            _libc.syscall(_SYS_PROCESS_MADVISE, fd, vectors, len(chunk), _MADV_PAGEOUT, 0)
+    finally:
+        os.close(fd)
+
+
+class IdleWatch:
+    """Pages the fence's processes out (page_out), then calls `then`, once, when they
+    have used next to no CPU for IDLE_SECONDS: a long-running workload's idle fence holds
+    what it uses, while a busy fence, whose pages are in use, is left alone (a page-out
+    under load would stall it on reading them back), and a short run ends before it
+    costs anything."""
+
+    IDLE_SECONDS = 2.0
+    IDLE_TICKS = 2  # clock ticks (10 ms each) of CPU in that time: timers, not traffic
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]],
+                 then: Callable[[], None] = lambda: None) -> None:
+        self.procs = procs
+        self.then = then
+        self.since = time.monotonic()
+        self.cpu = self._cpu()
+        self.done = False
+
+    def _cpu(self) -> int:
+        total = 0
+        for proc in self.procs:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{proc.pid}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total
+
+    def tick(self) -> None:
+        if self.done or time.monotonic() - self.since < self.IDLE_SECONDS:
+            return
+        cpu = self._cpu()
+        if cpu - self.cpu <= self.IDLE_TICKS:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    page_out(proc.pid)
+            self.then()
+            self.done = True
+        self.since, self.cpu = time.monotonic(), cpu
 
 
 def stop_all(started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]],

@@ -9,6 +9,7 @@ can reach a host service.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -17,11 +18,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netfence.backends import (
     DNS_PORT,
     Endpoint,
+    Forward,
     NetworkProxy,
     Placement,
     ProcessSpec,
@@ -29,6 +33,7 @@ from netfence.backends import (
     write_setup,
 )
 from netfence.backends.dnsmasq import dns_setup
+from netfence.backends.relay import relay_setup
 from netfence.errors import PrivilegeError
 from netfence.policy import compile_policy
 from netfence.runtimes import netns, state
@@ -41,10 +46,12 @@ from netfence.runtimes.base import (
     WorkloadSpec,
 )
 from netfence.runtimes.namespace import processes, redirect, sandbox
-from netfence.runtimes.namespace.relay import Relays
 from netfence.runtimes.resolver import host_resolver
 from netfence.runtimes.signals import StopSignals
-from netfence.runtimes.supervisor import SupervisedRuntime
+from netfence.runtimes.supervisor import SupervisedRuntime, release_memory
+
+if TYPE_CHECKING:
+    from netfence.runtimes.namespace.relay import Relays
 
 log = logging.getLogger("netfence")
 
@@ -78,6 +85,8 @@ def _url(spec: WorkloadSpec, port: int) -> str:
 class NamespaceFence(Fence):
     """One workload's fence; every step registers its own undo on `self.undo`."""
 
+    releases_memory = True  # once idle (processes.IdleWatch)
+
     def __init__(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
                  signals: StopSignals, report: ProgressHook | None = None) -> None:
         self.spec = spec
@@ -90,6 +99,7 @@ class NamespaceFence(Fence):
         self.url: str | None = None
         self.setup = ProxySetup(files=(), processes=())
         self.forwarder: _Forwarder | None = None
+        self.started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
 
     def start(self) -> None:
         spec = self.spec
@@ -106,23 +116,31 @@ class NamespaceFence(Fence):
         self.signals.check()
         policy = compile_policy(spec.profile, netns.host_addresses(),
                                 learn=spec.learn is not None)
-        relays = Relays()
-        self.undo.callback(relays.close)
-
+        # What cannot listen in the namespace is reached through Envoy relays (the
+        # fence's DNS; Squid's egress): Envoy carries them, or one of its own does.
         inside = Endpoint(LOOPBACK, WORKLOAD_PROXY_PORT, nsfile)
+        forwards: list[Forward] = []
         if self.backend.listens_in_netns:
             egress = inside
         else:
             egress = Endpoint(LOOPBACK, _free_port())
-            relays.tcp(inside, egress)
+            forwards.append(Forward(inside, egress))
         dns = Endpoint(LOOPBACK, _free_port())
         for loopback in LOOPBACKS:
-            relays.udp(Endpoint(loopback, DNS_PORT, nsfile), dns)
-            relays.tcp(Endpoint(loopback, DNS_PORT, nsfile), dns)
+            forwards += [Forward(Endpoint(loopback, DNS_PORT, nsfile), dns, "udp"),
+                         Forward(Endpoint(loopback, DNS_PORT, nsfile), dns, "tcp")]
+        carried = self.backend.carries_relays
 
+        relays: Relays | None = None
         ingress_listen = ingress_upstream = None
         if spec.transport != "stdio":
             assert spec.target_port is not None
+            # Into the namespace, which no Envoy cluster can dial: a relay of Python's
+            # (asyncio: imported only for a workload that serves).
+            from netfence.runtimes.namespace.relay import Relays
+
+            relays = Relays()
+            self.undo.callback(relays.close)
             ingress_listen = Endpoint(LOOPBACK, spec.port or _free_port())
             ingress_upstream = relays.tcp(
                 Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, spec.target_port, nsfile)
@@ -140,19 +158,32 @@ class NamespaceFence(Fence):
             workload_name=spec.name,
             transparent_listen=tuple(Endpoint(loopback, TRANSPARENT_PORT, nsfile)
                                      for loopback in LOOPBACKS if transparent),
+            relays=tuple(forwards) if carried else (),
         )
-        self.setup = self.backend.setup(policy, placement) + dns_setup(policy, placement)
-        write_setup(self.setup, self.state_dir)
-        started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+        started = self.started
         self.undo.callback(_stop_fence, relays, started)
-        for proc_spec in self.setup.processes:
-            self.signals.check()
-            log.info("starting %s", proc_spec.name)
-            self.report(f"starting {proc_spec.name}")
-            started.append((proc_spec, processes.start(proc_spec)))
-            self._own(started[-1][1].pid)
+        # The proxy starts while the DNS config is generated (a long allowlist takes a
+        # while to render, and the proxy a while to load it).
+        parts: list[Callable[[], ProxySetup]] = [
+            lambda: self.backend.setup(policy, placement), lambda: dns_setup(policy, placement)]
+        if not carried:
+            parts.insert(0, lambda: relay_setup(forwards, self.state_dir,
+                                                placement.programs.get("envoy")))
+        for part in parts:
+            setup = part()
+            write_setup(setup, self.state_dir)
+            # Kept without the files' text: with a long allowlist, megabytes never read again.
+            self.setup += dataclasses.replace(setup, files=tuple(
+                dataclasses.replace(f, content="") for f in setup.files))
+            for proc_spec in setup.processes:
+                self.signals.check()
+                log.info("starting %s", proc_spec.name)
+                self.report(f"starting {proc_spec.name}")
+                started.append((proc_spec, processes.start(proc_spec)))
+                self._own(started[-1][1].pid)
         # Relay threads start only after the last fork with a preexec hook.
-        relays.start()
+        if relays is not None:
+            relays.start()
         for proc_spec, proc in started:
             self.report(f"waiting for {proc_spec.name}")
             processes.wait_ready(proc_spec, proc, self.signals.check)
@@ -210,7 +241,8 @@ class NamespaceFence(Fence):
 
     def wait(self) -> int:
         assert self.forwarder is not None
-        return self.forwarder.wait()
+        return self.forwarder.wait(
+            processes.IdleWatch([p for _s, p in self.started], then=release_memory))
 
     def _own(self, *pids: int) -> None:
         for pid in pids:
@@ -221,12 +253,14 @@ class NamespaceFence(Fence):
         self.undo.close()
 
 
-def _stop_fence(relays: Relays,
+def _stop_fence(relays: Relays | None,
                 started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]]) -> None:
     # The connections relayed to the proxies end first, so that their log lines are
     # written while the proxies still run (Squid is killed soon after its stop signal).
-    relays.close()
-    processes.stop_all(started)
+    if relays is not None:
+        relays.close()
+    processes.stop_all([s for s in started if s[0].role == "relay"])
+    processes.stop_all([s for s in started if s[0].role != "relay"])
 
 
 def _free_port() -> int:
@@ -271,19 +305,24 @@ class _Forwarder:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
 
-    def wait(self) -> int:
-        """The sandbox's exit status, shell-style (128 + N for a signal)."""
+    def wait(self, idle: processes.IdleWatch | None = None) -> int:
+        """The sandbox's exit status, shell-style (128 + N for a signal). `idle` is
+        ticked meanwhile, until a stop signal came."""
         assert self.exit_fd is not None
         while True:
             # A signal from before the sandbox existed is delivered on the first round.
             for signum in self.signals.take():
                 self._deliver(signum)
-            exited, _, _ = select.select([self.exit_fd], [], [], 0.1)
-            if exited:
+            ready, _, _ = select.select([self.exit_fd, self.signals.fileno()], [], [], 0.1)
+            if self.exit_fd in ready:
                 code = self.proc.wait()
                 break
+            if ready:
+                self.signals.drain()  # a stop signal: delivered at the top, at once
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self._kill()
+            elif idle is not None and self.deadline is None and not ready:
+                idle.tick()
         if code == -signal.SIGKILL and self.killed_for is not None:
             return 128 + self.killed_for  # stopped on that signal's account
         return code if code >= 0 else 128 - code

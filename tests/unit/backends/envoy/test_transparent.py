@@ -24,6 +24,8 @@ from netfence.backends.envoy._chains import (
 )
 from netfence.backends.envoy._log import RBAC_DETAIL_FORMAT, parse_decision
 from netfence.backends.envoy._rbac import rbac_policies
+from netfence.backends.envoy._routes import DIALED_PORT_KEY
+from netfence.backends.envoy._transparent import layout_listener
 from netfence.policy import Policy, Reason, compile_policy
 from netfence.profile.hosts import parse_ip
 from netfence.profile.loader import parse_profile
@@ -75,6 +77,18 @@ HTTP_HOSTS = (*NAMES, "93.184.216.34", "[2606:4700::1111]", "10.7.7.7", "127.0.0
 
 def transparent(policy: Policy, netns: Path | None = None) -> Json:
     return listener(config(policy, transparent=True, netns=netns), "transparent")
+
+
+def layout(policy: Policy) -> Json:
+    """The listener as laid out, each chain with its filter_chain_match (the bootstrap's
+    filter_chain_matcher decides alike: test_matcher.py)."""
+    return layout_listener(policy, placement(transparent=True))
+
+
+def hcm_of(chain: Json) -> Json:
+    (found,) = [f["typed_config"] for f in chain["filters"]
+                if f["name"] == "envoy.filters.network.http_connection_manager"]
+    return found
 
 
 @pytest.fixture(scope="module", params=sorted(POLICIES))
@@ -183,10 +197,10 @@ def test_a_connection_without_a_name_goes_only_to_an_allowed_literal(
                     assert record.address == ip  # type: ignore[attr-defined]
 
 
-def _http_reason(chain: Json, host: str, authority: str) -> str:
-    hcm = chain["filters"][0]["typed_config"]
+def _http_reason(chain: Json, host: str, authority: str, port: int) -> str:
+    hcm = hcm_of(chain)
     route = select_route(select_vhost(hcm["route_config"]["virtual_hosts"], host), "GET",
-                         authority)
+                         authority, state={DIALED_PORT_KEY: str(port)})
     name: str = route["name"]
     ip = parse_ip(host)
     if name != Reason.ALLOWED.value or ip is None:
@@ -209,15 +223,16 @@ def test_plain_http_is_decided_by_the_host_at_the_dialed_port(case: tuple[Policy
             for host in HTTP_HOSTS:
                 expected = policy.decide(host, port).reason.value
                 for authority in (host, f"{host}:{port}"):
-                    got = _http_reason(chain, host, authority)
+                    got = _http_reason(chain, host, authority, port)
                     assert got == expected, (ip, port, authority, chain["name"])
                 if expected == Reason.ALLOWED.value and not policy.any_port:
                     # Dialed at the port the client dialed: a Host naming another is refused.
-                    assert _http_reason(chain, host, f"{host}:9999") == "invalid_host"
+                    assert _http_reason(chain, host, f"{host}:9999", port) == "invalid_host"
 
 
 def test_denied_literals_never_pass_through(case: tuple[Policy, Json]) -> None:
-    policy, lst = case
+    policy, _ = case
+    lst = layout(policy)
     denied = [n for rule in policy.address_rules() for n in rule.networks]
     for chain in lst["filter_chains"]:
         if _cluster(chain) != "original_dst":  # without a name
@@ -231,7 +246,7 @@ def test_denied_literals_never_pass_through(case: tuple[Policy, Json]) -> None:
 
 
 def test_chain_names_are_unique_and_say_what_the_chain_does(case: tuple[Policy, Json]) -> None:
-    _, lst = case
+    lst = layout(case[0])
     names = [c["name"] for c in lst["filter_chains"]] + [lst["default_filter_chain"]["name"]]
     assert len(names) == len(set(names))
     assert all(split_chain_name(n) is not None for n in names)
@@ -239,7 +254,7 @@ def test_chain_names_are_unique_and_say_what_the_chain_does(case: tuple[Policy, 
 
 def test_server_names_are_never_empty_and_never_an_address(case: tuple[Policy, Json]) -> None:
     # An empty list would match every SNI.
-    _, lst = case
+    lst = layout(case[0])
     for chain in lst["filter_chains"]:
         names = chain["filter_chain_match"].get("server_names")
         if names is not None:
@@ -247,7 +262,8 @@ def test_server_names_are_never_empty_and_never_an_address(case: tuple[Policy, J
 
 
 def test_dialing_a_name_checks_its_address_first(case: tuple[Policy, Json]) -> None:
-    policy, lst = case
+    policy, _ = case
+    lst = layout(policy)
     for chain in lst["filter_chains"]:
         if _cluster(chain, "a.test") != "dynamic_forward_proxy":
             continue
@@ -284,7 +300,7 @@ def test_http_chains_reuse_the_egress_stages(case: tuple[Policy, Json]) -> None:
     for chain in lst["filter_chains"]:
         if role(chain) not in HTTP_ROLES:
             continue
-        hcm = chain["filters"][0]["typed_config"]
+        hcm = hcm_of(chain)
         state, *rest = hcm["http_filters"]
         keys = [s["object_key"] for s in state["typed_config"]["on_request_headers"]]
         if policy.any_port:
@@ -334,7 +350,7 @@ def test_one_endpoint_has_no_additional_addresses() -> None:
 
 
 def test_literals_pass_through_only_to_the_address_dialed() -> None:
-    lst = transparent(POLICIES["denied_literals"])
+    lst = layout(POLICIES["denied_literals"])
     tls, raw = (c for c in lst["filter_chains"] if c["name"] in ("literal_tls@443",
                                                                   "literal_raw@443"))
     prefixes = [(p["address_prefix"], p["prefix_len"])
@@ -344,7 +360,7 @@ def test_literals_pass_through_only_to_the_address_dialed() -> None:
     # protocol sends nothing, so plain TCP connects at once.
     assert tls["filters"][-1]["typed_config"]["upstream_connect_mode"] == "ON_DOWNSTREAM_DATA"
     assert "upstream_connect_mode" not in raw["filters"][-1]["typed_config"]
-    literal = listener(config(POLICIES["literals_only"], transparent=True), "transparent")
+    literal = layout(POLICIES["literals_only"])
     (tls,) = (c for c in literal["filter_chains"] if c["name"] == "literal_tls@443")
     # ::ffff:8.8.8.8 arrives as 8.8.8.8.
     assert [p["address_prefix"] for p in tls["filter_chain_match"]["prefix_ranges"]] == [
@@ -353,7 +369,7 @@ def test_literals_pass_through_only_to_the_address_dialed() -> None:
 
 def test_chain_layout_per_policy_kind() -> None:
     def names(policy: Policy) -> list[str]:
-        lst = transparent(policy)
+        lst = layout(policy)
         return [c["name"] for c in lst["filter_chains"]] + [lst["default_filter_chain"]["name"]]
 
     # Nothing can pass: no chain for an allowed port at all.
@@ -377,7 +393,7 @@ def test_chain_layout_per_policy_kind() -> None:
 
 
 def test_allow_all_covers_every_address_once() -> None:
-    lst = transparent(POLICIES["allow_all"])
+    lst = layout(POLICIES["allow_all"])
     nets = [ipaddress.ip_network(f"{p['address_prefix']}/{p['prefix_len']}")
             for c in lst["filter_chains"] if c["name"].endswith("_no_name@443")
             or c["name"] == "literal_raw@443"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -121,3 +123,70 @@ def test_a_process_may_declare_when_it_can_be_killed(tmp_path: Path, stop_grace:
         time.sleep(0.02)
     processes.stop_all([(spec, proc)])
     assert proc.returncode == code
+
+
+MAPS_A_FILE = """
+import mmap, sys, time
+with open(sys.argv[1], "rb") as f:
+    m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+total = sum(m[i] for i in range(0, len(m), 4096))  # every page resident
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _rss_file_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="process_madvise on another process: root")
+def test_page_out_gives_back_the_clean_pages_of_a_files_mapping(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with data.open("wb") as f:
+        f.write(b"\1" * (16 << 20))
+        os.fsync(f.fileno())  # clean pages: a dirty one would wait for its writeback
+    proc = subprocess.Popen([sys.executable, "-c", MAPS_A_FILE, str(data)],
+                            stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        before = _rss_file_kib(proc.pid)
+        processes.page_out(proc.pid)
+        after = _rss_file_kib(proc.pid)
+        assert before - after >= 15 << 10, (before, after)  # the file's 16 MiB, nearly all
+        assert proc.poll() is None  # clean pages only: nothing the process needs is lost
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_page_out_of_a_process_gone_does_nothing() -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    processes.page_out(proc.pid)  # no error: best effort
+
+
+def test_idle_watch_acts_once_when_the_processes_are_idle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processes.IdleWatch, "IDLE_SECONDS", 0.3)
+    paged: list[int] = []
+    monkeypatch.setattr(processes, "page_out", paged.append)
+    idle = subprocess.Popen(["sleep", "30"])
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        calls: list[str] = []
+        watch_busy = processes.IdleWatch([busy], then=lambda: calls.append("busy"))
+        watch_idle = processes.IdleWatch([idle], then=lambda: calls.append("idle"))
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            watch_busy.tick()
+            watch_idle.tick()
+            time.sleep(0.05)
+        assert calls == ["idle"] and paged == [idle.pid]
+    finally:
+        for proc in (idle, busy):
+            proc.kill()
+            proc.wait()
