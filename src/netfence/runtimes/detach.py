@@ -34,8 +34,10 @@ class ReadyPipe:
             self._fd = None
 
 
-def detach(name: str, supervise: Callable[[ReadyPipe], int]) -> int:
-    """Run `supervise` in a new session; return 0 once it reports the fence up."""
+def detach(name: str, supervise: Callable[[ReadyPipe], int],
+           in_parent: Callable[[], None] = lambda: None) -> int:
+    """Run `supervise` in a new session; return 0 once it reports the fence up. The parent
+    calls `in_parent` first."""
     ready_r, ready_w = os.pipe()
     # Fork before anything opens sockets or threads (the engine client's do not survive it).
     if os.fork() == 0:
@@ -48,6 +50,7 @@ def detach(name: str, supervise: Callable[[ReadyPipe], int]) -> int:
             code = 1
         finally:
             os._exit(code)
+    in_parent()
     os.close(ready_w)
     with os.fdopen(ready_r, "rb") as fh:
         message = fh.read().decode(errors="replace")

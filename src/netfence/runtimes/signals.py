@@ -54,6 +54,10 @@ class StopSignals:
 
     def __exit__(self, _type: type[BaseException] | None, _exc: BaseException | None,
                  _tb: TracebackType | None) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        """The handlers from before, at once (again at the exit: nothing more to do)."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         if self._wakeup is not None:

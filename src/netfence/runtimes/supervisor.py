@@ -67,19 +67,27 @@ class SupervisedRuntime(Runtime):
         spec = self.prepare(spec)
         # The state dir holds root's configs, logs and sockets: for root only.
         os.umask(0o077)
-        try:
-            state_dir = state.claim(spec.name)
-        except PermissionError:
-            raise PrivilegeError(
-                f"cannot create the workload's state directory under {state.STATE_ROOT}",
-                remedy="run with sudo, or set NETFENCE_STATE_DIR to a directory of yours"
-            ) from None
-        if spec.detach:
-            return detach(spec.name, lambda ready: self._supervise(spec, backend, state_dir, ready))
-        return self._supervise(spec, backend, state_dir, ReadyPipe())
+        # From the claim to the end of the teardown a stop signal is only recorded: the
+        # start gives up at its next step, the workload gets it, the teardown is not cut
+        # short, and the claim never stays behind.
+        with StopSignals() as signals:
+            try:
+                state_dir = state.claim(spec.name)
+            except PermissionError:
+                raise PrivilegeError(
+                    f"cannot create the workload's state directory under {state.STATE_ROOT}",
+                    remedy="run with sudo, or set NETFENCE_STATE_DIR to a directory of yours"
+                ) from None
+            if spec.detach:
+                # `netfence run` itself stays interruptible while it waits for the start.
+                return detach(spec.name,
+                              lambda ready: self._supervise(spec, backend, state_dir, ready,
+                                                            signals),
+                              in_parent=signals.restore)
+            return self._supervise(spec, backend, state_dir, ReadyPipe(), signals)
 
     def _supervise(self, spec: WorkloadSpec, backend: NetworkProxy, state_dir: Path,
-                   ready: ReadyPipe) -> int:
+                   ready: ReadyPipe, signals: StopSignals) -> int:
         me = os.getpid()
         # Saved before anything starts, so whatever this supervisor leaves if it is killed
         # outright is found (and removed) by the next netfence command.
@@ -88,36 +96,33 @@ class SupervisedRuntime(Runtime):
             supervisor_pid=me, supervisor_start=state.process_start_time(me) or "",
             started_at=time.time(), state_dir=str(state_dir))
         state.save(record)
-        # From here to the end of the teardown a stop signal is only recorded: the start
-        # gives up at its next step, the workload gets it, the teardown is not cut short.
-        with StopSignals() as signals:
-            if ready.detached:
-                redirect_own_stdio(state_dir / SUPERVISOR_LOG)
-            fence: Fence | None = None
-            launched = False
+        if ready.detached:
+            redirect_own_stdio(state_dir / SUPERVISOR_LOG)
+        fence: Fence | None = None
+        launched = False
+        try:
+            fence = self.fence(spec, backend, record, signals)
             try:
-                fence = self.fence(spec, backend, record, signals)
-                try:
-                    fence.start()
-                finally:
-                    self.report(None)  # the progress display ends before any other output
-                if not fence.releases_memory:
-                    release_memory()
-                _record(record, fence)
-                fence.launch(detached=ready.detached)
-                launched = True
-                _record(record, fence)
-                if fence.url and not ready.detached:  # detached: `netfence run` says it
-                    log.warning("%s: clients connect to %s", spec.name, fence.url)
-                ready.ok(fence.url)
-                return fence.wait()
-            except (NetfenceError, Interrupted) as exc:
-                ready.failed(exc)
-                if isinstance(exc, Interrupted):
-                    return exc.exit_code
-                raise
+                fence.start()
             finally:
-                self._teardown(spec, backend, fence, launched, state_dir)
+                self.report(None)  # the progress display ends before any other output
+            if not fence.releases_memory:
+                release_memory()
+            _record(record, fence)
+            fence.launch(detached=ready.detached)
+            launched = True
+            _record(record, fence)
+            if fence.url and not ready.detached:  # detached: `netfence run` says it
+                log.warning("%s: clients connect to %s", spec.name, fence.url)
+            ready.ok(fence.url)
+            return fence.wait()
+        except (NetfenceError, Interrupted) as exc:
+            ready.failed(exc)
+            if isinstance(exc, Interrupted):
+                return exc.exit_code
+            raise
+        finally:
+            self._teardown(spec, backend, fence, launched, state_dir)
 
     def _teardown(self, spec: WorkloadSpec, backend: NetworkProxy, fence: Fence | None,
                   launched: bool, state_dir: Path) -> None:

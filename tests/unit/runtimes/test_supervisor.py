@@ -26,9 +26,11 @@ class RecordingFence(Fence):
     def __init__(self, runtime: FakeRuntime, state_dir: Path) -> None:
         self.runtime = runtime
         self.state_dir = state_dir
+        self.signals = StopSignals()
 
     def start(self) -> None:
         self.runtime.calls.append("start")
+        self.signals.check()  # as a real fence does between its steps
         log = self.state_dir / "access.log"
         log.write_text("")
         self.setup = ProxySetup(files=(), processes=(), decision_logs=(log,))
@@ -71,7 +73,9 @@ class FakeRuntime(supervisor.SupervisedRuntime):
 
     def fence(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,
               signals: StopSignals) -> Fence:
-        return RecordingFence(self, Path(record.state_dir))
+        fence = RecordingFence(self, Path(record.state_dir))
+        fence.signals = signals
+        return fence
 
     def remove(self, name: str, record: state.WorkloadState | None) -> bool:
         self.removed.append(name)
@@ -137,6 +141,33 @@ def test_a_stop_signal_during_the_start_exits_as_a_shell_would(state_root: Path)
     runtime.fail_start = Interrupted(signal.SIGTERM)
     assert runtime.run(_spec()) == 128 + signal.SIGTERM
     assert runtime.calls[-1] == "close"
+
+
+class Killed(Exception):
+    """What SIGTERM's default action would be: the process gone, mid-step."""
+
+
+def test_a_stop_signal_while_the_name_is_claimed_leaves_no_claim(
+        state_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def killed(_signum: int, _frame: object) -> None:
+        raise Killed
+
+    real_claim = state.claim
+
+    def claim_then_sigterm(name: str) -> Path:
+        path = real_claim(name)
+        os.kill(os.getpid(), signal.SIGTERM)  # lands before the record is saved
+        return path
+
+    monkeypatch.setattr(state, "claim", claim_then_sigterm)
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        runtime = FakeRuntime()
+        assert runtime.run(_spec()) == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert runtime.calls == ["prepare", "start", "close"]
+    assert list(state_root.iterdir()) == []
 
 
 def test_stop_of_a_dead_supervisor_removes_what_it_left(state_root: Path) -> None:
