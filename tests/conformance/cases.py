@@ -409,6 +409,12 @@ def transparent_matrix(ca: Path, canary_port: int) -> list[Case]:
         # The Host names another port than the one dialed.
         direct_get("tp-hostport0", "allowed.test:8080"),
         direct_get("tp-hostport1", "allowed.test:80", to=(DECOY, 8080)),
+        # An absolute-form URL of another scheme: the fence originates no TLS (or FTP).
+        *(Case(cid, direct_case(cid, DECOY, 80, req(f"GET {scheme}://allowed.test/{cid} "
+                                                    "HTTP/1.1", "Host: allowed.test",
+                                                    "Connection: close")),
+               [Target("allowed.test", 80)], form_ok=False)
+          for cid, scheme in (("tp-scheme0", "https"), ("tp-scheme1", "ftp"))),
         # IPv6 destinations land on the fence too.
         direct_get("tp-v6", "allowed.test", to=(DECOY6, 80)),
         direct_tls("tp-v6s", "allowed.test", to=(DECOY6, 443), ca=ca),

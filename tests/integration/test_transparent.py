@@ -95,6 +95,11 @@ def test_the_name_decides_not_the_address_dialed(net_args: list[str], fakenet: F
     got = node("envoy", net_args, fakenet, "https", "https://10.203.0.2/",
                {"servername": "denied.test", "rejectUnauthorized": False})
     assert "error" in got, got
+    # An https:// URL in plain text to an allowed host: the fence originates no TLS, so
+    # it is refused as on the proxy path (not sent on in plain text).
+    got = node("envoy", net_args, fakenet, "http", "http://allowed.test/",
+               {"path": "https://allowed.test/secret"})
+    assert got["status"] == 403 and "unsupported_request" in str(got["body"]), got
 
 
 @pytest.mark.parametrize("url", ["http://allowed.test/", "https://allowed.test/"])

@@ -291,8 +291,9 @@ def transparent_virtual_hosts(policy: Policy) -> list[Json]:
     port the policy allows, a Host naming another port is refused (invalid_host), since
     the DFP would dial the Host's port, which nothing checked; every other port is
     port_not_allowed. When every port is allowed, a Host's port is dialed as written. No
-    https:// or CONNECT route: a client talking to its server sends neither. IP literals
-    match by their canonical text (in `domains`); other spellings are refused.
+    CONNECT route: a client talking to its server sends none; an https:// (or ftp://) URL
+    is refused as on the proxy path. IP literals match by their canonical text (in
+    `domains`); other spellings are refused.
     """
     allowed = _transparent_port_routes(policy)
     vhosts: list[Json] = [{
@@ -301,13 +302,14 @@ def transparent_virtual_hosts(policy: Policy) -> list[Json]:
         "routes": [*_invalid_host_routes(), *_forbidden(Reason.DENIED_NAME.value)],
     }]
     if policy.allow_all:
-        routes = [*_invalid_host_routes(), *_legacy_literal_routes(), *allowed]
+        routes = [_unsupported_scheme(), *_invalid_host_routes(), *_legacy_literal_routes(),
+                  *allowed]
         vhosts.append({"name": "allowed", "domains": ["*"], "routes": routes})
         return vhosts
     domains = allowed_domains(policy)
     if domains:
         vhosts.append({"name": "allowed", "domains": domains,
-                       "routes": [*_invalid_host_routes(), *allowed]})
+                       "routes": [_unsupported_scheme(), *_invalid_host_routes(), *allowed]})
     vhosts.append({
         "name": Reason.NOT_ALLOWLISTED.value,
         "domains": ["*"],

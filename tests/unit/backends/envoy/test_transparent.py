@@ -228,6 +228,12 @@ def test_plain_http_is_decided_by_the_host_at_the_dialed_port(case: tuple[Policy
                 if expected == Reason.ALLOWED.value and not policy.any_port:
                     # Dialed at the port the client dialed: a Host naming another is refused.
                     assert _http_reason(chain, host, f"{host}:9999", port) == "invalid_host"
+                if expected == Reason.ALLOWED.value:
+                    # An https:// URL in plain text: refused, as on the proxy path.
+                    vhost = select_vhost(hcm_of(chain)["route_config"]["virtual_hosts"], host)
+                    route = select_route(vhost, "GET", host, scheme="https",
+                                         state={DIALED_PORT_KEY: str(port)})
+                    assert route["name"] == Reason.UNSUPPORTED_REQUEST.value, (host, port)
 
 
 def test_denied_literals_never_pass_through(case: tuple[Policy, Json]) -> None:
