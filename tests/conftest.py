@@ -23,14 +23,18 @@ def fakenet() -> Iterator[FakeNet]:
         yield net
 
 
+def _require_engine(missing: str | None) -> None:
+    """Skip the engine's tests where it cannot run; in CI, as root, fail instead."""
+    if missing is not None:
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(f"{missing}: CI must run the container runtime tests")
+        pytest.skip(missing)
+
+
 @pytest.fixture(scope="session")
 def podman(fakenet: FakeNet) -> Iterator[Engine]:
     """A real Podman engine (Docker API on a private socket) with the images built."""
-    reason = podman_missing_reason()
-    if reason is not None:
-        if os.environ.get("CI") and os.geteuid() == 0:
-            pytest.fail(f"{reason}: CI must run the container runtime tests")
-        pytest.skip(reason)
+    _require_engine(podman_missing_reason())
     with podman_engine(fakenet.ca_pem_path) as engine:
         yield engine
 
@@ -40,11 +44,7 @@ def dockerd(fakenet: FakeNet) -> Iterator[Engine]:
     """A real Docker Engine (a private dockerd) with the images built."""
     if os.geteuid() == 0:
         remove_stale_docker()  # a killed session's daemon would look like a user's Docker
-    reason = docker_missing_reason()
-    if reason is not None:
-        if os.environ.get("CI") and os.geteuid() == 0:
-            pytest.fail(f"{reason}: CI must run the container runtime tests")
-        pytest.skip(reason)
+    _require_engine(docker_missing_reason())
     with docker_engine(fakenet.ca_pem_path) as engine:
         yield engine
 
