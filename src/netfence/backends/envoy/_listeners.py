@@ -39,6 +39,7 @@ from netfence.backends.envoy._names import (
 from netfence.backends.envoy._rbac import rbac_policies
 from netfence.backends.envoy._replies import deny_replies
 from netfence.backends.envoy._routes import egress_virtual_hosts, ingress_virtual_hosts
+from netfence.backends.relay import socket_address
 from netfence.policy import Policy
 
 
@@ -49,13 +50,6 @@ class Part:
 
     listeners: tuple[Json, ...]
     clusters: tuple[Json, ...] = ()
-
-
-def socket_address(endpoint: Endpoint) -> Json:
-    address: Json = {"address": endpoint.host, "port_value": endpoint.port}
-    if endpoint.netns is not None:
-        address["network_namespace_filepath"] = str(endpoint.netns)
-    return {"socket_address": address}
 
 
 # --- the DNS views ---------------------------------------------------------------------

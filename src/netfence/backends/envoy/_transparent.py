@@ -44,7 +44,7 @@ from netfence.backends.envoy._chains import (
     split_chain_name,
 )
 from netfence.backends.envoy._destinations import destinations
-from netfence.backends.envoy._listeners import Part, dfp_cluster, socket_address
+from netfence.backends.envoy._listeners import Part, dfp_cluster
 from netfence.backends.envoy._log import EGRESS_LOG_NAME, TRANSPARENT_LOG_FORMAT, access_log
 from netfence.backends.envoy._matcher import with_matcher
 from netfence.backends.envoy._names import (
@@ -54,6 +54,7 @@ from netfence.backends.envoy._names import (
     Json,
 )
 from netfence.backends.envoy._routes import allowed_name_domains, denied_domains
+from netfence.backends.relay import socket_address
 from netfence.policy import Policy, Reason
 from netfence.policy.denied import IPNetwork
 
