@@ -1,7 +1,8 @@
-"""L4 relays for the pieces that cannot listen across namespaces (Squid, dnsmasq) and for
-ingress, whose upstream (the workload) lives inside the workload's namespace.
+"""The ingress relay: from the host's loopback into the workload's namespace, where its
+server listens and no Envoy cluster can dial (the fence's other relays are Envoy
+listeners, backends/relay.py).
 
-All relays run on one asyncio loop in one thread of the supervisor. Each listening socket
+The relays run on one asyncio loop in one thread of the supervisor. Each listening socket
 is created up front, in its namespace; upstream sockets are created per connection in the
 namespace of the target.
 """
@@ -19,12 +20,11 @@ from typing import Any
 from netfence.backends import Endpoint
 from netfence.runtimes.netns import open_socket
 
-DNS_TIMEOUT = 5.0
 _CHUNK = 65536
 
 
 class Relays:
-    """TCP and UDP forwarders: sockets bound at once, served by one thread from start()."""
+    """TCP forwarders: sockets bound at once, served by one thread from start()."""
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -40,26 +40,19 @@ class Relays:
             self._running.append(asyncio.run_coroutine_threadsafe(coro, self._loop))
         self._servers.clear()
 
-    def _listen(self, at: Endpoint, kind: socket.SocketKind) -> socket.socket:
-        sock = open_socket(at.host, kind, at.netns)
+    def _listen(self, at: Endpoint) -> socket.socket:
+        sock = open_socket(at.host, socket.SOCK_STREAM, at.netns)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((at.host, at.port))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(128)
+        sock.listen(128)
         sock.setblocking(False)
         self._sockets.append(sock)
         return sock
 
     def tcp(self, listen: Endpoint, target: Endpoint) -> Endpoint:
         """Forward TCP from `listen` to `target`; returns the bound address."""
-        sock = self._listen(listen, socket.SOCK_STREAM)
+        sock = self._listen(listen)
         self._servers.append(self._serve_tcp(sock, target))
-        return Endpoint(listen.host, sock.getsockname()[1], listen.netns)
-
-    def udp(self, listen: Endpoint, target: Endpoint) -> Endpoint:
-        """Forward each UDP datagram to `target` and its answer back (DNS-style)."""
-        sock = self._listen(listen, socket.SOCK_DGRAM)
-        self._servers.append(self._serve_udp(sock, target))
         return Endpoint(listen.host, sock.getsockname()[1], listen.netns)
 
     async def _serve_tcp(self, sock: socket.socket, target: Endpoint) -> None:
@@ -84,29 +77,6 @@ class Relays:
         server = await asyncio.start_server(handle, sock=sock)
         async with server:
             await server.serve_forever()
-
-    async def _serve_udp(self, sock: socket.socket, target: Endpoint) -> None:
-        loop = self._loop
-
-        async def answer(data: bytes, client: Any) -> None:
-            up = open_socket(target.host, socket.SOCK_DGRAM, target.netns)
-            up.setblocking(False)
-            try:
-                await loop.sock_connect(up, (target.host, target.port))
-                await loop.sock_sendall(up, data)
-                reply = await asyncio.wait_for(loop.sock_recv(up, _CHUNK), DNS_TIMEOUT)
-                await loop.sock_sendto(sock, reply, client)
-            except (OSError, TimeoutError):
-                pass
-            finally:
-                up.close()
-
-        pending: set[asyncio.Task[None]] = set()
-        while True:
-            data, client = await loop.sock_recvfrom(sock, _CHUNK)
-            task = loop.create_task(answer(data, client))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
 
     async def _cancel_all(self) -> None:
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

@@ -68,21 +68,6 @@ def test_tcp_relay_to_nothing_closes_the_client(relays: Relays) -> None:
             assert client.recv(1) == b""
 
 
-def test_udp_relay_returns_the_answer_to_the_asker(relays: Relays) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as upstream:
-        upstream.bind((LOOPBACK, 0))
-        upstream.settimeout(10)
-        at = relays.udp(Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, upstream.getsockname()[1]))
-        relays.start()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-            client.settimeout(10)
-            client.sendto(b"query", (LOOPBACK, at.port))
-            data, asker = upstream.recvfrom(512)
-            assert data == b"query"
-            upstream.sendto(b"answer", asker)
-            assert client.recvfrom(512)[0] == b"answer"
-
-
 def test_close_releases_the_listening_ports() -> None:
     relays = Relays()
     at = relays.tcp(Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, 9))
