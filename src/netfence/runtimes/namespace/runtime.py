@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import select
 import shutil
 import signal
@@ -34,7 +35,7 @@ from netfence.backends import (
 )
 from netfence.backends.dnsmasq import dns_setup
 from netfence.backends.relay import relay_setup
-from netfence.errors import PrivilegeError
+from netfence.errors import NetfenceError, PrivilegeError
 from netfence.policy import compile_policy
 from netfence.runtimes import netns, state
 from netfence.runtimes.base import (
@@ -264,10 +265,32 @@ def _stop_fence(relays: Relays | None,
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port free for TCP and UDP, below the kernel's ephemeral range: the
+    proxies bind it a moment later, and a port from that range can be taken meanwhile as
+    the source port of any outgoing connection or DNS query (seen: dnsmasq's UDP socket
+    refused with "Address already in use")."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first = max(1024, low // 2)
+    for _ in range(_PORT_ATTEMPTS):
+        port = random.randrange(first, low)
+        if _port_free(port, socket.SOCK_STREAM) and _port_free(port, socket.SOCK_DGRAM):
+            return port
+    raise NetfenceError(f"no free loopback port found in {first}-{low - 1}")
+
+
+_PORT_ATTEMPTS = 200
+
+
+def _port_free(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
 
 
 class _Forwarder:

@@ -190,3 +190,18 @@ def test_idle_watch_acts_once_when_the_processes_are_idle(
         for proc in (idle, busy):
             proc.kill()
             proc.wait()
+
+
+def test_fence_ports_come_from_below_the_ephemeral_range() -> None:
+    """A port the kernel may hand out as a source port meanwhile is never chosen."""
+    from pathlib import Path
+
+    from netfence.runtimes.namespace import runtime
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = runtime._free_port()
+        assert max(1024, low // 2) <= port < low
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", port))  # free for both, as dnsmasq needs
