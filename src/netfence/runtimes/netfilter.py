@@ -1,5 +1,6 @@
 """Routes and nftables rules set in a network namespace from the host: how both runtimes
-leave a workload no way out but its fence. Root only; the programs are the host's."""
+leave a workload no way out but its fence. The programs are the host's; as root, or as the
+user who owns the namespace through a user namespace of theirs (`enter`)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ _REMEDIES = {"nsenter": "apt-get install util-linux", "ip": "apt-get install ipr
 
 
 def run_in(netns: str, argv: Sequence[str], stdin: str, where: str,
-           pass_fds: Sequence[int] = ()) -> str:
-    """`argv` run in the network namespace at path `netns`, fed `stdin`; its output. A
-    failure is one line naming the program and `where` (whose namespace it was)."""
+           pass_fds: Sequence[int] = (), enter: Sequence[str] = ()) -> str:
+    """`argv` run in the network namespace at path `netns` (or in the namespaces nsenter's
+    arguments `enter` name), fed `stdin`; its output. A failure is one line naming the
+    program and `where` (whose namespace it was)."""
     try:
-        done = subprocess.run(["nsenter", f"--net={netns}", *argv], input=stdin,
+        done = subprocess.run(["nsenter", *(enter or [f"--net={netns}"]), *argv], input=stdin,
                               capture_output=True, text=True, timeout=10, pass_fds=pass_fds)
     except FileNotFoundError:
         raise NetfenceError("nsenter is not installed", remedy=_REMEDIES["nsenter"]) from None

@@ -16,7 +16,24 @@ from pathlib import Path
 from netfence.backends.base import STATE_DIR_MODE
 from netfence.errors import PrivilegeError, UsageError
 
-STATE_ROOT = Path(os.environ.get("NETFENCE_STATE_DIR", "/run/netfence"))
+
+def _default_root() -> Path:
+    """Root's workloads under /run; a user's (rootless fences) in their own runtime
+    directory, else their state directory: never a path another user could create first."""
+    if "NETFENCE_STATE_DIR" in os.environ:
+        return Path(os.environ["NETFENCE_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/run/netfence")
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    with contextlib.suppress(OSError):
+        info = os.stat(runtime)
+        if runtime.startswith("/") and info.st_uid == os.getuid() and not info.st_mode & 0o077:
+            return Path(runtime, "netfence")
+    state = os.environ.get("XDG_STATE_HOME", "")
+    return Path(state if state.startswith("/") else Path.home() / ".local/state", "netfence")
+
+
+STATE_ROOT = _default_root()
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 RECORD = "workload.json"
 CLAIMANT = "claimant"  # pid and start time of the run that claimed the name
