@@ -116,11 +116,13 @@ def is_podman(client: DockerClient) -> bool:
 
 
 def is_rootless(client: DockerClient) -> bool:
-    """Whether the engine runs without root (Docker and Podman both list a "rootless"
-    security option then)."""
+    """Whether the engine runs without root: Docker lists a "rootless" security option,
+    Podman (4.3's compatible API) says `"Rootless": true` instead."""
     with engine_errors("engine info"):
-        options = client.info().get("SecurityOptions") or []
-    return any("name=rootless" in str(option).split(",") for option in options)
+        info = client.info()
+    options = info.get("SecurityOptions") or []
+    return info.get("Rootless") is True or any(
+        "name=rootless" in str(option).split(",") for option in options)
 
 
 def refuse_rootless(client: DockerClient) -> None:
