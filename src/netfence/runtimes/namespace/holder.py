@@ -18,6 +18,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import select
 import signal
 import socket
 import struct
@@ -139,16 +140,16 @@ class Holder:
             family, kind)
 
     def close(self) -> None:
-        """End the holder (it exits when its control socket closes; killed if not)."""
+        """End the holder: it exits when its control socket closes (killed if it has not
+        within a second)."""
         self._control.close()
-        with contextlib.suppress(ChildProcessError):
-            for _ in range(50):
-                done, _status = os.waitpid(self.pid, os.WNOHANG)
-                if done:
-                    return
-                threading.Event().wait(0.01)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            exited = os.pidfd_open(self.pid)
+            try:
+                if not select.select([exited], [], [], 1.0)[0]:
+                    os.kill(self.pid, signal.SIGKILL)
+            finally:
+                os.close(exited)
             os.waitpid(self.pid, 0)
 
 
