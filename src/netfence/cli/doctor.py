@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from netfence.runtimes.netfilter import SYSTEM_PATH
+
 
 @dataclass(frozen=True)
 class Check:
@@ -30,7 +32,10 @@ def _version(argv: list[str]) -> str | None:
 
 
 def _binary(name: str, argv: list[str], remedy: str) -> Check:
-    path = shutil.which(argv[0]) if not os.path.isabs(argv[0]) else argv[0]
+    # Where the fence finds it: the caller's PATH, then the system's sbin (which an
+    # ordinary user's PATH lacks).
+    search = os.pathsep.join(p for p in (os.environ.get("PATH"), SYSTEM_PATH) if p)
+    path = shutil.which(argv[0], path=search) if not os.path.isabs(argv[0]) else argv[0]
     version = _version([path, *argv[1:]]) if path else None
     return Check(name, version is not None, version or "not found", None if version else remedy)
 
