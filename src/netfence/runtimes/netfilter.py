@@ -12,6 +12,8 @@ from netfence.errors import NetfenceError
 # A nat chain of the inet family: nft 1.0.6 (Debian 12) refuses the symbolic `dstnat`
 # priority for one on the output hook; a number works everywhere.
 NAT_PRIORITY = -100
+# The host's own programs, sbin included: an ordinary user's PATH often lacks it.
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _REMEDIES = {"nsenter": "apt-get install util-linux", "ip": "apt-get install iproute2",
              "nft": "apt-get install nftables"}
 
@@ -23,7 +25,8 @@ def run_in(netns: str, argv: Sequence[str], stdin: str, where: str,
     program and `where` (whose namespace it was)."""
     try:
         done = subprocess.run(["nsenter", *(enter or [f"--net={netns}"]), *argv], input=stdin,
-                              capture_output=True, text=True, timeout=10, pass_fds=pass_fds)
+                              capture_output=True, text=True, timeout=10, pass_fds=pass_fds,
+                              env={"PATH": SYSTEM_PATH})
     except FileNotFoundError:
         raise NetfenceError("nsenter is not installed", remedy=_REMEDIES["nsenter"]) from None
     if done.returncode != 0:

@@ -24,7 +24,7 @@ import struct
 import threading
 from pathlib import Path
 
-from netfence.errors import NetfenceError
+from netfence.errors import PrivilegeError
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -34,7 +34,7 @@ _IFF_UP = 0x1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class UserNamespaceUnavailable(NetfenceError):
+class UserNamespaceUnavailable(PrivilegeError):
     """This user cannot create a user namespace owning a network namespace, or cannot
     use its capabilities there."""
 

@@ -107,11 +107,14 @@ class Relays:
             if state_destination:
                 client = writer.get_extra_info("socket")
                 try:
-                    header = proxy_v2_header(client.getpeername()[:2],
-                                             original_destination(client))
+                    destination = original_destination(client)
                 except OSError:
-                    writer.close()  # not redirected: no destination to state
+                    destination = None
+                # Not redirected (the relay dialed itself): no destination to state.
+                if destination is None or destination == client.getsockname()[:2]:
+                    writer.close()
                     return
+                header = proxy_v2_header(client.getpeername()[:2], destination)
             up = self._open(target.host, socket.SOCK_STREAM, target.netns)
             up.setblocking(False)
             try:

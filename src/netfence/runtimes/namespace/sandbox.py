@@ -24,10 +24,10 @@ from netfence.runtimes.base import WorkloadSpec
 from netfence.runtimes.caller import caller_permissions
 from netfence.runtimes.namespace import view
 from netfence.runtimes.namespace.holder import Holder
+from netfence.runtimes.netfilter import SYSTEM_PATH
 
 log = logging.getLogger("netfence")
 
-SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # All that nsenter and bwrap get from us; the workload's own environment is bwrap's
 # --setenv arguments.
 LAUNCH_ENV = {"PATH": SYSTEM_PATH}
