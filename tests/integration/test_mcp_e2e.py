@@ -2,9 +2,9 @@
 client talks to an SDK server (tests/support/mcp_server.py) that `netfence run` fences —
 over stdio, and through the ingress over streamable HTTP and SSE — for both backends, in
 the namespace runtime; and over stdio and streamable HTTP in the container runtime, on the
-test session's Podman and Docker engines (TestContainerRuntime). The stdio and streamable
-HTTP sessions and the published server run again rootless, as the session's unprivileged
-test user, with no sudo (`both_privileges`)."""
+test session's Podman and Docker engines (TestContainerRuntime). The stdio session and the
+published server run again rootless, as the session's unprivileged test user, with no sudo
+(`both_privileges`; the ingress rootless: test_namespace_run.py)."""
 
 from __future__ import annotations
 
@@ -299,7 +299,6 @@ def streamable_http_session(served: Served) -> None:
     assert only_denied and {r["decision"] for r in only_denied} == {"deny"}, only_denied
 
 
-@both_privileges
 def test_streamable_http(proxy: str, fakenet: FakeNet, server_env: McpEnv,
                          tmp_path: Path) -> None:
     with serving(proxy, fakenet, in_namespace(server_env, fakenet), "streamable-http",
