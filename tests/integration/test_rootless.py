@@ -239,3 +239,30 @@ def test_root_and_the_user_see_only_their_own_workloads(user: RootlessUser,
     finally:
         assert netfence("stop", mine).returncode == 0
     assert mine not in netfence("ps", "--json").stdout.decode()
+
+
+# --- one fence's state out of another's reach ------------------------------------------
+
+
+def test_every_state_root_of_the_user_is_hidden_from_a_home_grant(
+        user: RootlessUser, net_args: list[str]) -> None:
+    """A run from a session without XDG_RUNTIME_DIR (su, cron, ssh without logind) keeps
+    its state in ~/.local/state/netfence: a workload of a normal session granted the home
+    must not see that fence's configs or its Envoy admin socket, even one started later
+    (the directory is made and covered at every start)."""
+    elsewhere = user.home / ".local" / "state" / "netfence"
+    done = netfence("run", *net_args, "--read", str(user.home), "--", "sh", "-c",
+                    f"ls -A {elsewhere} {user.state_root}; echo listed")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().split() == [f"{elsewhere}:", f"{user.state_root}:",
+                                            "listed"], done.stdout
+    assert elsewhere.is_dir()  # made, so that a later fence's state lands under the cover
+    # One that exists already (another fence's) is covered too.
+    probe = elsewhere / "other-fence"
+    assert user.run("mkdir", "-p", str(probe)).returncode == 0
+    try:
+        done = netfence("run", *net_args, "--read", str(user.home), "--", "ls", "-A",
+                        str(elsewhere))
+        assert done.returncode == 0 and done.stdout == b"", done.stdout + done.stderr
+    finally:
+        user.run("rmdir", str(probe))

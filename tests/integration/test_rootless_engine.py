@@ -25,6 +25,7 @@ IMAGES = ("NETFENCE_DNS_IMAGE=localhost/netfence-none/dns:1",
 def rootless_podman(rootless_user: RootlessUser) -> Iterator[str]:
     """The user's Podman API socket, where netfence looks for a rootless one."""
     sock = rootless_user.runtime_dir / "podman" / "podman.sock"
+    assert rootless_user.run("mkdir", "-p", str(sock.parent)).returncode == 0
     service = subprocess.Popen(
         rootless_user.argv("podman", "system", "service", "--time=0", f"unix://{sock}"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

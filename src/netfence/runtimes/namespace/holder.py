@@ -129,6 +129,9 @@ class Holder:
             _msg, fds, _flags, _addr = socket.recv_fds(self._control, 16, 1)
         if not fds:
             raise OSError(errno.EIO, "the namespace holder gave no socket")
+        # Received descriptors are inheritable (no MSG_CMSG_CLOEXEC): none may reach a
+        # process started later.
+        os.set_inheritable(fds[0], False)
         return socket.socket(fileno=fds[0])
 
     def open_socket(self, host: str, kind: socket.SocketKind, netns_file: Path | None

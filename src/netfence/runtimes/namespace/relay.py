@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import resource
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from pathlib import Path
@@ -25,8 +28,14 @@ from typing import Any
 from netfence.backends import Endpoint
 from netfence.runtimes import netns
 
+log = logging.getLogger("netfence")
 _CHUNK = 65536
 DNS_TIMEOUT = 5.0
+# At most this many relayed connections and DNS queries at once, whatever the limits.
+MAX_CONNECTIONS = 4096
+_RESERVED_FDS = 128  # the supervisor's own files, pipes and pidfds
+ACCEPT_BACKOFF = 0.1
+COMPLAINT_INTERVAL = 10.0
 # getsockopt(SO_ORIGINAL_DST) on an IPv4 (SOL_IP) or IPv6 (IPPROTO_IPV6) socket that
 # nftables redirected: a sockaddr_in (16 bytes) or sockaddr_in6 (28).
 SO_ORIGINAL_DST = 80
@@ -57,11 +66,25 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
     return socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0]
 
 
+def connection_budget() -> int:
+    """How many connections (two descriptors each) the relays may carry at once: the
+    soft descriptor limit raised to the hard one, less a reserve for the supervisor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return max(16, min(MAX_CONNECTIONS, (soft - _RESERVED_FDS) // 2))
+
+
 class Relays:
     """TCP and UDP forwarders: sockets bound at once, served by one thread from start()."""
 
     def __init__(self, open_socket: SocketOpener = netns.open_socket) -> None:
         self._open = open_socket
+        self._active = 0
+        self._limit = connection_budget()
+        self._complained = -COMPLAINT_INTERVAL
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="netfence-relays")
@@ -100,48 +123,84 @@ class Relays:
         self._servers.append(self._serve_udp(sock, target))
         return Endpoint(listen.host, sock.getsockname()[1], listen.netns)
 
+    def _admit(self) -> bool:
+        """One more relayed connection or query, unless the fence's budget is spent:
+        the workload must not run the supervisor out of descriptors (its own egress and
+        DNS would stop, and every failed accept would be logged)."""
+        if self._active >= self._limit:
+            self._complain(f"{self._limit} relayed connections at once; refusing more")
+            return False
+        self._active += 1
+        return True
+
+    def _release(self, _task: asyncio.Task[None]) -> None:
+        self._active -= 1
+
+    def _complain(self, what: str) -> None:
+        """A warning at most every COMPLAINT_INTERVAL: a flood must not flood the log."""
+        now = time.monotonic()
+        if now - self._complained >= COMPLAINT_INTERVAL:
+            self._complained = now
+            log.warning("relay: %s", what)
+
     async def _serve_tcp(self, sock: socket.socket, target: Endpoint,
                          state_destination: bool) -> None:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            header = b""
-            if state_destination:
-                client = writer.get_extra_info("socket")
-                try:
-                    destination = original_destination(client)
-                except OSError:
-                    destination = None
-                # Not redirected (the relay dialed itself): no destination to state.
-                if destination is None or destination == client.getsockname()[:2]:
-                    writer.close()
-                    return
-                header = proxy_v2_header(client.getpeername()[:2], destination)
-            up = self._open(target.host, socket.SOCK_STREAM, target.netns)
-            up.setblocking(False)
+        loop = self._loop
+        while True:
             try:
-                await asyncio.wait_for(
-                    self._loop.sock_connect(up, (target.host, target.port)), 10
-                )
-            except (OSError, TimeoutError):
-                up.close()
-                writer.close()
-                return
-            up_reader, up_writer = await asyncio.open_connection(sock=up)
-            up_writer.write(header)
-            try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-            finally:
-                up_writer.close()
-                writer.close()
+                client, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # out of descriptors: wait for some to close
+                self._complain(f"accepting: {exc.strerror or exc}")
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
+            if not self._admit():
+                client.close()
+                continue
+            task = loop.create_task(self._carry(client, target, state_destination))
+            task.add_done_callback(self._release)
 
-        server = await asyncio.start_server(handle, sock=sock)
-        async with server:
-            await server.serve_forever()
+    async def _carry(self, client: socket.socket, target: Endpoint,
+                     state_destination: bool) -> None:
+        header = b""
+        if state_destination:
+            try:
+                destination: tuple[str, int] | None = original_destination(client)
+            except OSError:
+                destination = None
+            # Not redirected (the relay dialed itself): no destination to state.
+            if destination is None or destination == client.getsockname()[:2]:
+                client.close()
+                return
+            header = proxy_v2_header(client.getpeername()[:2], destination)
+        try:
+            up = self._open(target.host, socket.SOCK_STREAM, target.netns)
+        except OSError:
+            client.close()
+            return
+        up.setblocking(False)
+        try:
+            await asyncio.wait_for(self._loop.sock_connect(up, (target.host, target.port)), 10)
+            reader, writer = await asyncio.open_connection(sock=client)
+        except (OSError, TimeoutError):
+            up.close()
+            client.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(sock=up)
+        up_writer.write(header)
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            up_writer.close()
+            writer.close()
 
     async def _serve_udp(self, sock: socket.socket, target: Endpoint) -> None:
         loop = self._loop
 
         async def answer(data: bytes, client: Any) -> None:
-            up = self._open(target.host, socket.SOCK_DGRAM, target.netns)
+            try:
+                up = self._open(target.host, socket.SOCK_DGRAM, target.netns)
+            except OSError:
+                return
             up.setblocking(False)
             try:
                 await loop.sock_connect(up, (target.host, target.port))
@@ -153,12 +212,15 @@ class Relays:
             finally:
                 up.close()
 
-        pending: set[asyncio.Task[None]] = set()
         while True:
-            data, client = await loop.sock_recvfrom(sock, _CHUNK)
-            task = loop.create_task(answer(data, client))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            try:
+                data, client = await loop.sock_recvfrom(sock, _CHUNK)
+            except OSError as exc:
+                self._complain(f"receiving: {exc.strerror or exc}")
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
+            if self._admit():  # a query beyond the budget is dropped: the client retries
+                loop.create_task(answer(data, client)).add_done_callback(self._release)
 
     async def _cancel_all(self) -> None:
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

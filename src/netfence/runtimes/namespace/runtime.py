@@ -244,10 +244,11 @@ class NamespaceFence(Fence):
             argv = sandbox.sandbox_argv(
                 self.holder.netns if self.holder else netns.netns_path(ns_name(spec.name)),
                 user, spec.command, self.workload_env(user), resolv_r, info_w,
-                hidden=(state.STATE_ROOT, netns.NETNS_DIR), files=spec.files, pinned=pinned,
+                hidden=(*_private_roots(), netns.NETNS_DIR), files=spec.files, pinned=pinned,
                 holder=self.holder,
             )
             self.signals.check()
+            sandbox.leave_session_keyring()  # this thread's: the one that starts it
             # A signal that arrives from here on waits in the queue until the forwarder
             # passes it to the workload.
             proc = subprocess.Popen(
@@ -278,6 +279,16 @@ class NamespaceFence(Fence):
 
     def close(self) -> None:
         self.undo.close()
+
+
+def _private_roots() -> tuple[Path, ...]:
+    """The state roots to hide, each made (0700) if missing: one that appeared after the
+    start, inside a grant (a later rootless run from another kind of session), would
+    show that fence's configs and admin socket to this workload."""
+    roots = state.private_roots()
+    for root in roots:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return roots
 
 
 def _stop_fence(relays: Relays | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -129,3 +130,35 @@ def test_a_relay_stating_destinations_drops_a_connection_nothing_redirected(
         server.settimeout(0.5)
         with pytest.raises(TimeoutError):
             server.accept()
+
+
+def test_connections_beyond_the_budget_are_closed_and_said_once(
+        relays: Relays, caplog: pytest.LogCaptureFixture) -> None:
+    # A workload opening connections without end must not run the supervisor out of
+    # descriptors: past the budget each is closed at once, and the log says so once.
+    server = socket.create_server((LOOPBACK, 0))
+    held: list[socket.socket] = []
+    with server:
+        relays._limit = 2
+        at = relays.tcp(Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, server.getsockname()[1]))
+        relays.start()
+        server.settimeout(10)
+        for _ in range(2):
+            held.append(socket.create_connection((LOOPBACK, at.port), timeout=10))
+            held.append(server.accept()[0])  # carried: dialed through
+        extra = [socket.create_connection((LOOPBACK, at.port), timeout=10) for _ in range(3)]
+        for refused in extra:
+            refused.settimeout(10)
+            assert refused.recv(1) == b""  # closed, never dialed
+            refused.close()
+        held.pop(0).close()  # one carried connection ends (both ways): room for another
+        held.pop(0).close()
+        deadline = time.monotonic() + 10
+        while relays._active > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        again = socket.create_connection((LOOPBACK, at.port), timeout=10)
+        held += [again, server.accept()[0]]
+    for sock in held:
+        sock.close()
+    complaints = [r for r in caplog.records if "relayed connections at once" in r.message]
+    assert len(complaints) == 1
