@@ -11,7 +11,11 @@ from tests.support.dockerd import ENGINES, docker_engine, docker_missing_reason
 from tests.support.dockerd import remove_stale as remove_stale_docker
 from tests.support.fakenet import FakeNet
 from tests.support.fakenet import fakenet as build_fakenet
+from tests.support.fence import register
 from tests.support.podman import Engine, podman_engine, podman_missing_reason
+from tests.support.rootless import RootlessUser
+from tests.support.rootless import missing_reason as rootless_missing_reason
+from tests.support.rootless import rootless_user as build_rootless_user
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +59,18 @@ def engine(request: pytest.FixtureRequest) -> Engine:
     found = request.getfixturevalue(request.param)
     assert isinstance(found, Engine)
     return found
+
+
+@pytest.fixture(scope="session")
+def rootless_user(fakenet: FakeNet) -> Iterator[RootlessUser]:
+    """An unprivileged user made for the session, who runs netfence rootless; removed
+    with everything of it at the end (and by the next session, if this one is killed)."""
+    missing = rootless_missing_reason()
+    if missing is not None:
+        pytest.skip(missing)
+    try:
+        with build_rootless_user() as user:
+            register(user)
+            yield user
+    except RuntimeError as exc:
+        pytest.fail(f"the rootless test user: {exc}")

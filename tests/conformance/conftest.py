@@ -5,6 +5,9 @@ Fences start on first use and stay up until the suite's last test (a batch of re
 costs milliseconds; starting a fence costs up to a second, stopping Squid two). Then
 everything they own is removed, and the suite checks that nothing is left: their proxies
 refresh cached names, which must not reach the DNS logs of the tests that come after.
+
+A test marked fences.both_privileges (the `fence_user` fixture) runs against root's
+fences and again against rootless ones, started by the session's unprivileged test user.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tests.conformance.fences import (
 )
 from tests.support.fakenet import FakeNet
 from tests.support.fence import leftovers
+from tests.support.rootless import RootlessUser
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +66,16 @@ def ca(fakenet: FakeNet) -> Path:
 
 
 @pytest.fixture
-def fence(fences: Fences, proxy: str) -> FenceGetter:
+def fence_user(request: pytest.FixtureRequest) -> RootlessUser | None:
+    """Who runs the test's fences: root (None) unless parametrized "rootless"."""
+    if getattr(request, "param", "root") == "root":
+        return None
+    user = request.getfixturevalue("rootless_user")
+    assert isinstance(user, RootlessUser)
+    return user
+
+
+@pytest.fixture
+def fence(fences: Fences, proxy: str, fence_user: RootlessUser | None) -> FenceGetter:
     """fence(profile) -> (the running fence for this backend and profile, its policy)."""
-    return lambda profile: fences.get(proxy, profile)
+    return lambda profile: fences.get(proxy, profile, fence_user)

@@ -9,15 +9,21 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
+
 from netfence.policy import Policy, compile_policy
 from netfence.profile import load_profile, with_overrides
 from netfence.runtimes.netns import host_addresses
 from tests.conformance.harness import Fenced
 from tests.support.fakenet import FakeNet
 from tests.support.fakenet_server import HOST_IP
+from tests.support.fence import PRIVILEGES
+from tests.support.rootless import RootlessUser
 
 BACKENDS = ("envoy", "squid")
 FENCE_PREFIX = "nfc-"  # every fence this suite starts is named so
+# On a test: against root's fences, then against rootless ones (the session's test user).
+both_privileges = pytest.mark.parametrize("fence_user", PRIVILEGES, indirect=True)
 
 
 
@@ -103,17 +109,20 @@ class Canary:
 class Fences:
     fakenet: FakeNet
     canary: Canary
-    opened: dict[tuple[str, str], tuple[Fenced, Policy]] = field(default_factory=dict)
+    opened: dict[tuple[str, str, str], tuple[Fenced, Policy]] = field(default_factory=dict)
     specs: dict[str, ProfileSpec] = field(default_factory=dict)
 
-    def get(self, proxy: str, profile: str) -> tuple[Fenced, Policy]:
-        key = (proxy, profile)
+    def get(self, proxy: str, profile: str,
+            user: RootlessUser | None = None) -> tuple[Fenced, Policy]:
+        """The fence for this backend and profile, root's, or rootless as `user`."""
+        key = (proxy, profile, "rootless" if user else "root")
         if key not in self.opened:
             spec = self.specs[profile]
             # The test CA, which the driver's TLS cases open inside the workload's view.
             net = ["--dns-upstream", self.fakenet.dns, "--read", str(self.fakenet.ca_pem_path)]
-            fence = Fenced(f"{FENCE_PREFIX}{profile}-{proxy}"[:24], proxy,
-                           [*net, *spec.args()])
+            suffix = "-rl" if user else ""
+            fence = Fenced(f"{FENCE_PREFIX}{profile}-{proxy}{suffix}"[:24], proxy,
+                           [*net, *spec.args()], user)
             try:
                 fence.start()
             except BaseException:
@@ -124,10 +133,10 @@ class Fences:
 
     def close(self) -> list[str]:
         problems: list[str] = []
-        for (proxy, profile), (fence, _) in self.opened.items():
+        for (proxy, profile, privilege), (fence, _) in self.opened.items():
             code = fence.close()
             if code != 0:
-                problems.append(f"{proxy}/{profile} exited {code}")
+                problems.append(f"{proxy}/{profile} ({privilege}) exited {code}")
         self.opened.clear()
         return problems
 

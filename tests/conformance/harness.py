@@ -3,6 +3,7 @@ as the workload and answers requests over its stdin/stdout, one JSON line each.
 
 Only a test's own processes are ever signalled, by their PIDs; every fence is stopped (and
 its supervisor killed if it will not stop) when the `Fenced` context ends, also on failure.
+A fence started rootless (`user`) is run, and asked for its log, as that user.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.fence import netfence, netfence_argv
+from tests.support.fence import acting_as, acting_as_root, netfence, netfence_argv
+from tests.support.rootless import RootlessUser
 
 DRIVER = Path(__file__).with_name("driver.py")
 Case = dict[str, Any]
@@ -85,18 +87,25 @@ def connect(authority: str, host: str | None = None) -> bytes:
 class Fenced:
     """`netfence run --name NAME ARGS -- python3 -c DRIVER`, talked to over its stdio."""
 
-    def __init__(self, name: str, proxy: str, args: Sequence[str]) -> None:
+    def __init__(self, name: str, proxy: str, args: Sequence[str],
+                 user: RootlessUser | None = None) -> None:
         self.name = name
         self.proxy = proxy
         self.args = list(args)
+        self.user = user
         # Kept open for the fence's whole life, closed in close().
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] | None = None
         self._pending = b""
 
+    def _as_starter(self) -> contextlib.AbstractContextManager[object]:
+        """netfence as the one who started this fence, whoever the test acts as now."""
+        return acting_as(self.user) if self.user else acting_as_root()
+
     def start(self) -> None:
-        argv = netfence_argv("run", "--proxy", self.proxy, "--name", self.name, *self.args,
-                             "--", "python3", "-u", "-c", DRIVER.read_text())
+        with self._as_starter():
+            argv = netfence_argv("run", "--proxy", self.proxy, "--name", self.name, *self.args,
+                                 "--", "python3", "-u", "-c", DRIVER.read_text())
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._stderr)
         # The first answer proves the fence and the driver are up.
@@ -146,7 +155,8 @@ class Fenced:
         """The fence's decision log (`netfence logs --json`), waiting for `want` lines."""
         deadline = time.monotonic() + timeout
         while True:
-            done = netfence("logs", self.name, "--json", timeout=30)
+            with self._as_starter():
+                done = netfence("logs", self.name, "--json", timeout=30)
             records = [json.loads(line) for line in done.stdout.decode().splitlines()
                        if line.strip()]
             if len(records) >= want or time.monotonic() > deadline:

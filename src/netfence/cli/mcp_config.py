@@ -2,9 +2,10 @@
 start a server behind the fence, or to reach a fenced HTTP server.
 
 stdio servers: the client starts `netfence run ... -- COMMAND` itself and speaks MCP over
-its stdin/stdout. netfence needs root and clients run as their user, so the command goes
-through `sudo -n` (a sudoers rule lets the user run netfence without a password) unless
---no-sudo. HTTP servers: the client gets the ingress URL, and stderr shows the
+its stdin/stdout. Clients run as their user: where that user can run netfence rootless
+(user namespaces allowed), the command is netfence itself; else it goes through `sudo -n`
+(a sudoers rule lets the user run netfence without a password). --sudo/--no-sudo decide
+instead. HTTP servers: the client gets the ingress URL, and stderr shows the
 `netfence run --detach` command that starts the server on that port. File grants
 (--read, --write, --allow-unix-socket) pass through, made absolute.
 """
@@ -188,15 +189,17 @@ def client_config(fmt: Format, name: str, entry: dict[str, Any]) -> dict[str, An
               show_default=True, help="claude and cursor: mcpServers; vscode: servers.")
 @click.option("--registry", "registry_files", multiple=True, metavar="FILE",
               help="A registry of your own (registry://NAME), passed on to netfence run.")
-@click.option("--sudo/--no-sudo", default=True, show_default=True,
-              help="Start netfence through `sudo -n` (clients run as you; netfence needs root).")
+@click.option("--sudo/--no-sudo", default=None,
+              help="Start netfence through `sudo -n`, or not. Default: not when you can run "
+                   "it rootless here (netfence doctor says), else sudo.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def mcp_config(name: str | None, profile_ref: str | None, allow_host: tuple[str, ...],
                allow_port: tuple[int, ...], allow_cidr: tuple[str, ...], proxy: str | None,
                read: tuple[str, ...], write: tuple[str, ...],
                allow_unix_socket: tuple[str, ...], env_pairs: tuple[str, ...], transport: str,
                target_port: int | None, port: int | None, fmt: Format,
-               registry_files: tuple[str, ...], sudo: bool, command: tuple[str, ...]) -> None:
+               registry_files: tuple[str, ...], sudo: bool | None,
+               command: tuple[str, ...]) -> None:
     """Print the MCP client config for COMMAND behind the fence:
     netfence mcp-config --name N --profile P -- COMMAND [ARGS...]
 
@@ -226,6 +229,8 @@ def mcp_config(name: str | None, profile_ref: str | None, allow_host: tuple[str,
         allow_port=allow_port, allow_cidr=allow_cidr, env=env_pairs, read=read, write=write,
         allow_unix_socket=allow_unix_socket, transport=transport,
         target_port=target_port or DEFAULT_TARGET_PORT, port=port, registry=registry_files)
+    if sudo is None:
+        sudo = not _rootless_here()
     launcher = (["sudo", "-n"] if sudo else []) + netfence_invocation()
     full = [*launcher, *args, "--", *_command(command)]
     if transport == "stdio":
@@ -239,3 +244,17 @@ def mcp_config(name: str | None, profile_ref: str | None, allow_host: tuple[str,
         output.err.print(f"start the server with: {shlex.join(starter)}", markup=False)
     output.out.print(json.dumps(client_config(fmt, name, entry), indent=2), markup=False,
                      highlight=False)
+
+
+def _rootless_here() -> bool:
+    """Whether this user can run a fence without root (as root: no, the client that
+    reads the entry runs as someone else)."""
+    if os.geteuid() == 0:
+        return False
+    from netfence.runtimes.namespace.holder import UserNamespaceUnavailable, probe
+
+    try:
+        probe()
+    except UserNamespaceUnavailable:
+        return False
+    return True

@@ -73,18 +73,30 @@ def never_granted() -> tuple[str, ...]:
     return (str(state.STATE_ROOT), str(NETNS_DIR), *_KERNEL)
 
 
+def never_inside() -> tuple[str, ...]:
+    """The caller's other state roots (rootless runs from other kinds of session): no
+    grant inside one; a grant holding one is fine, the view covers it."""
+    from netfence.runtimes import state
+
+    return tuple(str(root) for root in state.private_roots() if root != state.STATE_ROOT)
+
+
 def under(path: str, root: str) -> bool:
     """Whether `path` is `root` or inside it (both absolute and normalised)."""
     return path == root or root == "/" or path.startswith(root.rstrip("/") + "/")
 
 
-def refusal(path: str, real: str, never: tuple[str, ...]) -> str | None:
+def refusal(path: str, real: str, never: tuple[str, ...],
+            inside: tuple[str, ...] = ()) -> str | None:
     """Why a grant of `path` (really `real`) is never given, or None."""
     for candidate in dict.fromkeys((path, real)):
         if candidate == "/":
             return "the whole file system is never granted"
         for root in never:
             if under(candidate, root) or under(root, candidate):
+                return f"{root} is never shown to a workload"
+        for root in inside:
+            if under(candidate, root):
                 return f"{root} is never shown to a workload"
     return None
 
@@ -211,15 +223,15 @@ def check(profile: Profile, *, container: bool = False) -> FileGrants:
     """The profile's grants, checked: one line (exit status 2) for a grant that is never
     given, missing, not the caller's to give, or too large to search for sockets.
     `container`: the docker runtime, where a grant holding an engine socket is refused."""
-    never = never_granted()
+    never, inside = never_granted(), never_inside()
     sockets: list[Bind] = []
     for path in profile.allow_unix_socket:
-        why = refusal(path, path, never)
+        why = refusal(path, path, never, inside)
         if why is not None:
             raise UsageError(f"allow_unix_socket {path}: {why}")
         real, info, fd = _inspect("allow_unix_socket", path, os.W_OK, "connect to")
         os.close(fd)
-        why = refusal(path, real, never)
+        why = refusal(path, real, never, inside)
         if why is not None:
             raise UsageError(f"allow_unix_socket {path}: {why}")
         if not stat.S_ISSOCK(info.st_mode):
@@ -237,13 +249,13 @@ def check(profile: Profile, *, container: bool = False) -> FileGrants:
     allowed = {b.source for b in sockets}
     for path, writable in wanted.items():
         kind = "write grant" if writable else "read grant"
-        why = refusal(path, path, never)
+        why = refusal(path, path, never, inside)
         if why is not None:
             raise UsageError(f"{kind} {path}: {why}", remedy="grant a narrower path")
         real, info, fd = _inspect(kind, path, os.R_OK | (os.W_OK if writable else 0),
                                   "write" if writable else "read")
         try:
-            why = refusal(path, real, never)
+            why = refusal(path, real, never, inside)
             if why is not None:
                 raise UsageError(f"{kind} {path}: {why}", remedy="grant a narrower path")
             if stat.S_ISSOCK(info.st_mode):

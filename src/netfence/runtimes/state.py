@@ -16,7 +16,40 @@ from pathlib import Path
 from netfence.backends.base import STATE_DIR_MODE
 from netfence.errors import PrivilegeError, UsageError
 
-STATE_ROOT = Path(os.environ.get("NETFENCE_STATE_DIR", "/run/netfence"))
+
+def _user_roots() -> list[Path]:
+    """Where an ordinary user's workloads (rootless fences) are kept, in order: their own
+    runtime directory, else their state directory; never a path another user could
+    create first."""
+    roots: list[Path] = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    with contextlib.suppress(OSError):
+        info = os.stat(runtime)
+        if runtime.startswith("/") and info.st_uid == os.getuid() and not info.st_mode & 0o077:
+            roots.append(Path(runtime, "netfence"))
+    state = os.environ.get("XDG_STATE_HOME", "")
+    roots.append(Path(state if state.startswith("/") else Path.home() / ".local/state",
+                      "netfence"))
+    return roots
+
+
+def _default_root() -> Path:
+    if "NETFENCE_STATE_DIR" in os.environ:
+        return Path(os.environ["NETFENCE_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/run/netfence")
+    return _user_roots()[0]
+
+
+def private_roots() -> tuple[Path, ...]:
+    """Every state root a fence of this caller's might use (a run from a session without
+    XDG_RUNTIME_DIR picks another): each is hidden from every workload, so that no
+    fence's configs, logs or Envoy admin socket are within another workload's reach."""
+    extra = _user_roots() if os.geteuid() != 0 else []
+    return tuple(dict.fromkeys([STATE_ROOT, *extra]))
+
+
+STATE_ROOT = _default_root()
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 RECORD = "workload.json"
 CLAIMANT = "claimant"  # pid and start time of the run that claimed the name
@@ -175,11 +208,16 @@ def _unreadable() -> PrivilegeError:
 def load(name: str) -> WorkloadState | None:
     try:
         data = json.loads((state_dir(name) / RECORD).read_text())
-        return WorkloadState(**data)
+        record = WorkloadState(**data)
     except PermissionError:
         raise _unreadable() from None
     except (OSError, ValueError, TypeError):
         return None
+    # A record names its own directory, or it is not one: its state_dir is what a stale
+    # record's reaping removes.
+    if record.name != name or Path(record.state_dir) != state_dir(name):
+        return None
+    return record
 
 
 def all_states() -> list[WorkloadState]:

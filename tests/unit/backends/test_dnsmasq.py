@@ -3,6 +3,7 @@ forwarded, and answers holding a denied address are refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import stat
 from pathlib import Path
@@ -123,6 +124,18 @@ def test_process_and_files(tmp_path: Path) -> None:
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     assert dns_validate_command(setup) == [("dnsmasq", "--test", f"--conf-file={conf}")]
+
+
+def test_unprivileged_needs_no_change(tmp_path: Path) -> None:
+    """As the calling user (rootless, on a loopback port above 1023) dnsmasq never
+    changes user: no `user=` makes it try (as root it drops to nobody on its own), and the
+    empty pid-file writes nothing. Checked with dnsmasq 2.90 run as nobody."""
+    placement = make_placement(tmp_path)
+    setup = dns_setup(allowlist("example.com"), placement)
+    unprivileged = dataclasses.replace(placement, unprivileged=True)
+    assert dns_setup(allowlist("example.com"), unprivileged) == setup
+    assert not [ln for ln in lines_of(setup) if ln.startswith(("user=", "group="))]
+    assert all(f.owner is None for f in setup.files)
 
 
 @pytest.mark.parametrize("count", [1, 1000])

@@ -8,6 +8,7 @@ import ipaddress
 import os
 import pwd
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -231,6 +232,29 @@ def test_files_and_modes(squid: SquidProxy, tmp_path: Path) -> None:
         assert all(p.stat().st_uid == uid for p in owned)
     names = {f.path.name for f in setup.files}
     assert {"squid-egress.conf", "squid-ingress.conf"} <= names
+
+
+def test_unprivileged_owns_nothing_and_chowns_nothing(squid: SquidProxy,
+                                                      tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    privileged = squid.setup(policy("example.com"), make_placement(state, ingress=True))
+    setup = squid.setup(policy("example.com"), dataclasses.replace(
+        make_placement(state, ingress=True), unprivileged=True))
+    assert [f.owner for f in setup.files] == [None] * len(privileged.files)
+    # The same files and configs otherwise (non-root Squid ignores cache_effective_user).
+    assert [(f.path, f.content, f.mode) for f in setup.files] == [
+        (f.path, f.content, f.mode) for f in privileged.files]
+    write_setup(setup, state)
+    assert all(f.path.stat().st_uid == os.geteuid() for f in setup.files)
+    for process, before in zip(setup.processes, privileged.processes, strict=True):
+        assert "chown" not in " ".join(process.argv) and process.capabilities == ()
+        assert process.argv[4:] == before.argv[4:]  # the wrapper's arguments, Squid's argv
+        # The wrapper enters the page directory and runs the rest: here, pwd.
+        pages = Path(process.argv[5])
+        pages.mkdir(exist_ok=True)
+        wrapper = (*process.argv[:6], "pwd")
+        done = subprocess.run(wrapper, capture_output=True, text=True, timeout=10, check=True)
+        assert done.stdout.strip() == str(pages)
 
 
 def test_error_pages_name_reason_and_remedy(squid: SquidProxy, tmp_path: Path) -> None:

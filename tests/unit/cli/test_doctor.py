@@ -11,8 +11,11 @@ import pytest
 
 
 def test_doctor_names_what_is_missing_and_the_fix() -> None:
-    # A PATH without the system binaries: squid, dnsmasq, bwrap are "missing".
-    done = subprocess.run([sys.executable, "-m", "netfence", "doctor"], capture_output=True,
+    # No system binaries on either search path (the caller's PATH, then the system's
+    # sbin and bin): squid, dnsmasq, bwrap are "missing".
+    code = ("import sys; import netfence.cli.doctor as d; d.SYSTEM_PATH = '/nonexistent'\n"
+            "sys.argv[0] = 'netfence'; from netfence.cli.main import main; main()")
+    done = subprocess.run([sys.executable, "-c", code, "doctor"], capture_output=True,
                           timeout=60, env={**os.environ, "PATH": "/nonexistent"})
     assert done.returncode == 1
     err = done.stderr.decode()

@@ -192,3 +192,12 @@ def test_a_grant_too_large_to_search_is_refused(tmp_path: Path,
                         lambda root: None if os.path.realpath(root) == str(tmp_path) else [])
     with pytest.raises(UsageError, match="too large to search"):
         grants.check(Profile(read=(str(tmp_path),)))
+
+
+def test_another_state_root_refuses_grants_inside_it_and_allows_those_holding_it() -> None:
+    # A user's other state root (a rootless run from another kind of session): the view
+    # covers it inside a grant of the home; a grant of (or inside) it is refused.
+    other = ("/home/u/.local/state/netfence",)
+    for path in ("/home/u/.local/state/netfence", "/home/u/.local/state/netfence/w1"):
+        assert grants.refusal(path, path, NEVER, other) is not None
+    assert grants.refusal("/home/u", "/home/u", NEVER, other) is None

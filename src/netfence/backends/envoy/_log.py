@@ -68,7 +68,8 @@ TUNNEL_ESTABLISHED_LOG_TYPE = "DownstreamTunnelSuccessfullyEstablished"
 TRANSPARENT_HTTP_LOG_FORMAT: Json = {
     **EGRESS_LOG_FORMAT,
     "log": "netfence-transparent-http",
-    # After the original_dst listener filter, the local address is the one the client dialed.
+    # After the first listener filter (original_dst or proxy_protocol), the local address
+    # is the one the client dialed.
     "original_dst": "%DOWNSTREAM_LOCAL_ADDRESS%",
     "chain": "%FILTER_CHAIN_NAME%",
 }

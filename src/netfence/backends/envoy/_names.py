@@ -48,6 +48,9 @@ CONN_LIMIT_TYPE = (
 )
 # The transparent listener's listener filters and network filters.
 ORIGINAL_DST_FILTER_TYPE = _T + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+PROXY_PROTOCOL_FILTER_TYPE = (
+    _T + "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
+)
 TLS_INSPECTOR_TYPE = _T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 HTTP_INSPECTOR_TYPE = _T + "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
 SNI_DFP_TYPE = _T + "envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig"

@@ -50,6 +50,7 @@ from netfence.backends.envoy._matcher import with_matcher
 from netfence.backends.envoy._names import (
     HTTP_INSPECTOR_TYPE,
     ORIGINAL_DST_FILTER_TYPE,
+    PROXY_PROTOCOL_FILTER_TYPE,
     TLS_INSPECTOR_TYPE,
     Json,
 )
@@ -238,9 +239,7 @@ def layout_listener(policy: Policy, placement: Placement) -> Json:
     layout = _Layout(policy, placement)
     listener.update({
         "listener_filters": [
-            # The dialed address becomes the connection's local address (SO_ORIGINAL_DST).
-            {"name": "envoy.filters.listener.original_dst",
-             "typed_config": {"@type": ORIGINAL_DST_FILTER_TYPE}},
+            _destination_filter(placement),
             {"name": "envoy.filters.listener.tls_inspector",
              "typed_config": {"@type": TLS_INSPECTOR_TYPE}},
             {"name": "envoy.filters.listener.http_inspector",
@@ -256,6 +255,24 @@ def layout_listener(policy: Policy, placement: Placement) -> Json:
                                   TRANSPARENT_LOG_FORMAT)],
     })
     return listener
+
+
+def _destination_filter(placement: Placement) -> Json:
+    """The listener filter that makes the dialed address the connection's local address,
+    which everything after it reads (chain matching, the original_dst cluster, the log)."""
+    if not placement.transparent_proxy_protocol:
+        # Redirected in the listener's own namespace: the kernel knows (SO_ORIGINAL_DST).
+        return {"name": "envoy.filters.listener.original_dst",
+                "typed_config": {"@type": ORIGINAL_DST_FILTER_TYPE}}
+    # Relayed from another namespace: the relay states it in a PROXY v2 header, first.
+    # Bytes that are not one (v1 text too: the relay never sends it) close the connection
+    # at once. One that never completes a header goes on at LISTENER_FILTERS_TIMEOUT like
+    # any silent connection (server-first protocols need that), its destination still the
+    # listener's own address (loopback or a pipe), which no chain lets through (verified).
+    return {"name": "envoy.filters.listener.proxy_protocol",
+            "typed_config": {"@type": PROXY_PROTOCOL_FILTER_TYPE,
+                             "allow_requests_without_proxy_protocol": False,
+                             "disallowed_versions": ["V1"]}}
 
 
 def _merged(name: str) -> str | None:

@@ -34,7 +34,7 @@ from netfence.backends.envoy._routes import DIALED_PORT_KEY, transparent_virtual
 from netfence.policy import Policy, Reason
 
 ORIGINAL_DST_CLUSTER = "original_dst"
-# The port the client dialed (original_dst made it the connection's local address).
+# The port the client dialed (the listener's first filter made it the local address).
 DIALED_PORT = "%DOWNSTREAM_LOCAL_PORT%"
 # Where a DFP (and its cluster) takes the host and port from when set.
 DYNAMIC_HOST_KEY = "envoy.upstream.dynamic_host"

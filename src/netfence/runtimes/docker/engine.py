@@ -115,6 +115,27 @@ def is_podman(client: DockerClient) -> bool:
                for c in components)
 
 
+def is_rootless(client: DockerClient) -> bool:
+    """Whether the engine runs without root: Docker lists a "rootless" security option,
+    Podman (4.3's compatible API) says `"Rootless": true` instead."""
+    with engine_errors("engine info"):
+        info = client.info()
+    options = info.get("SecurityOptions") or []
+    return info.get("Rootless") is True or any(
+        "name=rootless" in str(option).split(",") for option in options)
+
+
+def refuse_rootless(client: DockerClient) -> None:
+    """One line, exit 2, for an engine without root: its containers' network namespaces
+    belong to its own user namespace, where netfence can neither probe the fence nor set
+    the workload's rules (and the configs' owners are that namespace's users)."""
+    if is_rootless(client):
+        raise UsageError(
+            "the docker runtime cannot fence workloads on a rootless container engine (its "
+            "containers' networks live in the engine's user namespace, out of netfence's reach)",
+            remedy="use --runtime namespace, which runs without root, or a rootful engine")
+
+
 def describe(client: DockerClient) -> str:
     """The engine's product and version, e.g. "Docker Engine 20.10.24" or "Podman 4.3.1"
     (with the API version it serves)."""

@@ -67,6 +67,7 @@ from netfence.runtimes.docker.engine import (
     connect,
     engine_errors,
     is_podman,
+    refuse_rootless,
 )
 from netfence.runtimes.resolver import host_resolver
 from netfence.runtimes.signals import StopSignals
@@ -500,6 +501,11 @@ class DockerRuntime(SupervisedRuntime):
 
     def prepare(self, spec: WorkloadSpec) -> WorkloadSpec:
         containers.workload_command(spec.command)
+        client = connect()
+        try:
+            refuse_rootless(client)
+        finally:
+            client.close()
         return dataclasses.replace(spec, files=grants.check(spec.profile, container=True))
 
     def fence(self, spec: WorkloadSpec, backend: NetworkProxy, record: state.WorkloadState,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from netfence.backends import ProcessSpec
 from netfence.errors import NetfenceError
 from netfence.runtimes.logs import tail
+from netfence.runtimes.netfilter import SYSTEM_PATH
 from netfence.runtimes.netns import accepts
 from netfence.runtimes.waiting import wait_for
 
@@ -31,10 +33,15 @@ def _die_with_supervisor() -> None:
 
 
 def start(spec: ProcessSpec) -> subprocess.Popen[bytes]:
+    # dnsmasq and Squid live in sbin, which an ordinary user's PATH (rootless) lacks; so
+    # may whatever a wrapper runs.
+    search = os.pathsep.join(p for p in (os.environ.get("PATH"), SYSTEM_PATH) if p)
+    program = shutil.which(spec.argv[0], path=search) or spec.argv[0]
     with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
         try:
             return subprocess.Popen(
-                spec.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                (program, *spec.argv[1:]), env={**os.environ, "PATH": search},
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, preexec_fn=_die_with_supervisor, close_fds=True,
             )
         except FileNotFoundError:

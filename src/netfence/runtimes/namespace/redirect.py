@@ -7,12 +7,14 @@ Loopback is the namespace's only interface; a default route through it (with a s
 address: without one an IPv4 connect() to a routed address finds none and hangs) gives
 every address a route, and nftables' NAT on the output hook turns each connection into
 one to 127.0.0.1 or ::1, where the kernel keeps the original destination for
-SO_ORIGINAL_DST. The namespace belongs to the host's user namespace: the workload, with
-no capability there, cannot change the routes or the rules.
+SO_ORIGINAL_DST. The namespace belongs to the host's user namespace (rootless: to the
+holder's, holder.py, where the workload sits in a nested one): the workload, with no
+capability there, cannot change the routes or the rules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from netfence.runtimes.netfilter import NAT_PRIORITY, run_in
@@ -43,10 +45,13 @@ table inet netfence {{
 """
 
 
-def install(netns: Path, dns_port: int, transparent_port: int | None) -> None:
-    """Routes and rules into the network namespace at `netns` (root only)."""
+def install(netns: Path, dns_port: int, transparent_port: int | None,
+            enter: Sequence[str] = ()) -> None:
+    """Routes and rules into the network namespace at `netns` (entered with nsenter's
+    arguments `enter` when given: netfilter.run_in)."""
     routes = "route add default dev lo src 127.0.0.1\n"
     if HAS_IPV6:
         routes += "route add ::/0 dev lo\n"
-    run_in(str(netns), ["ip", "-batch", "-"], routes, "the workload's")
-    run_in(str(netns), ["nft", "-f", "-"], ruleset(dns_port, transparent_port), "the workload's")
+    for argv, stdin in ((["ip", "-batch", "-"], routes),
+                        (["nft", "-f", "-"], ruleset(dns_port, transparent_port))):
+        run_in(str(netns), argv, stdin, "the workload's", enter=enter)

@@ -35,7 +35,7 @@ from netfence.backends import (
 )
 from netfence.backends.dnsmasq import dns_setup
 from netfence.backends.relay import relay_setup
-from netfence.errors import NetfenceError, PrivilegeError
+from netfence.errors import NetfenceError
 from netfence.policy import compile_policy
 from netfence.runtimes import netns, state
 from netfence.runtimes.base import (
@@ -46,7 +46,8 @@ from netfence.runtimes.base import (
     ProgressHook,
     WorkloadSpec,
 )
-from netfence.runtimes.namespace import processes, redirect, sandbox
+from netfence.runtimes.namespace import holder, processes, redirect, sandbox
+from netfence.runtimes.namespace.holder import Holder
 from netfence.runtimes.resolver import host_resolver
 from netfence.runtimes.signals import StopSignals
 from netfence.runtimes.supervisor import SupervisedRuntime, release_memory
@@ -65,13 +66,6 @@ WORKLOAD_LOG = "workload.log"
 # A minimal environment: the host's variables (tokens, cloud keys) stay out of the fence.
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        raise PrivilegeError(
-            "netfence run needs root to create network namespaces; run it with sudo"
-        )
 
 
 def ns_name(name: str) -> str:
@@ -100,16 +94,16 @@ class NamespaceFence(Fence):
         self.url: str | None = None
         self.setup = ProxySetup(files=(), processes=())
         self.forwarder: _Forwarder | None = None
+        self.holder: Holder | None = None
         self.started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
 
     def start(self) -> None:
         spec = self.spec
         self.report("creating the network namespace")
-        nsfile = netns.create(ns_name(spec.name))
-        self.undo.callback(netns.remove, ns_name(spec.name))
+        nsfile = self._namespaces()
         transparent = self.backend.transparent
-        redirect.install(nsfile, DNS_PORT,
-                         TRANSPARENT_PORT if transparent else None)
+        redirect.install(nsfile, DNS_PORT, TRANSPARENT_PORT if transparent else None,
+                         enter=self.holder.nsenter() if self.holder else ())
         if not transparent:
             log.warning("%s: programs that ignore the proxy variables cannot connect (the "
                         "%s proxy has no transparent path; --proxy envoy has one)",
@@ -117,11 +111,13 @@ class NamespaceFence(Fence):
         self.signals.check()
         policy = compile_policy(spec.profile, netns.host_addresses(),
                                 learn=spec.learn is not None)
-        # What cannot listen in the namespace is reached through Envoy relays (the
-        # fence's DNS; Squid's egress): Envoy carries them, or one of its own does.
+        # What cannot listen in the namespace is reached through relays (the fence's DNS;
+        # Squid's egress; rootless, everything): Envoy listeners as root, carried by the
+        # proxy's Envoy or one of their own; rootless, the supervisor's (holder.py).
+        rootless = self.holder is not None
         inside = Endpoint(LOOPBACK, WORKLOAD_PROXY_PORT, nsfile)
         forwards: list[Forward] = []
-        if self.backend.listens_in_netns:
+        if self.backend.listens_in_netns and not rootless:
             egress = inside
         else:
             egress = Endpoint(LOOPBACK, _free_port())
@@ -130,18 +126,34 @@ class NamespaceFence(Fence):
         for loopback in LOOPBACKS:
             forwards += [Forward(Endpoint(loopback, DNS_PORT, nsfile), dns, "udp"),
                          Forward(Endpoint(loopback, DNS_PORT, nsfile), dns, "tcp")]
-        carried = self.backend.carries_relays
+        transparent_inside = tuple(Endpoint(loopback, TRANSPARENT_PORT, nsfile)
+                                   for loopback in LOOPBACKS if transparent)
+        transparent_listen = transparent_inside
+        if rootless and transparent:
+            transparent_listen = (Endpoint(LOOPBACK, _free_port()),)
+        carried = self.backend.carries_relays and not rootless
 
         relays: Relays | None = None
-        ingress_listen = ingress_upstream = None
-        if spec.transport != "stdio":
-            assert spec.target_port is not None
-            # Into the namespace, which no Envoy cluster can dial: a relay of Python's
-            # (asyncio: imported only for a workload that serves).
+        if spec.transport != "stdio" or rootless:
+            # Python's (asyncio: imported only when needed).
             from netfence.runtimes.namespace.relay import Relays
 
-            relays = Relays()
+            relays = Relays(self.holder.open_socket) if self.holder else Relays()
             self.undo.callback(relays.close)
+        if rootless:
+            assert relays is not None
+            for forward in forwards:
+                if forward.protocol == "udp":
+                    relays.udp(forward.listen, forward.target)
+                else:
+                    relays.tcp(forward.listen, forward.target)
+            for at in transparent_inside:
+                relays.tcp(at, transparent_listen[0], state_destination=True)
+            forwards = []
+        ingress_listen = ingress_upstream = None
+        if spec.transport != "stdio":
+            assert spec.target_port is not None and relays is not None
+            # Into the namespace, which no Envoy cluster can dial.
             ingress_listen = Endpoint(LOOPBACK, spec.port or _free_port())
             ingress_upstream = relays.tcp(
                 Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, spec.target_port, nsfile)
@@ -157,9 +169,10 @@ class NamespaceFence(Fence):
             ingress_listen=ingress_listen,
             ingress_upstream=ingress_upstream,
             workload_name=spec.name,
-            transparent_listen=tuple(Endpoint(loopback, TRANSPARENT_PORT, nsfile)
-                                     for loopback in LOOPBACKS if transparent),
+            transparent_listen=transparent_listen,
             relays=tuple(forwards) if carried else (),
+            unprivileged=rootless,
+            transparent_proxy_protocol=rootless,
         )
         started = self.started
         self.undo.callback(_stop_fence, relays, started)
@@ -167,7 +180,7 @@ class NamespaceFence(Fence):
         # while to render, and the proxy a while to load it).
         parts: list[Callable[[], ProxySetup]] = [
             lambda: self.backend.setup(policy, placement), lambda: dns_setup(policy, placement)]
-        if not carried:
+        if forwards and not carried:
             parts.insert(0, lambda: relay_setup(forwards, self.state_dir,
                                                 placement.programs.get("envoy")))
         for part in parts:
@@ -188,6 +201,18 @@ class NamespaceFence(Fence):
         for proc_spec, proc in started:
             self.report(f"waiting for {proc_spec.name}")
             processes.wait_ready(proc_spec, proc, self.signals.check)
+
+    def _namespaces(self) -> Path:
+        """The workload's network namespace: root's under /run/netns; without root, one
+        owned by a user namespace of the caller's, kept by a holder process."""
+        if os.geteuid() == 0:
+            nsfile = netns.create(ns_name(self.spec.name))
+            self.undo.callback(netns.remove, ns_name(self.spec.name))
+            return nsfile
+        self.holder = Holder()
+        self.undo.callback(self.holder.close)
+        self._own(self.holder.pid)
+        return self.holder.netns
 
     def workload_env(self, user: sandbox.SandboxUser) -> dict[str, str]:
         env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
@@ -217,11 +242,13 @@ class NamespaceFence(Fence):
         pinned = sandbox.pin(spec.files)
         try:
             argv = sandbox.sandbox_argv(
-                netns.netns_path(ns_name(spec.name)), user, spec.command,
-                self.workload_env(user), resolv_r, info_w,
-                hidden=(state.STATE_ROOT, netns.NETNS_DIR), files=spec.files, pinned=pinned,
+                self.holder.netns if self.holder else netns.netns_path(ns_name(spec.name)),
+                user, spec.command, self.workload_env(user), resolv_r, info_w,
+                hidden=(*_private_roots(), netns.NETNS_DIR), files=spec.files, pinned=pinned,
+                holder=self.holder,
             )
             self.signals.check()
+            sandbox.leave_session_keyring()  # this thread's: the one that starts it
             # A signal that arrives from here on waits in the queue until the forwarder
             # passes it to the workload.
             proc = subprocess.Popen(
@@ -252,6 +279,16 @@ class NamespaceFence(Fence):
 
     def close(self) -> None:
         self.undo.close()
+
+
+def _private_roots() -> tuple[Path, ...]:
+    """The state roots to hide, each made (0700) if missing: one that appeared after the
+    start, inside a grant (a later rootless run from another kind of session), would
+    show that fence's configs and admin socket to this workload."""
+    roots = state.private_roots()
+    for root in roots:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return roots
 
 
 def _stop_fence(relays: Relays | None,
@@ -367,7 +404,8 @@ class NamespaceRuntime(SupervisedRuntime):
     teardown_time = processes.FENCE_STOP_GRACE * 3 + 5
 
     def prepare(self, spec: WorkloadSpec) -> WorkloadSpec:
-        require_root()
+        if os.geteuid() != 0:
+            holder.probe()  # one line, before anything is claimed, when it cannot work
         sandbox.bwrap_path()
         user = sandbox.resolve_user(spec.user)  # a bad --user fails before anything is built
         path = spec.env.get("PATH") or os.environ.get("PATH") or DEFAULT_PATH
@@ -379,9 +417,10 @@ class NamespaceRuntime(SupervisedRuntime):
         return NamespaceFence(spec, backend, record, signals, self.progress)
 
     def remove(self, name: str, record: state.WorkloadState | None) -> bool:
-        require_root()
-        found = netns.exists(ns_name(name))
-        netns.remove(ns_name(name))
+        # Without root there is nothing to remove: the namespaces end with their holder.
+        found = os.geteuid() == 0 and netns.exists(ns_name(name))
+        if found:
+            netns.remove(ns_name(name))
         return found or record is not None
 
     def list(self) -> list[state.WorkloadState]:
@@ -390,11 +429,11 @@ class NamespaceRuntime(SupervisedRuntime):
 
 
 def _reap_stale() -> None:
-    """Remove what a supervisor killed outright (or whose teardown failed) left behind."""
-    if os.geteuid() != 0:
-        return
+    """Remove what a supervisor killed outright (or whose teardown failed) left behind
+    (the caller's own: a user's state root holds only their workloads)."""
     for record in state.all_states():
         if record.runtime == NamespaceRuntime.name and not record.alive:
             record.kill_orphans()
-            netns.remove(ns_name(record.name))
+            if os.geteuid() == 0:
+                netns.remove(ns_name(record.name))
             shutil.rmtree(record.state_dir, ignore_errors=True)

@@ -7,10 +7,12 @@ its configuration.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
 import os
+import platform
 import pwd
 import shutil
 import stat
@@ -23,10 +25,11 @@ from netfence.runtimes import grants
 from netfence.runtimes.base import WorkloadSpec
 from netfence.runtimes.caller import caller_permissions
 from netfence.runtimes.namespace import view
+from netfence.runtimes.namespace.holder import Holder
+from netfence.runtimes.netfilter import SYSTEM_PATH
 
 log = logging.getLogger("netfence")
 
-SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # All that nsenter and bwrap get from us; the workload's own environment is bwrap's
 # --setenv arguments.
 LAUNCH_ENV = {"PATH": SYSTEM_PATH}
@@ -41,8 +44,14 @@ class SandboxUser:
 
 
 def resolve_user(requested: str | None) -> SandboxUser:
-    """--user, else the sudo caller, else `nobody`; never root."""
-    if requested is not None:
+    """--user, else the sudo caller, else `nobody`; never root. Without root (a rootless
+    fence), the caller and no one else."""
+    if os.geteuid() != 0:
+        pw = pwd.getpwuid(os.getuid())
+        if requested is not None and requested not in (pw.pw_name, str(pw.pw_uid)):
+            raise UsageError(f"--user {requested}: without root the workload runs as you "
+                             f"({pw.pw_name})", remedy="drop --user, or run netfence with sudo")
+    elif requested is not None:
         try:
             pw = pwd.getpwuid(int(requested)) if requested.isdigit() else pwd.getpwnam(requested)
         except KeyError:
@@ -62,7 +71,10 @@ def resolve_user(requested: str | None) -> SandboxUser:
 
 def _as_user(user: SandboxUser, question: Callable[[], str]) -> str:
     """`question()` answered by a child process holding the user's credentials, so ACLs
-    and groups count as they will in the sandbox; "?" when it failed."""
+    and groups count as they will in the sandbox; "?" when it failed. Without root the
+    caller is the user: asked in this process."""
+    if os.geteuid() != 0:
+        return question()
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -203,6 +215,27 @@ def _within_reach(path: str) -> bool:
     return True
 
 
+# keyctl(2) has no glibc wrapper: its system call number per architecture.
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def leave_session_keyring() -> None:
+    """Give the calling thread (and the sandbox it starts next) a new, empty session
+    keyring. Whoever holds a session keyring has every right on it, across users and
+    user namespaces, and bubblewrap keeps the one it was started with: the caller's (an
+    ssh passphrase, a Kerberos ticket) would be the workload's to read and write."""
+    number = _SYS_KEYCTL.get(platform.machine())
+    if number is None:
+        raise NetfenceError(f"cannot give the workload a keyring of its own on "
+                            f"{platform.machine()} (keyctl's system call is unknown here)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        err = ctypes.get_errno()
+        raise NetfenceError(f"cannot give the workload a keyring of its own: "
+                            f"{os.strerror(err)}")
+
+
 def bwrap_path() -> str:
     path = shutil.which("bwrap")
     if path is None:
@@ -221,8 +254,13 @@ def sandbox_argv(
     hidden: tuple[Path, ...],
     files: grants.FileGrants | None = None,
     pinned: Mapping[str, int] | None = None,
+    holder: Holder | None = None,
 ) -> list[str]:
     """nsenter joins the namespace and drops to the user; bwrap builds the rest.
+    Rootless (`holder`): nsenter joins the holder's user and network namespaces, where
+    the caller is root, and bwrap puts the workload in a user namespace of its own, as
+    the caller again and with no capability over the network namespace (nor a way to
+    make another: --disable-userns).
 
     The workload's environment (partly the caller's: --env) reaches only the workload,
     through bwrap: nsenter runs as root, where PATH or LD_PRELOAD would choose its code.
@@ -233,9 +271,14 @@ def sandbox_argv(
     if nsenter is None:
         raise NetfenceError("nsenter is not installed", remedy="apt-get install util-linux")
     setenv = [arg for key, value in env.items() for arg in ("--setenv", key, value)]
+    enter = [f"--net={netns_file}", f"--setuid={user.uid}", f"--setgid={user.gid}"]
+    own_user: list[str] = []
+    if holder is not None:
+        enter = holder.nsenter()
+        own_user = ["--unshare-user", "--disable-userns", "--uid", str(user.uid),
+                    "--gid", str(user.gid)]
     argv = [
-        nsenter, f"--net={netns_file}", f"--setuid={user.uid}", f"--setgid={user.gid}", "--",
-        bwrap_path(), "--clearenv", *setenv,
+        nsenter, *enter, "--", bwrap_path(), *own_user, "--clearenv", *setenv,
         # A Unix socket is reached through the file system, from any network namespace:
         # the view holds none of the host's but those granted (view.py).
         *view.plan(files or grants.FileGrants(), view.host_layout(), user.home,

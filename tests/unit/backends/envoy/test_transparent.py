@@ -347,6 +347,42 @@ def test_listener_addresses_filters_and_log() -> None:
     assert log["typed_config"]["log_format"]["json_format"]["chain"] == "%FILTER_CHAIN_NAME%"
 
 
+PROXY_PROTOCOL_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol")
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_a_relayed_listener_reads_the_destination_from_a_proxy_header(name: str) -> None:
+    """Behind a relay (rootless) the first listener filter is proxy_protocol, refusing
+    connections without a v2 header; nothing else in the bootstrap changes."""
+    policy = POLICIES[name]
+    kernel = EnvoyProxy(ENVOY).setup(policy, placement(transparent=True))
+    relayed = EnvoyProxy(ENVOY).setup(policy, dataclasses.replace(
+        placement(transparent=True), transparent_proxy_protocol=True))
+    before = listener(json.loads(kernel.files[0].content), "transparent")
+    after = listener(json.loads(relayed.files[0].content), "transparent")
+    first, *rest = after["listener_filters"]
+    assert first == {"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
+        "@type": PROXY_PROTOCOL_TYPE, "allow_requests_without_proxy_protocol": False,
+        "disallowed_versions": ["V1"]}}
+    assert [f["name"] for f in before["listener_filters"]] == [
+        "envoy.filters.listener.original_dst", *(f["name"] for f in rest)]
+    # Everything else byte for byte: the chains, the matcher, the clusters, the log.
+    swapped = kernel.files[0].content.replace(
+        json.dumps(before["listener_filters"][0], separators=(",", ":")),
+        json.dumps(first, separators=(",", ":")))
+    assert swapped == relayed.files[0].content
+    assert kernel.processes == relayed.processes and kernel.env == relayed.env
+
+
+def test_unprivileged_changes_nothing_in_envoy() -> None:
+    """Envoy runs as whoever starts it and owns nothing: the flag is Squid's business."""
+    before = EnvoyProxy(ENVOY).setup(ALLOWLIST, placement(transparent=True, ingress=True))
+    after = EnvoyProxy(ENVOY).setup(ALLOWLIST, dataclasses.replace(
+        placement(transparent=True, ingress=True), unprivileged=True))
+    assert after == before and all(f.owner is None for f in after.files)
+
+
 def test_one_endpoint_has_no_additional_addresses() -> None:
     setup = EnvoyProxy(ENVOY).setup(ALLOWLIST, dataclasses.replace(
         placement(transparent=True), transparent_listen=(placement(

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from netfence.backends import Endpoint
-from netfence.runtimes.namespace.relay import Relays
+from netfence.runtimes.namespace.relay import Relays, proxy_v2_header
 
 LOOPBACK = "127.0.0.1"
 
@@ -87,3 +88,77 @@ def test_close_twice_is_harmless() -> None:
     relays.start()
     relays.close()
     relays.close()
+
+
+def test_udp_relay_carries_a_datagram_and_its_answer(relays: Relays) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind((LOOPBACK, 0))
+        server.settimeout(10)
+        at = relays.udp(Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, server.getsockname()[1]))
+        relays.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            client.sendto(b"question", (LOOPBACK, at.port))
+            data, sender = server.recvfrom(512)
+            server.sendto(data.upper(), sender)
+            assert client.recvfrom(512) == (b"QUESTION", (LOOPBACK, at.port))
+
+
+def test_proxy_v2_header_layout() -> None:
+    four = proxy_v2_header(("127.0.0.1", 40000), ("10.1.2.3", 443))
+    assert four == (b"\r\n\r\n\x00\r\nQUIT\n" + b"\x21\x11" + b"\x00\x0c"
+                    + bytes([127, 0, 0, 1, 10, 1, 2, 3]) + (40000).to_bytes(2, "big")
+                    + (443).to_bytes(2, "big"))
+    six = proxy_v2_header(("::1", 1), ("2001:db8::5", 80))
+    assert six[12:16] == b"\x21\x21\x00\x24"  # TCP over IPv6, 36 bytes of addresses
+    assert six[16:32] == socket.inet_pton(socket.AF_INET6, "::1")
+    assert six[32:48] == socket.inet_pton(socket.AF_INET6, "2001:db8::5")
+    assert six[48:] == b"\x00\x01\x00\x50"
+
+
+def test_a_relay_stating_destinations_drops_a_connection_nothing_redirected(
+        relays: Relays) -> None:
+    # Without a redirect there is no original destination to state: nothing is dialed
+    # (the proxy behind must never take the relay's own address for one).
+    server, _thread = _echo_server()
+    with server:
+        at = relays.tcp(Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, server.getsockname()[1]),
+                        state_destination=True)
+        relays.start()
+        with socket.create_connection((LOOPBACK, at.port), timeout=10) as client:
+            assert client.recv(1) == b""
+        server.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            server.accept()
+
+
+def test_connections_beyond_the_budget_are_closed_and_said_once(
+        relays: Relays, caplog: pytest.LogCaptureFixture) -> None:
+    # A workload opening connections without end must not run the supervisor out of
+    # descriptors: past the budget each is closed at once, and the log says so once.
+    server = socket.create_server((LOOPBACK, 0))
+    held: list[socket.socket] = []
+    with server:
+        relays._limit = 2
+        at = relays.tcp(Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, server.getsockname()[1]))
+        relays.start()
+        server.settimeout(10)
+        for _ in range(2):
+            held.append(socket.create_connection((LOOPBACK, at.port), timeout=10))
+            held.append(server.accept()[0])  # carried: dialed through
+        extra = [socket.create_connection((LOOPBACK, at.port), timeout=10) for _ in range(3)]
+        for refused in extra:
+            refused.settimeout(10)
+            assert refused.recv(1) == b""  # closed, never dialed
+            refused.close()
+        held.pop(0).close()  # one carried connection ends (both ways): room for another
+        held.pop(0).close()
+        deadline = time.monotonic() + 10
+        while relays._active > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        again = socket.create_connection((LOOPBACK, at.port), timeout=10)
+        held += [again, server.accept()[0]]
+    for sock in held:
+        sock.close()
+    complaints = [r for r in caplog.records if "relayed connections at once" in r.message]
+    assert len(complaints) == 1
