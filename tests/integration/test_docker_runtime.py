@@ -1,8 +1,8 @@
 """`netfence run --runtime docker` end to end on real engines, Podman (its Docker API) and
 Docker Engine, both up for the whole session: real Envoy, Squid and dnsmasq in containers
 built from this host's binaries, a workload image built the same way, the simulated
-internet reached through the engine's NAT. Every case runs for both backends, on each
-engine (`engine`)."""
+internet reached through the engine's NAT. A case runs for each engine and backend whose
+code it reaches (below, `on_docker_with` and `only`)."""
 
 from __future__ import annotations
 
@@ -41,11 +41,15 @@ from tests.support.podman import TEST_PREFIX, WORKLOAD_CA, Engine
 
 pytestmark = pytest.mark.integration
 
-# Every case runs on Podman for both backends. Docker Engine runs the cases where the
-# engines differ (addresses, DNS, routes and FORWARD rules, the bridges, ports, labels and
-# capabilities as reported, attach, error texts); a case that checks a backend's decisions
-# alone runs there for Envoy (the transparent path crosses Docker's rules) or not at all,
-# which keeps the second engine's cost near two minutes.
+# What this file adds to the backends' own tests (tests/conformance, tests/unit) is
+# placement: containers, networks, addresses, DNS, rules, ingress, teardown. A case runs
+# on both backends where the runtime's path differs by backend: the transparent path
+# (Envoy's redirect, Squid's reset), the egress image, its capabilities and file owners,
+# Squid's separate ingress container. It runs on Docker Engine where the engines differ
+# (addresses, DNS, routes and FORWARD rules, the bridges, ports, labels and capabilities
+# as reported, attach, error texts), there for Envoy (the transparent path crosses
+# Docker's rules) unless Squid's path differs too. A case that checks one backend's
+# decisions, or nothing a backend or an engine changes, runs once.
 PODMAN_ONLY = pytest.mark.parametrize("engine", ["podman"], indirect=True)
 
 
@@ -54,6 +58,17 @@ def on_docker_with(*proxies: str) -> pytest.MarkDecorator:
     cases = [(engine, proxy) for engine in ENGINES for proxy in BACKENDS
              if engine == "podman" or proxy in proxies]
     return pytest.mark.parametrize(("engine", "proxy"), cases, indirect=True)
+
+
+def only(*cases: str) -> pytest.MarkDecorator:
+    """Just these engine-backend pairs, as "podman-envoy"."""
+    pairs = [tuple(case.split("-")) for case in cases]
+    assert all(e in ENGINES and p in BACKENDS for e, p in pairs), cases
+    return pytest.mark.parametrize(("engine", "proxy"), pairs, indirect=True)
+
+
+# Placement only (no backend's code path of its own): Envoy, on each engine.
+ENVOY_ON_BOTH = only("podman-envoy", "dockerd-envoy")
 
 STATE_ROOT = state.STATE_ROOT
 
@@ -113,6 +128,7 @@ def parse_status(out: str) -> dict[str, str]:
 
 
 class TestEgressMatrix:
+    @on_docker_with("envoy")
     def test_allowed_http_and_https(self, engine: Engine, proxy: str,
                                     net_args: list[str]) -> None:
         out = script(engine, proxy, net_args,
@@ -122,8 +138,7 @@ class TestEgressMatrix:
         assert "fakenet ok host=allowed.test path=/hello" in out
         assert "fakenet ok host=www.allowed.test path=/tls" in out
 
-    @PODMAN_ONLY
-
+    @only("podman-envoy")
     def test_not_allowlisted_gets_403_and_connect_is_refused(
             self, engine: Engine, proxy: str, net_args: list[str]) -> None:
         out = script(engine, proxy, net_args,
@@ -135,7 +150,6 @@ class TestEgressMatrix:
         assert "fakenet ok" not in out and "connect_rc=0" not in out, out
 
     @PODMAN_ONLY
-
     def test_names_resolving_to_denied_addresses(self, engine: Engine, proxy: str,
                                                  net_args: list[str]) -> None:
         cases = {"hostaddr.test": "host_address", "loopback.test": "loopback_address",
@@ -147,8 +161,7 @@ class TestEgressMatrix:
             got = out[f"http://{host}/"]
             assert got.startswith("403 ") and reason in got, (host, got)
 
-    @PODMAN_ONLY
-
+    @only("podman-envoy")
     def test_host_names_and_port_denied(self, engine: Engine, proxy: str,
                                         net_args: list[str]) -> None:
         urls = ("http://localhost/", "http://host.containers.internal/",
@@ -162,8 +175,7 @@ class TestEgressMatrix:
             assert out[url].startswith("403 ") and "denied_name" in out[url], (url, out)
         assert "port_not_allowed" in out["http://allowed.test:8080/"], out
 
-    @on_docker_with("envoy")
-
+    @ENVOY_ON_BOTH
     def test_gateways_and_host_addresses_denied(self, engine: Engine, proxy: str,
                                                 net_args: list[str], fakenet: FakeNet) -> None:
         # A first workload keeps the external network up, so its gateway is known.
@@ -197,6 +209,7 @@ class TestEgressMatrix:
         for url, got in out.items():
             assert got.startswith("403 ") and "host_address" in got, (url, got)
 
+    @on_docker_with("envoy")
     def test_direct_connections_reach_only_the_fence(self, engine: Engine, proxy: str,
                                                      net_args: list[str],
                                                      fakenet: FakeNet) -> None:
@@ -238,6 +251,7 @@ class TestEgressMatrix:
         else:
             assert "fakenet ok" not in out and "curl_rc=0" not in out, out
 
+    @ENVOY_ON_BOTH
     def test_dns_answers_allowed_names_only(self, engine: Engine, proxy: str,
                                             net_args: list[str], fakenet: FakeNet) -> None:
         fakenet.clear_queries()
@@ -292,7 +306,6 @@ class TestTransparent:
         assert "host=allowed.test" in str(got[0].get("body")), got
 
     @PODMAN_ONLY
-
     def test_clients_with_their_proxy_turned_off(self, engine: Engine,
                                                  net_args: list[str]) -> None:
         text = "".join(
@@ -327,7 +340,6 @@ class TestTransparent:
         assert "error" in got[3], got
 
     @PODMAN_ONLY
-
     def test_everything_else_is_refused(self, engine: Engine, net_args: list[str],
                                         fakenet: FakeNet) -> None:
         if not shutil.which("node"):
@@ -346,7 +358,6 @@ class TestTransparent:
         assert "other.test" not in {name for name, _ in fakenet.queries()}
 
     @on_docker_with("envoy")
-
     def test_dns_to_any_address_is_the_fences(self, engine: Engine, proxy: str,
                                               net_args: list[str], fakenet: FakeNet) -> None:
         # A program with a resolver of its own, asking an address where no DNS server
@@ -362,8 +373,7 @@ class TestTransparent:
         assert len(denied) == 2 and all(line.endswith("[]") for line in denied), out
         assert "denied.test" not in {name for name, _ in fakenet.queries()}
 
-    @on_docker_with("envoy")
-
+    @only("podman-envoy")
     def test_other_udp_is_refused_at_once(self, engine: Engine, proxy: str,
                                           net_args: list[str]) -> None:
         code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
@@ -374,7 +384,6 @@ class TestTransparent:
         assert out.startswith("refused"), out
 
     @PODMAN_ONLY
-
     def test_squid_says_programs_ignoring_the_proxy_cannot_connect(
             self, engine: Engine, net_args: list[str]) -> None:
         done = fenced(engine, "squid", net_args, "sh", "-c",
@@ -421,9 +430,7 @@ def test_ingress_reaches_an_http_workload(engine: Engine, proxy: str,
         proc.communicate(timeout=60)
 
 
-@PODMAN_ONLY
-
-
+@only("podman-squid")
 def test_detached_http_workload_is_up_when_run_returns(engine: Engine, proxy: str,
                                                        net_args: list[str]) -> None:
     """`run --detach` returns once the workload and its ingress are up, with the URL."""
@@ -443,9 +450,7 @@ def test_detached_http_workload_is_up_when_run_returns(engine: Engine, proxy: st
     assert stopped.returncode == 0, stopped.stderr
 
 
-@on_docker_with("envoy")
-
-
+@ENVOY_ON_BOTH
 def test_stdio_passthrough_is_byte_exact(engine: Engine, proxy: str,
                                          net_args: list[str]) -> None:
     import os
@@ -460,6 +465,7 @@ def test_stdio_passthrough_is_byte_exact(engine: Engine, proxy: str,
     assert b"err\n" in done.stderr
 
 
+@on_docker_with("envoy")
 def test_detach_ps_logs_stop(engine: Engine, proxy: str, net_args: list[str]) -> None:
     name = new_name()
     started = fenced(engine, proxy, net_args, "sh", "-c",
@@ -543,9 +549,7 @@ def test_detach_ps_logs_stop(engine: Engine, proxy: str, net_args: list[str]) ->
     assert not (STATE_ROOT / name).exists()
 
 
-@on_docker_with("envoy")
-
-
+@ENVOY_ON_BOTH
 def test_two_workloads_at_once(engine: Engine, proxy: str, net_args: list[str]) -> None:
     names = [new_name(), new_name()]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -566,9 +570,7 @@ def _link_address(ifname: str) -> str:
     return Path(f"/sys/class/net/{ifname}/address").read_text().strip()
 
 
-@on_docker_with("envoy")
-
-
+@ENVOY_ON_BOTH
 def test_a_port_joining_the_external_bridge_does_not_stall_egress(
         engine: Engine, proxy: str, net_args: list[str]) -> None:
     """A Linux bridge takes its lowest port's hardware address unless one was set: another
@@ -634,8 +636,6 @@ def _one_line_error(done: subprocess.CompletedProcess[bytes]) -> str:
 
 
 @PODMAN_ONLY
-
-
 def test_no_engine_is_a_clear_error(engine: Engine, tmp_path: Path, net_args: list[str]) -> None:
     done = nf(engine, "run", *net_args, "--name", new_name(), "--", engine.workload_image,
               "true", DOCKER_HOST=f"unix://{tmp_path}/no-such.sock")
