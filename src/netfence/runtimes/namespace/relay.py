@@ -34,7 +34,7 @@ DNS_TIMEOUT = 5.0
 # At most this many relayed connections and DNS queries at once, whatever the limits.
 MAX_CONNECTIONS = 4096
 _RESERVED_FDS = 128  # the supervisor's own files, pipes and pidfds
-ACCEPT_BACKOFF = 0.1
+ACCEPT_BACKOFF = 0.1  # after a failed receive
 COMPLAINT_INTERVAL = 10.0
 # getsockopt(SO_ORIGINAL_DST) on an IPv4 (SOL_IP) or IPv6 (IPPROTO_IPV6) socket that
 # nftables redirected: a sockaddr_in (16 bytes) or sockaddr_in6 (28).
@@ -86,6 +86,7 @@ class Relays:
         self._limit = connection_budget()
         self._complained = -COMPLAINT_INTERVAL
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(self._loop_error)
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="netfence-relays")
         self._sockets: list[socket.socket] = []
@@ -136,6 +137,11 @@ class Relays:
     def _release(self, _task: asyncio.Task[None]) -> None:
         self._active -= 1
 
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's own complaints (a failed accept when descriptors run out, retried
+        many times a second), at most one per COMPLAINT_INTERVAL."""
+        self._complain(str(context.get("exception") or context.get("message")))
+
     def _complain(self, what: str) -> None:
         """A warning at most every COMPLAINT_INTERVAL: a flood must not flood the log."""
         now = time.monotonic()
@@ -145,45 +151,44 @@ class Relays:
 
     async def _serve_tcp(self, sock: socket.socket, target: Endpoint,
                          state_destination: bool) -> None:
-        loop = self._loop
-        while True:
-            try:
-                client, _ = await loop.sock_accept(sock)
-            except OSError as exc:  # out of descriptors: wait for some to close
-                self._complain(f"accepting: {exc.strerror or exc}")
-                await asyncio.sleep(ACCEPT_BACKOFF)
-                continue
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             if not self._admit():
-                client.close()
-                continue
-            task = loop.create_task(self._carry(client, target, state_destination))
-            task.add_done_callback(self._release)
+                writer.close()
+                return
+            try:
+                await self._carry(reader, writer, target, state_destination)
+            finally:
+                self._active -= 1
 
-    async def _carry(self, client: socket.socket, target: Endpoint,
-                     state_destination: bool) -> None:
+        server = await asyncio.start_server(handle, sock=sock)
+        async with server:
+            await server.serve_forever()
+
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     target: Endpoint, state_destination: bool) -> None:
         header = b""
         if state_destination:
+            client = writer.get_extra_info("socket")
             try:
                 destination: tuple[str, int] | None = original_destination(client)
             except OSError:
                 destination = None
             # Not redirected (the relay dialed itself): no destination to state.
             if destination is None or destination == client.getsockname()[:2]:
-                client.close()
+                writer.close()
                 return
             header = proxy_v2_header(client.getpeername()[:2], destination)
         try:
             up = self._open(target.host, socket.SOCK_STREAM, target.netns)
         except OSError:
-            client.close()
+            writer.close()
             return
         up.setblocking(False)
         try:
             await asyncio.wait_for(self._loop.sock_connect(up, (target.host, target.port)), 10)
-            reader, writer = await asyncio.open_connection(sock=client)
         except (OSError, TimeoutError):
             up.close()
-            client.close()
+            writer.close()
             return
         up_reader, up_writer = await asyncio.open_connection(sock=up)
         up_writer.write(header)
