@@ -9,10 +9,11 @@ import pytest
 
 from netfence.policy import Reason
 from tests.conformance import cases
-from tests.conformance.fences import FenceGetter
+from tests.conformance.fences import FenceGetter, both_privileges
 from tests.conformance.reference import Case, Outcome, observe
 
-pytestmark = pytest.mark.integration
+# Against root's fences, and again against rootless ones (issue 17).
+pytestmark = [pytest.mark.integration, both_privileges]
 
 R = Reason
 # (profile, request, host logged, reason, text the body and the log's address must show,

@@ -16,11 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conformance import cases
-from tests.conformance.fences import Canary, FenceGetter
+from tests.conformance.fences import Canary, FenceGetter, both_privileges
 from tests.conformance.reference import Case, judge, observe
 from tests.support.fakenet_server import ANSWERS
 
-pytestmark = pytest.mark.integration
+# Against root's fences, and again against rootless ones (issue 17).
+pytestmark = [pytest.mark.integration, both_privileges]
 
 BASES = sorted({*ANSWERS, "allowed.test", "other.test", "localhost", "host.docker.internal",
                 "xn--bcher-kva.test", "rebind.test"} - {"rebind.test"})

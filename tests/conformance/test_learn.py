@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from netfence.profile import load_profile
+from tests.conformance.fences import both_privileges
 from tests.support.fakenet import FakeNet
-from tests.support.fence import leftovers, netfence
+from tests.support.fence import acting_as, leftovers, netfence
+from tests.support.rootless import RootlessUser
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +40,25 @@ def run(proxy: str, fakenet: FakeNet, *args: str, script: str) -> subprocess.Com
     return done
 
 
+@both_privileges
 @pytest.mark.parametrize("proxy", ["envoy", "squid"])
 def test_learned_profile_runs_the_workload_unchanged(proxy: str, fakenet: FakeNet,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path,
+                                                     fence_user: RootlessUser | None) -> None:
+    if fence_user is None:
+        learn_and_rerun(proxy, fakenet, tmp_path / "learned.yaml")
+        return
+    # Rootless: run by the user, the profile written where the user may write.
+    learned = fence_user.home / f"learned-{proxy}.yaml"
+    try:
+        with acting_as(fence_user):
+            learn_and_rerun(proxy, fakenet, learned)
+    finally:
+        learned.unlink(missing_ok=True)
+
+
+def learn_and_rerun(proxy: str, fakenet: FakeNet, learned: Path) -> None:
     script = workload(fakenet.ca_pem_path)
-    learned = tmp_path / "learned.yaml"
 
     first = run(proxy, fakenet, "--allow-cidr", fakenet.cidr, "--learn", str(learned),
                 script=script)

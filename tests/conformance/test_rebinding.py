@@ -16,10 +16,11 @@ import pytest
 
 from netfence.policy import Reason
 from tests.conformance import cases
-from tests.conformance.fences import Canary, FenceGetter
+from tests.conformance.fences import Canary, FenceGetter, both_privileges
 from tests.conformance.reference import Outcome, observe
 
-pytestmark = pytest.mark.integration
+# Against root's fences, and again against rootless ones (issue 17).
+pytestmark = [pytest.mark.integration, both_privileges]
 
 WINDOW = 7.0  # seconds: longer than Envoy's minimum DNS refresh
 MAX_REQUESTS = 40
