@@ -19,6 +19,7 @@ from netfence.backends.base import Endpoint, Placement, ProxySetup, write_setup
 from netfence.backends.dnsmasq import dns_setup, dns_validate_command
 from netfence.policy import Policy, compile_policy
 from netfence.profile.loader import parse_profile
+from tests.support.processes import stop
 from tests.support.tinydns import TinyDNS, query
 
 pytestmark = [
@@ -106,12 +107,7 @@ def running(setup: ProxySetup, state: Path, port: int) -> Iterator[subprocess.Po
                     raise RuntimeError(spec.stderr.read_text()) from None
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
 
 
 # Never dialed, only answered: an address outside every always-denied range (an answer in

@@ -34,6 +34,7 @@ from netfence.backends.envoy import TUNNEL_ESTABLISHED_LOG_TYPE, EnvoyProxy
 from netfence.policy import Policy, compile_policy
 from netfence.profile import parse_host_pattern
 from netfence.profile.loader import parse_profile
+from tests.support.processes import stop
 
 pytestmark = pytest.mark.integration
 
@@ -335,14 +336,7 @@ def start_envoy(
     try:
         yield start
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop(*procs)
 
 
 def read_head(sock: socket.socket) -> tuple[int, int | None]:

@@ -24,6 +24,7 @@ from netfence.backends.base import DecisionRecord, Endpoint, Placement, write_se
 from netfence.backends.envoy import EnvoyProxy
 from tests.support.fakenet import FakeNet
 from tests.support.policies import allowlist
+from tests.support.processes import stop
 
 pytestmark = pytest.mark.integration
 
@@ -130,12 +131,7 @@ def fence(fakenet: FakeNet, tmp_path: Path) -> Iterator[Fence]:
                 time.sleep(0.05)
         yield Fence(port, proxy, setup.decision_logs[0])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
 
 
 def request(host: str) -> bytes:

@@ -25,6 +25,7 @@ from netfence.backends.squid import SquidProxy
 from netfence.policy import Policy, compile_policy
 from netfence.profile import parse_host_pattern
 from netfence.profile.loader import parse_profile
+from tests.support.processes import stop
 
 pytestmark = [
     pytest.mark.integration,
@@ -141,15 +142,7 @@ class Netns:
         return result.stdout
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop(*self.procs, timeout=10)
         subprocess.run(["ip", "netns", "delete", self.name], check=False, timeout=10)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from netfence.runtimes.docker import rootfs
 from netfence.runtimes.docker.engine import LABEL_MANAGED, LABEL_ROLE, LABEL_WORKLOAD
 from netfence.runtimes.docker.images import IMAGES, build
 from netfence.runtimes.docker.networks import EXTERNAL_NETWORK
+from tests.support import processes
 from tests.support.fence import netfence_argv
 
 TEST_LABEL = "io.netfence.test"
@@ -110,13 +110,7 @@ def wait_for_engine(url: str, proc: subprocess.Popen[bytes], log: Path,
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # the PID we started, nothing else
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+    processes.stop(proc, timeout=STOP_TIMEOUT)  # the PID we started, nothing else
 
 
 def workload_rootfs(ca_pem: Path) -> rootfs.Rootfs:
