@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from netfence.runtimes.netfilter import SYSTEM_PATH
+from netfence.runtimes.netfilter import program_path
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,8 @@ def _version(argv: list[str]) -> str | None:
 
 
 def _binary(name: str, argv: list[str], remedy: str) -> Check:
-    # Where the fence finds it: the caller's PATH, then the system's sbin (which an
-    # ordinary user's PATH lacks).
-    search = os.pathsep.join(p for p in (os.environ.get("PATH"), SYSTEM_PATH) if p)
-    path = shutil.which(argv[0], path=search) if not os.path.isabs(argv[0]) else argv[0]
+    # Where the fence finds it.
+    path = shutil.which(argv[0], path=program_path()) if not os.path.isabs(argv[0]) else argv[0]
     version = _version([path, *argv[1:]]) if path else None
     return Check(name, version is not None, version or "not found", None if version else remedy)
 
@@ -56,13 +54,12 @@ def _privileges() -> Check:
     (tried as `netfence run` would, not read from sysctls)."""
     if os.geteuid() == 0:
         return Check("privileges", True, "root")
-    from netfence.runtimes.namespace.holder import UserNamespaceUnavailable, probe
+    from netfence.runtimes.namespace.holder import problem
 
-    try:
-        probe()
-    except UserNamespaceUnavailable as exc:
-        return Check("privileges", False, f"uid {os.getuid()}, no root: {exc.message}",
-                     exc.remedy)
+    refused = problem()
+    if refused is not None:
+        return Check("privileges", False, f"uid {os.getuid()}, no root: {refused.message}",
+                     refused.remedy)
     return Check("privileges", True, f"uid {os.getuid()}, rootless: a user namespace of "
                  "yours owns the workload's network")
 

@@ -251,10 +251,6 @@ def _rootless_here() -> bool:
     reads the entry runs as someone else)."""
     if os.geteuid() == 0:
         return False
-    from netfence.runtimes.namespace.holder import UserNamespaceUnavailable, probe
+    from netfence.runtimes.namespace.holder import problem
 
-    try:
-        probe()
-    except UserNamespaceUnavailable:
-        return False
-    return True
+    return problem() is None

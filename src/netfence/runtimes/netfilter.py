@@ -4,6 +4,7 @@ user who owns the namespace through a user namespace of theirs (`enter`)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 
@@ -14,6 +15,13 @@ from netfence.errors import NetfenceError
 NAT_PRIORITY = -100
 # The host's own programs, sbin included: an ordinary user's PATH often lacks it.
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def program_path() -> str:
+    """Where the fence's programs are looked for: the caller's PATH, then the system's
+    (dnsmasq and Squid live in sbin, which an ordinary user's PATH lacks)."""
+    return os.pathsep.join(p for p in (os.environ.get("PATH"), SYSTEM_PATH) if p)
+
 _REMEDIES = {"nsenter": "apt-get install util-linux", "ip": "apt-get install iproute2",
              "nft": "apt-get install nftables"}
 

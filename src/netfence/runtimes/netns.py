@@ -100,10 +100,13 @@ def entered(path: Path | None) -> Iterator[None]:
         os.close(home)
 
 
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def open_socket(host: str, kind: socket.SocketKind, netns_file: Path | None) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with entered(netns_file):
-        return socket.socket(family, kind)
+        return socket.socket(family_of(host), kind)
 
 
 def accepts(at: Endpoint, netns_file: Path | None) -> bool:

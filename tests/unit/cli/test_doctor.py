@@ -13,7 +13,7 @@ import pytest
 def test_doctor_names_what_is_missing_and_the_fix() -> None:
     # No system binaries on either search path (the caller's PATH, then the system's
     # sbin and bin): squid, dnsmasq, bwrap are "missing".
-    code = ("import sys; import netfence.cli.doctor as d; d.SYSTEM_PATH = '/nonexistent'\n"
+    code = ("import sys; import netfence.runtimes.netfilter as n; n.SYSTEM_PATH = '/nonexistent'\n"
             "sys.argv[0] = 'netfence'; from netfence.cli.main import main; main()")
     done = subprocess.run([sys.executable, "-c", code, "doctor"], capture_output=True,
                           timeout=60, env={**os.environ, "PATH": "/nonexistent"})

@@ -268,7 +268,7 @@ def _destination_filter(placement: Placement) -> Json:
     # Bytes that are not one (v1 text too: the relay never sends it) close the connection
     # at once. One that never completes a header goes on at LISTENER_FILTERS_TIMEOUT like
     # any silent connection (server-first protocols need that), its destination still the
-    # listener's own address (loopback or a pipe), which no chain lets through (verified).
+    # listener's own address (loopback), which no chain lets through (verified).
     return {"name": "envoy.filters.listener.proxy_protocol",
             "typed_config": {"@type": PROXY_PROTOCOL_FILTER_TYPE,
                              "allow_requests_without_proxy_protocol": False,

@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 
 from netfence.errors import PrivilegeError
+from netfence.runtimes import netns
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -138,9 +139,9 @@ class Holder:
                     ) -> socket.socket:
         """A socket for `host`'s family: in the namespace when `netns_file` names one
         (it can only be the holder's), else in the caller's (relay.SocketOpener)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return self.new_socket(family, kind) if netns_file is not None else socket.socket(
-            family, kind)
+        if netns_file is None:
+            return netns.open_socket(host, kind, None)
+        return self.new_socket(netns.family_of(host), kind)
 
     def close(self) -> None:
         """End the holder: it exits when its control socket closes (killed if it has not
@@ -190,13 +191,20 @@ def _hold(control: socket.socket, parent: int) -> None:  # pragma: no cover - ru
             with socket.socket(family, kind) as made:
                 socket.send_fds(control, [b"s"], [made.fileno()])
         code = 0
-    except BaseException:
-        code = 1
     finally:
-        os._exit(code)
+        os._exit(code)  # whatever happened: never back into the supervisor's code
 
 
 def probe() -> None:
     """Raise UserNamespaceUnavailable (one line, with the remedy) unless a rootless fence
     can be built here: a holder is made, loopback set up in it, and ended."""
     Holder().close()
+
+
+def problem() -> UserNamespaceUnavailable | None:
+    """Why a rootless fence cannot be built here (probe), or None when it can."""
+    try:
+        probe()
+    except UserNamespaceUnavailable as exc:
+        return exc
+    return None

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from netfence.backends import ProcessSpec
 from netfence.errors import NetfenceError
 from netfence.runtimes.logs import tail
-from netfence.runtimes.netfilter import SYSTEM_PATH
+from netfence.runtimes.netfilter import program_path
 from netfence.runtimes.netns import accepts
 from netfence.runtimes.waiting import wait_for
 
@@ -33,9 +33,7 @@ def _die_with_supervisor() -> None:
 
 
 def start(spec: ProcessSpec) -> subprocess.Popen[bytes]:
-    # dnsmasq and Squid live in sbin, which an ordinary user's PATH (rootless) lacks; so
-    # may whatever a wrapper runs.
-    search = os.pathsep.join(p for p in (os.environ.get("PATH"), SYSTEM_PATH) if p)
+    search = program_path()  # for a wrapper's programs too (Squid's runs `squid`)
     program = shutil.which(spec.argv[0], path=search) or spec.argv[0]
     with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
         try:

@@ -34,7 +34,7 @@ DNS_TIMEOUT = 5.0
 # At most this many relayed connections and DNS queries at once, whatever the limits.
 MAX_CONNECTIONS = 4096
 _RESERVED_FDS = 128  # the supervisor's own files, pipes and pidfds
-ACCEPT_BACKOFF = 0.1  # after a failed receive
+RECEIVE_BACKOFF = 0.1  # after a failed receive (descriptors out)
 COMPLAINT_INTERVAL = 10.0
 # getsockopt(SO_ORIGINAL_DST) on an IPv4 (SOL_IP) or IPv6 (IPPROTO_IPV6) socket that
 # nftables redirected: a sockaddr_in (16 bytes) or sockaddr_in6 (28).
@@ -134,9 +134,6 @@ class Relays:
         self._active += 1
         return True
 
-    def _release(self, _task: asyncio.Task[None]) -> None:
-        self._active -= 1
-
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """asyncio's own complaints (a failed accept when descriptors run out, retried
         many times a second), at most one per COMPLAINT_INTERVAL."""
@@ -205,6 +202,7 @@ class Relays:
             try:
                 up = self._open(target.host, socket.SOCK_DGRAM, target.netns)
             except OSError:
+                self._active -= 1
                 return
             up.setblocking(False)
             try:
@@ -216,16 +214,20 @@ class Relays:
                 pass
             finally:
                 up.close()
+                self._active -= 1
 
+        pending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         while True:
             try:
                 data, client = await loop.sock_recvfrom(sock, _CHUNK)
             except OSError as exc:
                 self._complain(f"receiving: {exc.strerror or exc}")
-                await asyncio.sleep(ACCEPT_BACKOFF)
+                await asyncio.sleep(RECEIVE_BACKOFF)
                 continue
             if self._admit():  # a query beyond the budget is dropped: the client retries
-                loop.create_task(answer(data, client)).add_done_callback(self._release)
+                task = loop.create_task(answer(data, client))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
 
     async def _cancel_all(self) -> None:
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
