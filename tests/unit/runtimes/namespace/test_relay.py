@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from netfence.backends import Endpoint
+from netfence.runtimes.namespace import relay
 from netfence.runtimes.namespace.relay import Relays, proxy_v2_header
 
 LOOPBACK = "127.0.0.1"
@@ -116,20 +117,41 @@ def test_proxy_v2_header_layout() -> None:
     assert six[48:] == b"\x00\x01\x00\x50"
 
 
-def test_a_relay_stating_destinations_drops_a_connection_nothing_redirected(
-        relays: Relays) -> None:
-    # Without a redirect there is no original destination to state: nothing is dialed
-    # (the proxy behind must never take the relay's own address for one).
-    server, _thread = _echo_server()
-    with server:
+@pytest.mark.parametrize("redirected", [True, False])
+def test_a_relay_stating_destinations_states_only_a_redirected_one(
+        relays: Relays, monkeypatch: pytest.MonkeyPatch, redirected: bool) -> None:
+    """A redirected connection reaches the target after a PROXY v2 header naming where
+    its client meant to go; one nothing redirected (its original destination is the
+    relay's own address) is closed, nothing dialed: the proxy behind must never take the
+    relay's address for a destination. (SO_ORIGINAL_DST itself needs nftables: the
+    rootless integration tests.)"""
+    meant = ("10.1.2.3", 443)
+
+    def original(sock: socket.socket) -> tuple[str, int]:
+        return meant if redirected else sock.getsockname()[:2]
+
+    monkeypatch.setattr(relay, "original_destination", original)
+    # A bare listener, no thread accepting beside the test: a dial would be seen here.
+    with socket.create_server((LOOPBACK, 0)) as server:
+        server.settimeout(10 if redirected else 0.5)
         at = relays.tcp(Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, server.getsockname()[1]),
                         state_destination=True)
         relays.start()
         with socket.create_connection((LOOPBACK, at.port), timeout=10) as client:
-            assert client.recv(1) == b""
-        server.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            server.accept()
+            if not redirected:
+                assert client.recv(1) == b""
+                with pytest.raises(TimeoutError):
+                    server.accept()
+                return
+            source = ("127.0.0.1", client.getsockname()[1])
+            client.sendall(b"hello")
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(10)
+                got = b""
+                while len(got) < 28 + 5 and (chunk := conn.recv(100)):
+                    got += chunk
+    assert got == proxy_v2_header(source, meant) + b"hello"
 
 
 def test_connections_beyond_the_budget_are_closed_and_said_once(
