@@ -18,7 +18,9 @@ from netfence.backends.base import (
     Placement,
     ProcessSpec,
     ProxySetup,
+    Reload,
     proxy_env,
+    write_file,
     write_setup,
 )
 from netfence.errors import UsageError
@@ -59,7 +61,9 @@ __all__ = [
     "Placement",
     "ProcessSpec",
     "ProxySetup",
+    "Reload",
     "get_backend",
     "proxy_env",
+    "write_file",
     "write_setup",
 ]

@@ -10,6 +10,7 @@ may attach to a listener (only backends with `listens_in_netns` ever see one).
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import os
 import signal
@@ -104,6 +105,20 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class Reload:
+    """How a running process takes new versions of the files it reads (`netfence update`).
+
+    signal: sent to it once the files are replaced; None: it notices the replacement by
+        itself (Envoy watches its xDS files), and NetworkProxy.settled says when it has.
+    restart_for: files whose change it cannot take while it runs: it is restarted instead,
+        on the same addresses.
+    """
+
+    signal: int | None = None
+    restart_for: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProcessSpec:
     """A process to start and supervise; stdout/stderr go to files in the state dir."""
 
@@ -125,6 +140,10 @@ class ProcessSpec:
     # The Linux capabilities the process needs when started as root on its own (a runtime
     # that drops every other one, as the docker runtime does for its containers).
     capabilities: tuple[str, ...] = ()
+    # The generated files it reads, and how it takes a change to them while it runs; with
+    # no Reload, a change to any of them restarts it.
+    reads: tuple[Path, ...] = ()
+    reload: Reload | None = None
 
 
 @dataclass(frozen=True)
@@ -222,19 +241,37 @@ class NetworkProxy(abc.ABC):
     def parse_decision(self, line: str) -> DecisionRecord | None:
         """One line of this backend's decision log as a record; None for other lines."""
 
+    def settled(self, setup: ProxySetup) -> bool:
+        """Whether the running processes now apply this setup's files, after a Reload
+        without a signal (they pick the files up by themselves)."""
+        return True
+
 
 def write_setup(setup: ProxySetup, state_dir: Path) -> None:
     """Write a setup's files: state dirs 0700, files 0600 (never wider), owners applied."""
-    import pwd
-
     state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     os.chmod(state_dir, STATE_DIR_MODE)
     for spec in setup.files:
-        spec.path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-        fd = os.open(spec.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, spec.mode)
+        write_file(spec)
+
+
+def write_file(spec: FileSpec) -> None:
+    """One file, complete before it appears under its name: a process that watches it, or
+    reads it on a signal, never sees half of it."""
+    import pwd
+
+    spec.path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    tmp = spec.path.with_name(f".{spec.path.name}.new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, spec.mode)
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(spec.content)
-        os.chmod(spec.path, spec.mode)
-        if spec.owner is not None:
-            pw = pwd.getpwnam(spec.owner)
-            os.chown(spec.path, pw.pw_uid, pw.pw_gid)
+            os.fchmod(fh.fileno(), spec.mode)
+            if spec.owner is not None:
+                pw = pwd.getpwnam(spec.owner)
+                os.fchown(fh.fileno(), pw.pw_uid, pw.pw_gid)
+        os.replace(tmp, spec.path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
