@@ -1,4 +1,4 @@
-"""`netfence run | ps | stop | logs | render | check | doctor`."""
+"""`netfence run | update | ps | stop | logs | render | check | doctor`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from netfence.errors import NetfenceError, UsageError
 from netfence.profile import split_host_port
 from netfence.runtimes import WorkloadSpec, get_runtime, running, runtime_of
 from netfence.runtimes.caller import caller_permissions
+from netfence.runtimes.logs import PolicyChange
 from netfence.runtimes.resolver import host_resolver, parse_endpoint
 from netfence.runtimes.state import check_name, new_name
 
@@ -69,6 +70,15 @@ def _load(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, 
         profile = load_profile(profile_ref)
     return with_overrides(profile, allow_host=allow_host, allow_port=allow_port,
                           allow_cidr=allow_cidr)
+
+
+def policy_source(profile_ref: str, allow_host: tuple[str, ...], allow_port: tuple[int, ...],
+                  allow_cidr: tuple[str, ...]) -> str:
+    """Where a policy comes from, as `netfence ps` shows it: the profile, then the options
+    added to it."""
+    extra = ([f"--allow-host {h}" for h in allow_host] + [f"--allow-port {p}" for p in allow_port]
+             + [f"--allow-cidr {c}" for c in allow_cidr])
+    return " ".join([profile_ref, *extra])
 
 
 def _grant_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,8 +164,10 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
     server = target.entry.server if target.entry is not None else None
     # An entry's own profile unless one is given; --allow-* and grants add to either.
     given = click.get_current_context().get_parameter_source("profile_ref")
-    base = (target.profile if target.profile is not None
-            and given == click.core.ParameterSource.DEFAULT else _load(profile_ref, (), (), ()))
+    from_entry = target.profile is not None and given == click.core.ParameterSource.DEFAULT
+    base = target.profile if from_entry and target.profile else _load(profile_ref, (), (), ())
+    source = policy_source(f"registry://{target.entry.name}" if from_entry and target.entry
+                           else profile_ref, allow_host, allow_port, allow_cidr)
     profile = with_overrides(
         base, allow_host=allow_host, allow_port=allow_port, allow_cidr=allow_cidr,
         read=[*absolute_paths(read), *target.read],
@@ -184,6 +196,7 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
         dns_upstream=parse_endpoint(dns_upstream) if dns_upstream else None,
         user=user, detach=detach, learn=learn.absolute() if learn else None,
         host_filesystem=host_filesystem, program_paths=target.program_paths,
+        policy_source=source,
     )
     chosen_runtime.progress = output.progress  # stderr only: stdout is the workload's
     code = chosen_runtime.run(spec)
@@ -194,6 +207,34 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
 
 
 _RUNTIME_OF_HELP = "Default: the runtime the workload was started with."
+
+
+@cli.command()
+@_profile_options
+@click.argument("name")
+def update(name: str, profile_ref: str, allow_host: tuple[str, ...],
+           allow_port: tuple[int, ...], allow_cidr: tuple[str, ...]) -> None:
+    """Replace a running workload's network policy with the one these options give (as
+    `run` reads them): new connections follow it at once, established connections it
+    still allows stay up. File grants stay as the workload started with them."""
+    from netfence.profile.loader import profile_data
+    from netfence.runtimes import control, state
+
+    record = state.load(check_name(name))
+    if record is None or not record.alive:
+        raise UsageError(f"no running workload named {name!r}", remedy="see `netfence ps`")
+    profile = _load(profile_ref, allow_host, allow_port, allow_cidr)  # a bad one: refused here
+    source = policy_source(profile_ref, allow_host, allow_port, allow_cidr)
+    reply = control.ask(Path(record.state_dir), name,
+                        {"op": "update", "source": source, "profile": profile_data(profile)})
+    change = [f"+{e}" for e in reply.get("added", ())] + [f"-{e}" for e in reply.get("removed", ())]
+    output.err.print(f"netfence: {name}: policy now {source}"
+                     f" ({', '.join(change) or 'no change in what it allows'})", markup=False)
+    ignored = reply.get("grants_ignored") or ()
+    if ignored:
+        output.err.print(f"netfence: {name}: the profile's {', '.join(ignored)} grants are not "
+                         "applied: file grants take effect when a workload starts",
+                         markup=False)
 
 
 @cli.command()
@@ -209,9 +250,10 @@ def ps(as_json: bool, runtime: str | None) -> None:
     if not states:
         output.err.print("netfence: no workloads running", markup=False)
         return
-    headers = ("NAME", "RUNTIME", "PROXY", "UPTIME", "URL")
+    headers = ("NAME", "RUNTIME", "PROXY", "UPTIME", "URL", "POLICY")
     rows = [(s.name, s.runtime, s.proxy, output.duration(time.time() - s.started_at),
-             s.url or "-", " ".join(shlex.join(s.command).split())) for s in states]
+             s.url or "-", s.policy or "-", " ".join(shlex.join(s.command).split()))
+            for s in states]
     widths = [max(len(header), *(len(r[i]) for r in rows)) for i, header in enumerate(headers)]
     from rich.table import Table  # here, not at the top: every `run` would pay for it
 
@@ -245,12 +287,21 @@ def stop(name: str, runtime: str | None) -> None:
 def logs(name: str, follow: bool, denied: bool, as_json: bool, runtime: str | None) -> None:
     """The fence's decision log for a workload."""
     for record in runtime_of(name, runtime).decisions(name, follow=follow):
-        if denied and record.allowed:
+        if isinstance(record, PolicyChange):  # shown with --denied too: it explains them
+            line = policy_line(record)
+        elif denied and record.allowed:
             continue
+        else:
+            line = decision_line(record)
         if as_json:
             output.print_json(record.log_entry(name))
         else:
-            output.out.print(decision_line(record), markup=False)
+            output.out.print(line, markup=False)
+
+
+def policy_line(change: PolicyChange) -> str:
+    what = [f"+{e}" for e in change.added] + [f"-{e}" for e in change.removed]
+    return f"{change.time} policy now {change.source} ({', '.join(what) or 'same allowlist'})"
 
 
 def decision_line(record: DecisionRecord) -> str:

@@ -141,4 +141,27 @@ def with_overrides(
     return profile.model_copy(update={"network": network})
 
 
-__all__ = ["BUILTIN_PROFILES", "InboundNetwork", "load_profile", "parse_profile", "with_overrides"]
+def profile_data(profile: Profile) -> dict[str, Any]:
+    """A profile as the JSON data parse_profile reads back into the same profile."""
+    network = profile.network
+    out = network.outbound
+    return {
+        "name": profile.name,
+        "read": list(profile.read),
+        "write": list(profile.write),
+        "allow_unix_socket": list(profile.allow_unix_socket),
+        "network": {
+            "mode": network.mode,
+            "outbound": {
+                "insecure_allow_all": out.insecure_allow_all,
+                "allow_host": [str(h) for h in out.allow_host],
+                "allow_port": None if out.allow_port is None else list(out.allow_port),
+                "allow_cidr": [str(c) for c in out.allow_cidr],
+            },
+            "inbound": {"allow_host": [str(h) for h in network.inbound.allow_host]},
+        },
+    }
+
+
+__all__ = ["BUILTIN_PROFILES", "InboundNetwork", "load_profile", "parse_profile", "profile_data",
+           "with_overrides"]

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from netfence.backends import DecisionRecord, Endpoint, ProxySetup
+from netfence.backends import Endpoint, ProxySetup
+from netfence.errors import UsageError
+from netfence.runtimes.logs import Entry
 from netfence.runtimes.state import WorkloadState
 
 if TYPE_CHECKING:
@@ -54,6 +56,8 @@ class WorkloadSpec:
     program_paths: tuple[str, ...] = ()
     # The file-system grants, checked: set by the runtime before anything starts.
     files: FileGrants | None = None
+    # Where the policy came from, as `netfence ps` shows it (a profile, --allow-* options).
+    policy_source: str = ""
 
 
 # Told each step while a fence starts, then None once the workload is about to start (or
@@ -94,6 +98,12 @@ class Fence(abc.ABC):
     def close(self) -> None:
         """Remove everything start and launch created."""
 
+    def update(self, profile: Profile) -> None:
+        """Apply a new profile's network policy while the workload runs (called between
+        launch and the end of wait, from another thread than wait's)."""
+        raise UsageError(f"{type(self).__name__} cannot change a running workload's policy",
+                         remedy="stop the workload and run it again")
+
 
 class Runtime(abc.ABC):
     name: str
@@ -116,5 +126,5 @@ class Runtime(abc.ABC):
         """Stop a workload and remove everything it owns."""
 
     @abc.abstractmethod
-    def decisions(self, name: str, follow: bool = False) -> Iterator[DecisionRecord]:
-        """The fence's decision log for a workload."""
+    def decisions(self, name: str, follow: bool = False) -> Iterator[Entry]:
+        """The fence's decision log for a workload, with its policy changes."""

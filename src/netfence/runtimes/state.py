@@ -82,6 +82,8 @@ class WorkloadState:
     url: str | None = None
     decision_logs: list[str] = field(default_factory=list)
     workload_log: str | None = None
+    # Where the policy in force came from (`netfence run`'s, then each `netfence update`'s).
+    policy: str = ""
     # [pid, start time] of every process the supervisor started (proxies, dnsmasq, the
     # sandbox's init), recorded as each starts: if the supervisor is killed outright, the
     # next netfence command stops them. Not all die with it: dnsmasq drops its privileges,

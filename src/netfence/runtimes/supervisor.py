@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -20,14 +21,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from netfence.backends import DecisionRecord, NetworkProxy, get_backend
-from netfence.errors import NetfenceError, PrivilegeError
+from netfence.backends import NetworkProxy, get_backend
+from netfence.errors import NetfenceError, PrivilegeError, UsageError
 from netfence.policy.learn import Used, learned_profile, summary
+from netfence.profile.defaults import DEFAULT_PORTS
 from netfence.runtimes import state
 from netfence.runtimes.base import WORKLOAD_STOP_GRACE, Fence, Runtime, WorkloadSpec
 from netfence.runtimes.caller import caller_permissions
+from netfence.runtimes.control import ControlServer, Message
 from netfence.runtimes.detach import ReadyPipe, detach, redirect_own_stdio
-from netfence.runtimes.logs import decision_records, read_decisions
+from netfence.runtimes.logs import (
+    Entry,
+    PolicyChange,
+    decision_records,
+    log_time,
+    read_decisions,
+    record_policy_change,
+)
 from netfence.runtimes.signals import Interrupted, StopSignals
 
 if TYPE_CHECKING:
@@ -94,7 +104,7 @@ class SupervisedRuntime(Runtime):
         record = state.WorkloadState(
             name=spec.name, runtime=self.name, proxy=backend.name, command=list(spec.command),
             supervisor_pid=me, supervisor_start=state.process_start_time(me) or "",
-            started_at=time.time(), state_dir=str(state_dir))
+            started_at=time.time(), state_dir=str(state_dir), policy=spec.policy_source)
         state.save(record)
         if ready.detached:
             redirect_own_stdio(state_dir / SUPERVISOR_LOG)
@@ -115,7 +125,14 @@ class SupervisedRuntime(Runtime):
             if fence.url and not ready.detached:  # detached: `netfence run` says it
                 log.warning("%s: clients connect to %s", spec.name, fence.url)
             ready.ok(fence.url)
-            return fence.wait()
+            updates = _Updates(spec, fence, record)
+            control = _control(state_dir, updates)
+            try:
+                return fence.wait()
+            finally:
+                if control is not None:
+                    control.close()  # no update runs once the teardown begins
+                spec = updates.spec  # learn mode writes what the last policy allowed
         except (NetfenceError, Interrupted) as exc:
             ready.failed(exc)
             if isinstance(exc, Interrupted):
@@ -170,11 +187,68 @@ class SupervisedRuntime(Runtime):
             raise self._missing(name)
         shutil.rmtree(state.state_dir(name), ignore_errors=True)
 
-    def decisions(self, name: str, follow: bool = False) -> Iterator[DecisionRecord]:
+    def decisions(self, name: str, follow: bool = False) -> Iterator[Entry]:
         record = self._record_of(name)
         if record is None:
             raise self._missing(name)
         yield from read_decisions(record, follow)
+
+
+class _Updates:
+    """`netfence update` for one running workload: the profile's network policy replaced,
+    its file grants kept (the workload's view is fixed when it starts)."""
+
+    def __init__(self, spec: WorkloadSpec, fence: Fence, record: state.WorkloadState) -> None:
+        self.spec = spec
+        self.fence = fence
+        self.record = record
+
+    def handle(self, request: Message) -> Message:
+        from netfence.profile.loader import parse_profile
+
+        if request.get("op") != "update" or not isinstance(request.get("profile"), dict):
+            raise UsageError("unknown request")
+        source = str(request.get("source") or "netfence update")
+        new = parse_profile(request["profile"], source)
+        old = self.spec.profile
+        profile = old.model_copy(update={"name": new.name, "network": new.network})
+        self.fence.update(profile)
+        self.spec = dataclasses.replace(self.spec, profile=profile)
+        self.record.policy = source
+        state.save(self.record)
+        added, removed = policy_difference(old, profile)
+        record_policy_change(Path(self.record.state_dir), PolicyChange(
+            time=log_time(), source=source, added=added, removed=removed))
+        log.warning("%s: policy now %s", self.spec.name, source)
+        kept = [key for key in ("read", "write", "allow_unix_socket")
+                if getattr(new, key) and getattr(new, key) != getattr(old, key)]
+        return {"added": list(added), "removed": list(removed), "grants_ignored": kept}
+
+
+def _control(state_dir: Path, updates: _Updates) -> ControlServer | None:
+    try:
+        return ControlServer(state_dir, updates.handle)
+    except OSError as exc:  # e.g. a state dir whose path is too long for a Unix socket
+        log.warning("%s: `netfence update` will not reach this workload (control socket: "
+                    "%s)", updates.spec.name, exc.strerror or exc)
+        return None
+
+
+def policy_difference(old: Profile, new: Profile) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a policy change allows anew and no longer allows, as profile entries."""
+    def entries(profile: Profile) -> list[str]:
+        out = profile.network.outbound
+        ports = out.allow_port if out.allow_port is not None else DEFAULT_PORTS
+        items = [f"host {h}" for h in out.allow_host]
+        items += [f"port {p}" for p in ports] + [f"cidr {c}" for c in out.allow_cidr]
+        items += [f"inbound {h}" for h in profile.network.inbound.allow_host]
+        if out.insecure_allow_all:
+            items.append("insecure_allow_all")
+        return items
+
+    before, after = entries(old), entries(new)
+    return (tuple(e for e in after if e not in set(before)),
+            tuple(e for e in before if e not in set(after)))
 
 
 def release_memory() -> None:

@@ -41,6 +41,7 @@ from netfence.backends import (
     Placement,
     ProcessSpec,
     ProxySetup,
+    write_file,
     write_setup,
 )
 from netfence.backends.dnsmasq import dns_setup
@@ -48,7 +49,7 @@ from netfence.errors import NetfenceError, PrivilegeError, UsageError
 from netfence.policy import compile_policy
 from netfence.profile.hosts import IPAddress
 from netfence.profile.model import IPNetwork
-from netfence.runtimes import grants, state
+from netfence.runtimes import grants, reload, state
 from netfence.runtimes.base import (
     TRANSPARENT_PORT,
     WORKLOAD_PROXY_PORT,
@@ -79,12 +80,16 @@ if TYPE_CHECKING:
     from docker.models.networks import Network
     from docker.types import Mount
 
+    from netfence.profile.model import Profile
+
 log = logging.getLogger("netfence")
 
 # The ingress listener's port inside its container; the host port is published to it.
 INGRESS_PORT = 8080
 _PATHS = {"sse": "/sse", "streamable-http": "/mcp"}
 _START_ORDER = {"dns": 0, "egress": 1, "ingress": 2}
+# Seconds a fence container has to stop when an update restarts it (dnsmasq: at once).
+FENCE_RESTART_GRACE = 3
 # The container holding the workload's network namespace: `<name>-net`.
 HOLDER_ROLE = "net"
 # The workload's resolv.conf, in its state directory (mounted alone).
@@ -135,6 +140,9 @@ class DockerFence(Fence):
         self.attachment: containers.Attachment | None = None
         # The internal network's host bridge, once found (before its address goes).
         self.bridge: str | None = None
+        # The networks denied like the host's addresses; what each generated file holds.
+        self.fence_subnets: list[str] = []
+        self.written: dict[Path, str] = {}
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -160,10 +168,11 @@ class DockerFence(Fence):
             placement = self.placement = self._placement(plan, resolver)
             # Every fence's containers are on the external network: it is denied like the
             # host's addresses, so --allow-cidr never lets one workload reach another's.
-            policy = compile_policy(spec.profile, _host_addresses(
-                [external_subnet, networks.subnet_of(internal)[0]]))
+            self.fence_subnets = [external_subnet, networks.subnet_of(internal)[0]]
+            policy = compile_policy(spec.profile, _host_addresses(self.fence_subnets))
             self.setup = self.backend.setup(policy, placement) + dns_setup(policy, placement)
             write_setup(self.setup, self.state_dir)
+            self.written = reload.digests(self.setup)
             # Created (so on the external network) before the lock goes: a concurrent
             # `stop` never finds the external network unused in between.
             for process in self.setup.processes:
@@ -181,6 +190,25 @@ class DockerFence(Fence):
         self._redirect(holder, plan)
         self.signals.check()
         self._create_workload(holder)
+
+    def update(self, profile: Profile) -> None:
+        assert self.placement is not None
+        placement = self.placement
+        policy = compile_policy(profile, _host_addresses(self.fence_subnets))
+        new = self.backend.setup(policy, placement) + dns_setup(policy, placement)
+        steps = reload.plan([process for process, _ in self.fence.values()], self.written, new)
+        for file in steps.files:
+            write_file(file)  # the state dir is bind-mounted: the containers see it
+            self.written[file.path] = reload.digest(file.content)
+        with engine_errors():
+            for process, signum in steps.signals:
+                self.fence[process.role][1].kill(signal=_signal_name(signum))
+            for process in steps.restarts:
+                container = self.fence[process.role][1]
+                log.info("restarting %s", container.name)
+                container.restart(timeout=FENCE_RESTART_GRACE)
+                containers.Readiness(container, process).wait()
+        reload.settle(self.backend, new, [p.stderr for p in new.processes])
 
     def _placement(self, plan: networks.AddressPlan, resolver: Endpoint) -> Placement:
         spec = self.spec

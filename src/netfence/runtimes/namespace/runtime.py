@@ -31,13 +31,14 @@ from netfence.backends import (
     Placement,
     ProcessSpec,
     ProxySetup,
+    write_file,
     write_setup,
 )
 from netfence.backends.dnsmasq import dns_setup
 from netfence.backends.relay import relay_setup
 from netfence.errors import NetfenceError
 from netfence.policy import compile_policy
-from netfence.runtimes import netns, state
+from netfence.runtimes import netns, reload, state
 from netfence.runtimes.base import (
     TRANSPARENT_PORT,
     WORKLOAD_PROXY_PORT,
@@ -53,6 +54,7 @@ from netfence.runtimes.signals import StopSignals
 from netfence.runtimes.supervisor import SupervisedRuntime, release_memory
 
 if TYPE_CHECKING:
+    from netfence.profile.model import Profile
     from netfence.runtimes.namespace.relay import Relays
 
 log = logging.getLogger("netfence")
@@ -96,6 +98,9 @@ class NamespaceFence(Fence):
         self.forwarder: _Forwarder | None = None
         self.holder: Holder | None = None
         self.started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+        self.placement: Placement | None = None
+        # What each generated file holds (digests), for an update to write only changes.
+        self.written: dict[Path, str] = {}
 
     def start(self) -> None:
         spec = self.spec
@@ -174,6 +179,7 @@ class NamespaceFence(Fence):
             unprivileged=rootless,
             transparent_proxy_protocol=rootless,
         )
+        self.placement = placement
         started = self.started
         self.undo.callback(_stop_fence, relays, started)
         # The proxy starts while the DNS config is generated (a long allowlist takes a
@@ -186,6 +192,7 @@ class NamespaceFence(Fence):
         for part in parts:
             setup = part()
             write_setup(setup, self.state_dir)
+            self.written.update(reload.digests(setup))
             # Kept without the files' text: with a long allowlist, megabytes never read again.
             self.setup += dataclasses.replace(setup, files=tuple(
                 dataclasses.replace(f, content="") for f in setup.files))
@@ -201,6 +208,30 @@ class NamespaceFence(Fence):
         for proc_spec, proc in started:
             self.report(f"waiting for {proc_spec.name}")
             processes.wait_ready(proc_spec, proc, self.signals.check)
+
+    def update(self, profile: Profile) -> None:
+        assert self.placement is not None
+        placement = self.placement
+        policy = compile_policy(profile, netns.host_addresses(),
+                                learn=self.spec.learn is not None)
+        new = self.backend.setup(policy, placement) + dns_setup(policy, placement)
+        fence = [spec for spec, _ in self.started if spec.role != "relay"]
+        steps = reload.plan(fence, self.written, new)
+        for file in steps.files:
+            write_file(file)
+            self.written[file.path] = reload.digest(file.content)
+        running = {spec.name: i for i, (spec, _) in enumerate(self.started)}
+        for spec, signum in steps.signals:
+            self.started[running[spec.name]][1].send_signal(signum)
+        for spec in steps.restarts:
+            at = running[spec.name]
+            processes.stop_all([self.started[at]])
+            log.info("restarting %s", spec.name)
+            proc = processes.start(spec)
+            self.started[at] = (spec, proc)
+            self._own(proc.pid)
+            processes.wait_ready(spec, proc)
+        reload.settle(self.backend, new, [p.stderr for p in new.processes])
 
     def _namespaces(self) -> Path:
         """The workload's network namespace: root's under /run/netns; without root, one
