@@ -705,3 +705,39 @@ def test_doctor_names_the_engine_and_its_version(engine: Engine) -> None:
         c["Version"] for c in version["Components"] if "Podman" in c["Name"])
     assert line.startswith("ok") and f"{product}{number} " in line, line
     assert line.endswith(f"at {engine.url}"), line
+
+
+@only("podman-envoy", "podman-squid")
+def test_update_changes_a_running_workloads_policy(engine: Engine, proxy: str,
+                                                   net_args: list[str], fakenet: FakeNet) -> None:
+    # The fence containers take the new files from the bind-mounted state directory
+    # (Envoy watches them, Squid and dnsmasq are signalled through the engine).
+    name = new_name()
+    started = fenced(engine, proxy, net_args, "sh", "-c",
+                     "for i in $(seq 240); do curl -s -m 3 http://other.test/ >/dev/null; "
+                     "sleep 0.25; done", allow=("allowed.test",), name=name,
+                     extra=("--detach",))
+    assert started.returncode == 0, started.stderr
+    try:
+        def decisions() -> list[str]:
+            lines = nf(engine, "logs", name, "--json").stdout.decode().splitlines()
+            return [(e.get("event") or f"{e['decision']} {e['host']}")
+                    for e in map(json.loads, lines)]
+
+        deadline = time.monotonic() + 30
+        while "deny other.test" not in decisions() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        done = nf(engine, "update", name, "--allow-cidr", fakenet.cidr,
+                  "--allow-host", "other.test")
+        assert done.returncode == 0, done.stderr
+        assert b"+host other.test" in done.stderr, done.stderr
+        deadline = time.monotonic() + 30
+        while "allow other.test" not in (seen := decisions()) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert "deny other.test" in seen and "allow other.test" in seen, seen
+        assert seen.index("policy") < seen.index("allow other.test"), seen
+        # Every decision after the change allowed it: new connections follow at once.
+        assert "deny other.test" not in seen[seen.index("policy"):], seen
+    finally:
+        stopped = nf(engine, "stop", name)
+    assert stopped.returncode == 0, stopped.stderr

@@ -8,6 +8,8 @@ through the egress proxy open across the changes, and opens new connections on r
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakenet import FakeNet
-from tests.support.fence import both_privileges, netfence, netfence_argv
+from tests.support.fence import both_privileges, netfence, netfence_argv, state_root
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.usefixtures("nothing_left_behind", "privilege")]
@@ -70,6 +72,7 @@ for line in sys.stdin:
 class Probe:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
+        self.stderr = b""  # netfence's, once the probe has ended
 
     def __call__(self, command: str) -> dict[str, object]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -93,8 +96,9 @@ def probe(proxy: str, name: str, fakenet: FakeNet, allow: list[str]) -> Iterator
     proc = subprocess.Popen(
         netfence_argv(*args, "--", "python3", "-c", PROBE, str(fakenet.ca_pem_path)),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    running = Probe(proc)
     try:
-        yield Probe(proc)
+        yield running
     finally:
         assert proc.stdin is not None
         proc.stdin.close()  # the probe ends, and the fence with it
@@ -103,9 +107,10 @@ def probe(proxy: str, name: str, fakenet: FakeNet, allow: list[str]) -> Iterator
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        assert proc.stdout is not None and proc.stderr is not None
+        running.stderr = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def _allow(fakenet: FakeNet, hosts: list[str]) -> list[str]:
@@ -196,3 +201,33 @@ def test_update_refuses_grants_changes_loudly(fakenet: FakeNet, tmp_path: Path) 
         assert done.returncode == 0, done.stderr
         assert b"read grants are not applied" in done.stderr, done.stderr
         assert run.status("get http://other.test/") == 200
+
+
+def _fence_process(name: str, program: str) -> int:
+    """The PID of the fence's `program` (envoy, squid), as its supervisor recorded it."""
+    record = json.loads((state_root() / name / "workload.json").read_text())
+    for pid, _started in record["processes"]:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode()).name == program and b"relay" not in b" ".join(argv):
+            return int(pid)
+    raise AssertionError(f"no {program} among {record['processes']}")
+
+
+def test_a_proxy_that_dies_is_started_again(proxy: str, fakenet: FakeNet) -> None:
+    name = f"nf-revive-{proxy}"
+    with probe(proxy, name, fakenet, ["allowed.test"]) as run:
+        assert run.status("get http://allowed.test/") == 200
+        first = _fence_process(name, proxy)
+        os.kill(first, signal.SIGKILL)  # recorded by the fence this test started
+        deadline = time.monotonic() + 20
+        while run.status("get http://allowed.test/") != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert run.status("get http://allowed.test/") == 200
+        assert _fence_process(name, proxy) != first
+        # The same policy as before, and the workload never stopped.
+        assert run.status("get http://other.test/") == 403
+        assert run.proc.poll() is None
+    assert f"{proxy}".encode() in run.stderr and b"starting it again" in run.stderr, run.stderr

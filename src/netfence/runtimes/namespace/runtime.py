@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ from netfence.runtimes.base import (
     ProgressHook,
     WorkloadSpec,
 )
+from netfence.runtimes.logs import tail
 from netfence.runtimes.namespace import holder, processes, redirect, sandbox
 from netfence.runtimes.namespace.holder import Holder
 from netfence.runtimes.resolver import host_resolver
@@ -65,6 +67,7 @@ LOOPBACK6 = "::1"
 # addresses land on ::1).
 LOOPBACKS = (LOOPBACK, LOOPBACK6) if netns.HAS_IPV6 else (LOOPBACK,)
 WORKLOAD_LOG = "workload.log"
+MAX_REVIVALS_PER_MINUTE = 5
 # A minimal environment: the host's variables (tokens, cloud keys) stay out of the fence.
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -101,6 +104,9 @@ class NamespaceFence(Fence):
         self.placement: Placement | None = None
         # What each generated file holds (digests), for an update to write only changes.
         self.written: dict[Path, str] = {}
+        # Held while fence processes are replaced: by an update, or after one died.
+        self.changing = threading.Lock()
+        self.revivals: dict[str, list[float]] = {}
 
     def start(self) -> None:
         spec = self.spec
@@ -210,6 +216,10 @@ class NamespaceFence(Fence):
             processes.wait_ready(proc_spec, proc, self.signals.check)
 
     def update(self, profile: Profile) -> None:
+        with self.changing:
+            self._update(profile)
+
+    def _update(self, profile: Profile) -> None:
         assert self.placement is not None
         placement = self.placement
         policy = compile_policy(profile, netns.host_addresses(),
@@ -227,11 +237,43 @@ class NamespaceFence(Fence):
             at = running[spec.name]
             processes.stop_all([self.started[at]])
             log.info("restarting %s", spec.name)
-            proc = processes.start(spec)
-            self.started[at] = (spec, proc)
-            self._own(proc.pid)
-            processes.wait_ready(spec, proc)
+            self._restart(at, spec)
         reload.settle(self.backend, new, [p.stderr for p in new.processes])
+
+    def _restart(self, at: int, spec: ProcessSpec) -> None:
+        proc = processes.start(spec)
+        self.started[at] = (spec, proc)
+        self._own(proc.pid)
+        processes.wait_ready(spec, proc)
+
+    def _revive(self) -> None:
+        """Start again a fence process that died under the running workload (the fence
+        was closed meanwhile: nothing else listens where it did); a few times a minute
+        at most, so that one dying at once is not restarted in a loop."""
+        if not self.changing.acquire(blocking=False):
+            return  # an update replaces processes now; the next round looks again
+        try:
+            for at, (spec, proc) in enumerate(self.started):
+                if proc.poll() is None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in self.revivals.get(spec.name, []) if now - t < 60]
+                if len(recent) >= MAX_REVIVALS_PER_MINUTE:
+                    if len(recent) == MAX_REVIVALS_PER_MINUTE:
+                        log.error("%s: %s keeps exiting; the fence stays closed (%s)",
+                                  self.spec.name, spec.name, tail(spec.stderr) or "no output")
+                        recent.append(now)  # said once
+                    self.revivals[spec.name] = recent
+                    continue
+                self.revivals[spec.name] = [*recent, now]
+                log.warning("%s: %s exited (status %s); starting it again", self.spec.name,
+                            spec.name, proc.returncode)
+                try:
+                    self._restart(at, spec)
+                except NetfenceError as exc:
+                    log.error("%s: %s", self.spec.name, exc)
+        finally:
+            self.changing.release()
 
     def _namespaces(self) -> Path:
         """The workload's network namespace: root's under /run/netns; without root, one
@@ -301,7 +343,8 @@ class NamespaceFence(Fence):
     def wait(self) -> int:
         assert self.forwarder is not None
         return self.forwarder.wait(
-            processes.IdleWatch([p for _s, p in self.started], then=release_memory))
+            processes.IdleWatch([p for _s, p in self.started], then=release_memory),
+            watch=self._revive)
 
     def _own(self, *pids: int) -> None:
         for pid in pids:
@@ -396,9 +439,10 @@ class _Forwarder:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
 
-    def wait(self, idle: processes.IdleWatch | None = None) -> int:
+    def wait(self, idle: processes.IdleWatch | None = None,
+             watch: Callable[[], None] = lambda: None) -> int:
         """The sandbox's exit status, shell-style (128 + N for a signal). `idle` is
-        ticked meanwhile, until a stop signal came."""
+        ticked and `watch` called meanwhile, until a stop signal came."""
         assert self.exit_fd is not None
         while True:
             # A signal from before the sandbox existed is delivered on the first round.
@@ -412,8 +456,10 @@ class _Forwarder:
                 self.signals.drain()  # a stop signal: delivered at the top, at once
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self._kill()
-            elif idle is not None and self.deadline is None and not ready:
-                idle.tick()
+            elif self.deadline is None and not ready:
+                watch()
+                if idle is not None:
+                    idle.tick()
         if code == -signal.SIGKILL and self.killed_for is not None:
             return 128 + self.killed_for  # stopped on that signal's account
         return code if code >= 0 else 128 - code
