@@ -212,7 +212,18 @@ class _Updates:
         new = parse_profile(request["profile"], source)
         old = self.spec.profile
         profile = old.model_copy(update={"name": new.name, "network": new.network})
-        self.fence.update(profile)
+        try:
+            self.fence.update(profile)
+        except NetfenceError as exc:
+            # Part of the fence may have taken the new policy: all of it goes back.
+            try:
+                self.fence.update(old)
+            except NetfenceError as again:
+                raise NetfenceError(f"{exc.message}; going back to the old policy failed "
+                                    f"too: {again}", remedy=f"netfence stop {self.spec.name}"
+                                    ) from None
+            raise NetfenceError(f"{exc.message}; the old policy stays",
+                                remedy=exc.remedy) from None
         self.spec = dataclasses.replace(self.spec, profile=profile)
         self.record.policy = source
         state.save(self.record)

@@ -7,13 +7,17 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from netfence.backends.squid import LOG_FORMAT_TAG
+from netfence.errors import NetfenceError
 from netfence.profile.loader import load_profile, parse_profile, profile_data, with_overrides
 from netfence.profile.model import Profile
 from netfence.runtimes import logs
+from netfence.runtimes.base import Fence, WorkloadSpec
 from netfence.runtimes.logs import PolicyChange, read_decisions, record_policy_change
 from netfence.runtimes.state import WorkloadState
-from netfence.runtimes.supervisor import policy_difference
+from netfence.runtimes.supervisor import _Updates, policy_difference
 
 
 def _profile(hosts: list[str], ports: list[int] | None = None,
@@ -74,3 +78,62 @@ def test_changes_appear_among_the_decisions_by_time(tmp_path: Path) -> None:
 def test_log_time_sorts_with_the_proxies_times() -> None:
     at = time.mktime((2026, 12, 6, 10, 0, 3, 0, 0, 0)) - time.timezone + 0.25
     assert logs.log_time(at) == "2026-12-06T10:00:03.250Z"
+
+
+class _Fence(Fence):
+    """Records the profiles it is given; fails for those naming a host in `refuse`."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        self.refuse = refuse
+        self.applied: list[tuple[str, ...]] = []
+
+    def start(self) -> None: ...
+    def launch(self, detached: bool) -> None: ...
+    def wait(self) -> int: return 0
+    def close(self) -> None: ...
+
+    def update(self, profile: Profile) -> None:
+        hosts = tuple(str(h) for h in profile.network.outbound.allow_host)
+        self.applied.append(hosts)
+        if self.refuse.intersection(hosts):
+            raise NetfenceError("the proxy refused it", remedy="see its log")
+
+
+def _updates(tmp_path: Path, fence: Fence) -> _Updates:
+    spec = WorkloadSpec(name="w", command=("x",), proxy="envoy",
+                        profile=with_overrides(load_profile("none"), allow_host=["a.test"],
+                                               read=["/srv"]))
+    return _Updates(spec, fence, _workload(tmp_path))
+
+
+def _request(*hosts: str) -> dict[str, object]:
+    return {"op": "update", "source": "p.yaml",
+            "profile": profile_data(_profile(list(hosts)))}
+
+
+def test_an_update_is_applied_recorded_and_logged(tmp_path: Path) -> None:
+    fence = _Fence(set())
+    updates = _updates(tmp_path, fence)
+    reply = updates.handle(_request("b.test"))
+    assert reply == {"added": ["host b.test"], "removed": ["host a.test"], "grants_ignored": []}
+    assert fence.applied == [("b.test",)]
+    assert updates.spec.profile.read == ("/srv",)  # grants as the workload started
+    saved = json.loads((tmp_path / "workload.json").read_text())
+    assert saved["policy"] == "p.yaml"
+    [change] = [e for e in read_decisions(_workload(tmp_path), follow=False)]
+    assert isinstance(change, PolicyChange) and change.added == ("host b.test",)
+
+
+def test_a_refused_update_goes_back_to_the_old_policy(tmp_path: Path) -> None:
+    fence = _Fence({"bad.test"})
+    updates = _updates(tmp_path, fence)
+    with pytest.raises(NetfenceError, match="the proxy refused it; the old policy stays"):
+        updates.handle(_request("bad.test"))
+    assert fence.applied == [("bad.test",), ("a.test",)]
+    assert updates.spec.profile.network.outbound.allow_host[0].name == "a.test"
+    assert not (tmp_path / logs.POLICY_LOG).exists()  # nothing changed, nothing logged
+
+
+def test_a_request_that_is_no_update_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(NetfenceError, match="unknown request"):
+        _updates(tmp_path, _Fence(set())).handle({"op": "shutdown"})
