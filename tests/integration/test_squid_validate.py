@@ -8,19 +8,22 @@ The namespace and every process are removed afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import secrets
+import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from netfence.backends.base import Endpoint, Placement, ProxySetup, write_setup
+from netfence.backends.base import Endpoint, Placement, ProxySetup, write_file, write_setup
 from netfence.backends.squid import SquidProxy
 from netfence.policy import Policy, compile_policy
 from netfence.profile import parse_host_pattern
@@ -255,3 +258,163 @@ def test_traffic_through_squid(netns: Netns, tmp_path: Path) -> None:
     asked = {line.split()[0] for line in dns_log.read_text().splitlines()}
     assert "ok.test" in asked  # Squid did resolve through the fake resolver
     assert not {"secret.test", "localhost"} & asked  # denied names never left Squid
+
+
+# --- a running Squid takes a new policy (netfence update) --------------------------------
+
+NOBODY = 65534
+# An upstream that echoes what it reads: what a long-lived CONNECT tunnel talks to.
+ECHO_SERVER = """
+import socket, sys, threading
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+print("listening", flush=True)
+def echo(conn):
+    with conn:
+        while data := conn.recv(4096):
+            conn.sendall(data)
+while True:
+    threading.Thread(target=echo, args=(server.accept()[0],), daemon=True).start()
+"""
+# A client that opens one CONNECT tunnel, then sends each line it reads through it and
+# prints what comes back (or why nothing does).
+TUNNEL_CLIENT = """
+import socket, sys
+tunnel = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+tunnel.sendall(f"CONNECT {sys.argv[2]} HTTP/1.1\\r\\nHost: {sys.argv[2]}\\r\\n\\r\\n".encode())
+print(tunnel.recv(4096).split(b"\\r\\n")[0].decode(), flush=True)
+for line in sys.stdin:
+    try:
+        tunnel.sendall(line.encode())
+        print(tunnel.recv(4096).decode().strip() or "closed", flush=True)
+    except OSError as exc:
+        print(f"error {exc}", flush=True)
+"""
+
+
+class Tunnel:
+    """A CONNECT tunnel held open by a client in the namespace, driven line by line."""
+
+    def __init__(self, ns: Netns, proxy_port: int, target: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns.name, sys.executable, "-u", "-c", TUNNEL_CLIENT,
+             str(proxy_port), target],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ns.procs.append(self.proc)  # type: ignore[arg-type]  # stopped with the namespace
+        self.status = self._line()
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        assert ready, "the tunnel client said nothing"
+        return self.proc.stdout.readline().strip()
+
+    def echo(self, text: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self._line()
+
+
+def reload_state(unprivileged: bool) -> Path:
+    """A state dir the Squid user can reach: rootless, Squid runs as its owner (`nobody`
+    stands for the caller), which cannot pass pytest's 0700 root temporary directory."""
+    state = Path(tempfile.mkdtemp(prefix="nf-squid-reload-"))
+    if unprivileged:
+        os.chown(state, NOBODY, NOBODY)
+    return state
+
+
+def write_as_fence(setup: ProxySetup, state: Path, unprivileged: bool,
+                   old: ProxySetup | None = None) -> list[Path]:
+    """Write a setup (only the files that changed since `old`, as an update does); rootless,
+    every file then belongs to the user Squid runs as."""
+    before = {f.path: f.content for f in old.files} if old else {}
+    changed = [f for f in setup.files if before.get(f.path) != f.content]
+    if old is None:
+        write_setup(setup, state)
+    else:
+        for spec in changed:
+            write_file(spec)
+    if unprivileged:
+        for spec in changed:
+            for path in (spec.path, spec.path.parent):
+                os.chown(path, NOBODY, NOBODY)
+    return [f.path for f in changed]
+
+
+@needs_root_and_tools
+@pytest.mark.parametrize("unprivileged", [False, True], ids=["root", "rootless"])
+def test_sighup_applies_a_new_policy(netns: Netns, tmp_path: Path, unprivileged: bool) -> None:
+    """Squid reconfigures in place on SIGHUP, egress and ingress: settled() says when it
+    serves the new config; then a newly allowed host goes through, a dropped one is
+    denied, and a CONNECT tunnel opened before stays up (even to the dropped host)."""
+    if unprivileged and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv")
+    dns_out = tmp_path / "dns.out"
+    netns.start([sys.executable, str(TINYDNS), "--listen", f"{LOOPBACK}:53",
+                 "--record", str(tmp_path / "dns.txt"), "--answer", f"a.test={LOOPBACK}",
+                 "--answer", f"b.test={LOOPBACK}", "--lifetime", "60"],
+                dns_out, tmp_path / "dns.err")
+    netns.start([sys.executable, "-u", "-m", "http.server", "80", "--bind", LOOPBACK,
+                 "--directory", str(Path(__file__).parent)],
+                tmp_path / "http.out", tmp_path / "http.err")
+    netns.start([sys.executable, "-u", "-c", ECHO_SERVER, "443"],
+                tmp_path / "echo.out", tmp_path / "echo.err")
+    for out, what in ((dns_out, "listening"), (tmp_path / "http.out", "Serving HTTP"),
+                      (tmp_path / "echo.out", "listening")):
+        wait_for(lambda o=out, w=what: w in o.read_text(), f"{out.name}")
+
+    squid = SquidProxy()
+    state = reload_state(unprivileged)
+    try:
+        placement = dataclasses.replace(
+            make_placement(state, egress_port=3128, ingress=(8080, 80)),
+            unprivileged=unprivileged)
+
+        def policy(host: str) -> Policy:  # without address denials: upstreams are loopback
+            pattern = (parse_host_pattern(host),)
+            return Policy(hosts=pattern, inbound_hosts=pattern, denied=())
+
+        first, second = squid.setup(policy("a.test"), placement), squid.setup(
+            policy("b.test"), placement)
+        write_as_fence(first, state, unprivileged)
+        user = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+        procs = []
+        for spec in first.processes:
+            netns.start([*(user if unprivileged else ()), *spec.argv], spec.stdout,
+                        spec.stderr)
+            procs.append(netns.procs[-1])
+        wait_for(lambda: squid.settled(first), "Squid to serve its first config")
+        proxy = f"{LOOPBACK}:3128"
+        assert curl(netns, "http://a.test/", proxy=proxy)[0] == 200
+        assert curl(netns, "http://b.test/", proxy=proxy)[0] == 403
+        assert curl(netns, f"http://{LOOPBACK}:8080/", "-H", "Host: a.test")[0] == 200
+        tunnel = Tunnel(netns, 3128, "a.test:443")
+        assert tunnel.status == "HTTP/1.1 200 Connection established"
+        assert tunnel.echo("before") == "before"
+
+        changed = write_as_fence(second, state, unprivileged, old=first)
+        assert {p.name for p in changed} >= {"squid-egress.conf", "squid-ingress.conf"}
+        assert not squid.settled(second)  # the files alone change nothing
+        started = time.monotonic()
+        for spec, proc in zip(second.processes, procs, strict=True):
+            assert spec.reload is not None and spec.reload.signal is not None
+            assert set(changed) & set(spec.reads)
+            proc.send_signal(spec.reload.signal)
+        wait_for(lambda: squid.settled(second), "Squid to serve the new config", timeout=10)
+        took = time.monotonic() - started
+        assert all(proc.poll() is None for proc in procs)  # reconfigured, not restarted
+        assert not squid.settled(first)
+
+        assert curl(netns, "http://b.test/", proxy=proxy)[0] == 200
+        code, body = curl(netns, "http://a.test/", proxy=proxy)
+        assert code == 403 and "not_allowlisted" in body
+        assert curl(netns, f"http://{LOOPBACK}:8080/", "-H", "Host: b.test")[0] == 200
+        assert curl(netns, f"http://{LOOPBACK}:8080/", "-H", "Host: a.test")[0] == 403
+        # Decided once, when it was opened: the tunnel outlives its host's allowance.
+        assert tunnel.echo("after") == "after"
+        print(f"Squid ({'rootless' if unprivileged else 'root'}) served the new config "
+              f"{took * 1000:.0f} ms after SIGHUP")
+    finally:
+        stop(*netns.procs, timeout=10)  # Squid first: it holds files in the state dir
+        shutil.rmtree(state, ignore_errors=True)

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import signal
 import stat
 from pathlib import Path
 
 import pytest
 
-from netfence.backends.base import Endpoint, Placement, ProxySetup, write_setup
+from netfence.backends.base import Endpoint, Placement, ProxySetup, Reload, write_setup
 from netfence.backends.dnsmasq import answer_filter, dns_setup, dns_validate_command
 from netfence.policy import DENIED_NAMES, Policy
 from netfence.profile import parse_host_pattern
-from tests.support.policies import allowlist
+from tests.support.policies import HOST, allowlist, policy_for
 
 UP = "192.0.2.53#53"
 
@@ -34,8 +35,13 @@ def policy(*raw: str, allow_all: bool = False) -> Policy:
 
 
 def lines_of(setup: ProxySetup) -> list[str]:
-    (spec,) = setup.files
-    return spec.content.splitlines()
+    """The main config's lines, then the servers file's (which it includes)."""
+    main, servers = setup.files
+    return main.content.splitlines() + servers.content.splitlines()
+
+
+def contents(setup: ProxySetup) -> dict[str, str]:
+    return {f.path.name: f.content for f in setup.files}
 
 
 def forwarded(lines: list[str]) -> list[str]:
@@ -54,7 +60,7 @@ def test_base_settings(tmp_path: Path) -> None:
 def test_empty_allowlist_forwards_nothing(tmp_path: Path) -> None:
     lines = lines_of(dns_setup(Policy(), make_placement(tmp_path)))
     assert forwarded(lines) == []
-    assert lines[-1] == "address=/#/"
+    assert lines[-1] == "server=/#/"
 
 
 def test_exact_name_does_not_open_its_subdomains(tmp_path: Path) -> None:
@@ -100,7 +106,7 @@ def test_ip_literals_need_nothing(tmp_path: Path) -> None:
 def test_allow_all_forwards_everything_but_denied_names(tmp_path: Path) -> None:
     lines = lines_of(dns_setup(policy(allow_all=True), make_placement(tmp_path)))
     assert forwarded(lines) == [f"server={UP}"]
-    assert "address=/#/" not in lines
+    assert "address=/#/" not in lines and "server=/#/" not in lines
     assert "server=/localhost/" in lines
 
 
@@ -115,27 +121,60 @@ def test_process_and_files(tmp_path: Path) -> None:
     placement = make_placement(state)
     setup = dns_setup(policy("example.com"), placement)
     (process,) = setup.processes
-    conf = state / "dnsmasq.conf"
-    assert process.argv == ("dnsmasq", "--keep-in-foreground", f"--conf-file={conf}")
+    conf, servers = state / "dnsmasq.conf", state / "dnsmasq-servers.conf"
+    # As root dnsmasq reads the servers file at start only, as a second config (it cannot
+    # reach it once it has dropped root): any change restarts it.
+    assert process.argv == ("dnsmasq", "--keep-in-foreground", f"--conf-file={conf}",
+                            f"--conf-file={servers}")
     assert process.ready == (placement.dns_listen,)
     assert process.stderr.parent == state
     assert setup.env == {}
+    assert [f.path for f in setup.files] == [conf, servers]
+    assert process.reads == (conf, servers)
+    assert process.reload is None
     write_setup(setup, state)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
-    assert dns_validate_command(setup) == [("dnsmasq", "--test", f"--conf-file={conf}")]
+    assert stat.S_IMODE(servers.stat().st_mode) == 0o600
+    assert dns_validate_command(setup) == [
+        ("dnsmasq", "--test", f"--conf-file={conf}", f"--conf-file={servers}")]
 
 
-def test_unprivileged_needs_no_change(tmp_path: Path) -> None:
+def test_unprivileged_rereads_the_servers_file_on_sighup(tmp_path: Path) -> None:
     """As the calling user (rootless, on a loopback port above 1023) dnsmasq never
-    changes user: no `user=` makes it try (as root it drops to nobody on its own), and the
-    empty pid-file writes nothing. Checked with dnsmasq 2.90 run as nobody."""
-    placement = make_placement(tmp_path)
+    changes user, so it can re-read its servers file: a names-only change is a SIGHUP, a
+    change of the main config a restart. No `user=` (as root it drops to nobody on its
+    own), no owners, and the empty pid-file writes nothing. Checked with dnsmasq 2.90 run
+    as nobody."""
+    state = tmp_path / "state"
+    placement = dataclasses.replace(make_placement(state), unprivileged=True)
     setup = dns_setup(allowlist("example.com"), placement)
-    unprivileged = dataclasses.replace(placement, unprivileged=True)
-    assert dns_setup(allowlist("example.com"), unprivileged) == setup
+    conf, servers = state / "dnsmasq.conf", state / "dnsmasq-servers.conf"
+    (process,) = setup.processes
+    assert process.argv == ("dnsmasq", "--keep-in-foreground", f"--conf-file={conf}",
+                            f"--servers-file={servers}")
+    assert process.reads == (conf, servers)
+    assert process.reload == Reload(signal=signal.SIGHUP, restart_for=(conf,))
     assert not [ln for ln in lines_of(setup) if ln.startswith(("user=", "group="))]
     assert all(f.owner is None for f in setup.files)
+    # The files are the same either way (--test reads a servers file as a config).
+    root = dns_setup(allowlist("example.com"), make_placement(state))
+    assert setup.files == root.files
+    assert dns_validate_command(setup) == dns_validate_command(root)
+
+
+def test_a_names_only_change_leaves_the_main_config(tmp_path: Path) -> None:
+    """What a SIGHUP cannot change (the answer filter, the listen address) is all in the
+    main config; allowed names, allow_all and the default are all in the servers file."""
+    placement = dataclasses.replace(make_placement(tmp_path), unprivileged=True)
+    before = contents(dns_setup(allowlist("a.example"), placement))
+    allow_all = policy_for({"insecure_allow_all": True}, host_addresses=(str(HOST),))
+    for changed in (allowlist("b.example", "*.c.example"), allowlist(), allow_all):
+        after = contents(dns_setup(changed, placement))
+        assert after["dnsmasq.conf"] == before["dnsmasq.conf"]
+        assert after["dnsmasq-servers.conf"] != before["dnsmasq-servers.conf"]
+    cidrs = contents(dns_setup(allowlist("a.example", cidrs=("10.1.0.0/16",)), placement))
+    assert cidrs["dnsmasq.conf"] != before["dnsmasq.conf"]
 
 
 @pytest.mark.parametrize("count", [1, 1000])

@@ -7,14 +7,17 @@ import dataclasses
 import ipaddress
 import os
 import pwd
+import signal
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from netfence.backends.base import Endpoint, Placement, ProxySetup, write_setup
+from netfence.backends.base import Endpoint, Placement, ProxySetup, Reload, write_setup
+from netfence.backends.dnsmasq import dns_setup
 from netfence.backends.squid import (
+    CONFIG_MARK,
     LOG_FORMAT_TAG,
     SquidProxy,
     address_acls,
@@ -438,3 +441,99 @@ def test_squid_refuses_other_schemes_and_invalid_hosts_first(tmp_path: Path) -> 
     assert rules[1:4] == ["http_access deny !nf_connect !nf_http",
                           "http_access deny !nf_valid_host", "http_access deny nf_long_host"]
     assert "relaxed_header_parser off" in conf and "uri_whitespace deny" in conf
+
+
+# --- a new policy while Squid runs (netfence update) -------------------------------------
+
+def test_a_new_policy_is_a_sighup(squid: SquidProxy, tmp_path: Path) -> None:
+    """Each Squid reads its config, its marker and its pages, and takes a change of any of
+    them by reconfiguring (SIGHUP), never by a restart."""
+    setup = squid.setup(policy("a.test"), make_placement(tmp_path, ingress=True))
+    files = {f.path for f in setup.files}
+    for process in setup.processes:
+        assert process.reload == Reload(signal=signal.SIGHUP)
+        role = process.role
+        assert process.reads[0] == tmp_path / f"squid-{role}.conf"
+        pages = {f.path for f in setup.files if f.path.parent.name == f"squid-{role}-errors"}
+        assert set(process.reads[1:]) == pages  # the pages and the marker among them
+        assert set(process.reads) <= files
+    assert not set(setup.processes[0].reads) & set(setup.processes[1].reads)
+
+
+def marks(setup: ProxySetup) -> list[str]:
+    return sorted(f.path.name for f in setup.files if f.path.name.startswith(CONFIG_MARK))
+
+
+def test_the_marker_follows_the_policy_not_the_placement(squid: SquidProxy,
+                                                         tmp_path: Path) -> None:
+    placement = make_placement(tmp_path, ingress=True)
+    first = squid.setup(policy("a.test"), placement)
+    for role in ("egress", "ingress"):  # a log that never logs, in the page directory
+        (mark,) = [f for f in first.files if f.path.name.startswith(CONFIG_MARK)
+                   and f.path.parent.name == f"squid-{role}-errors"]
+        assert conf(first, role).endswith(
+            f"\naccess_log stdio:/proc/self/cwd/{mark.path.name} netfence !all\n")
+        assert mark.content == "" and mark.owner == "proxy"
+    assert marks(squid.setup(policy("b.test"), placement)) != marks(first)
+    assert marks(squid.setup(policy("a.test", inbound_hosts=hosts("b.test")),
+                             placement)) != marks(first)
+    elsewhere = dataclasses.replace(placement, ingress_upstream=Endpoint("10.1.2.3", 80))
+    assert marks(squid.setup(policy("a.test"), elsewhere)) == marks(first)
+
+
+def _cache_log(setup: ProxySetup, role: str, *lines: str) -> None:
+    process = next(p for p in setup.processes if p.role == role)
+    with process.stderr.open("a") as fh:
+        fh.writelines(f"2026/12/06 10:00:00| {line}\n" for line in lines)
+
+
+def _opening(setup: ProxySetup, role: str) -> str:
+    (name,) = [m for m in marks(setup) if f"/{m} " in conf(setup, role)]
+    return f"Logfile: opening log stdio:/proc/self/cwd/{name}"
+
+
+ACCEPTING = "Accepting HTTP Socket connections at conn3 local=127.0.0.1:3128 remote=[::] FD 11"
+
+
+def test_settled_once_every_squid_listens_with_the_new_config(squid: SquidProxy,
+                                                              tmp_path: Path) -> None:
+    """What Squid 5.7 logs: at start, the logs it opens then the port; on SIGHUP,
+    `Reconfiguring`, the port closed, the logs opened again, the port again."""
+    placement = make_placement(tmp_path, ingress=True)
+    first = squid.setup(policy("a.test"), placement)
+    second = squid.setup(policy("b.test"), placement)
+    write_setup(first, tmp_path)
+    assert not squid.settled(first)  # not started
+    for role in ("egress", "ingress"):
+        _cache_log(first, role, "Starting Squid Cache version 5.7",
+                   "Logfile: opening log stdio:/dev/stdout", _opening(first, role))
+    assert not squid.settled(first)  # not listening yet
+    _cache_log(first, "egress", ACCEPTING)
+    _cache_log(first, "ingress", ACCEPTING.replace("HTTP", "reverse-proxy HTTP"))
+    assert squid.settled(first)
+    assert not squid.settled(second)  # its files written, no signal yet
+
+    for role in ("egress", "ingress"):
+        _cache_log(first, role, "Reconfiguring Squid Cache (version 5.7)...",
+                   "Closing HTTP(S) port 127.0.0.1:3128")
+    assert not squid.settled(first) and not squid.settled(second)
+    for role in ("egress", "ingress"):
+        _cache_log(first, role, "Processing Configuration File: x.conf (depth 0)",
+                   _opening(second, role))
+    _cache_log(first, "egress", ACCEPTING)
+    assert not squid.settled(second)  # the ingress is not listening again yet
+    _cache_log(first, "ingress", ACCEPTING)
+    assert squid.settled(second)
+    assert not squid.settled(first)
+    # A setup holding dnsmasq's process too: only the Squids are asked.
+    both = second + dns_setup(policy("b.test"), placement)
+    assert squid.settled(both)
+
+
+def test_settled_finds_a_marker_far_back(squid: SquidProxy, tmp_path: Path) -> None:
+    setup = squid.setup(policy("a.test"), make_placement(tmp_path))
+    write_setup(setup, tmp_path)
+    _cache_log(setup, "egress", _opening(setup, "egress"), ACCEPTING,
+               *["WARNING: something Squid says now and then " * 4] * 3000)
+    assert setup.processes[0].stderr.stat().st_size > 256 * 1024
+    assert squid.settled(setup)

@@ -55,7 +55,7 @@ def test_each_file_belongs_to_one_process(proxy: str) -> None:
     owned = fence.files_of(setup)
     assert sorted(f.path for files in owned.values() for f in files) == sorted(
         f.path for f in setup.files)
-    assert [f.path.name for f in owned["dns"]] == ["dnsmasq.conf"]
+    assert [f.path.name for f in owned["dns"]] == ["dnsmasq.conf", "dnsmasq-servers.conf"]
     if proxy == "envoy":
         assert [f.path.name for f in owned["egress"]] == ["envoy.json"]
     else:
