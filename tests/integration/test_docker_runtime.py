@@ -714,9 +714,9 @@ def test_update_changes_a_running_workloads_policy(engine: Engine, proxy: str,
     # (Envoy watches them, Squid and dnsmasq are signalled through the engine).
     name = new_name()
     started = fenced(engine, proxy, net_args, "sh", "-c",
-                     "for i in $(seq 240); do curl -s -m 3 http://other.test/ >/dev/null; "
-                     "sleep 0.25; done", allow=("allowed.test",), name=name,
-                     extra=("--detach",))
+                     "i=0; while [ $i -lt 240 ]; do curl -s -m 3 http://other.test/ "
+                     ">/dev/null; sleep 0.25; i=$((i + 1)); done",
+                     allow=("allowed.test",), name=name, extra=("--detach",))
     assert started.returncode == 0, started.stderr
     try:
         def decisions() -> list[str]:
@@ -727,6 +727,7 @@ def test_update_changes_a_running_workloads_policy(engine: Engine, proxy: str,
         deadline = time.monotonic() + 30
         while "deny other.test" not in decisions() and time.monotonic() < deadline:
             time.sleep(0.3)
+        assert "deny other.test" in decisions()
         done = nf(engine, "update", name, "--allow-cidr", fakenet.cidr,
                   "--allow-host", "other.test")
         assert done.returncode == 0, done.stderr
@@ -734,10 +735,10 @@ def test_update_changes_a_running_workloads_policy(engine: Engine, proxy: str,
         deadline = time.monotonic() + 30
         while "allow other.test" not in (seen := decisions()) and time.monotonic() < deadline:
             time.sleep(0.3)
-        assert "deny other.test" in seen and "allow other.test" in seen, seen
-        assert seen.index("policy") < seen.index("allow other.test"), seen
-        # Every decision after the change allowed it: new connections follow at once.
-        assert "deny other.test" not in seen[seen.index("policy"):], seen
+        # Every request begun after the change was allowed: new connections follow at
+        # once (one in flight while it was applied may be logged before it, either way).
+        after = seen[seen.index("policy"):]
+        assert "allow other.test" in after and "deny other.test" not in after, seen
     finally:
         stopped = nf(engine, "stop", name)
     assert stopped.returncode == 0, stopped.stderr

@@ -225,7 +225,7 @@ def test_update_of_no_running_workload_is_one_line(fakenet: FakeNet) -> None:
     done = netfence("update", "nf-nobody", "--allow-host", "a.test")
     assert done.returncode == 2
     assert done.stderr.decode().strip().splitlines() == [
-        "netfence: no running workload named 'nf-nobody' (see `netfence ps`)"]
+        "netfence: error: no running workload named 'nf-nobody' (see `netfence ps`)"]
 
 
 def _fence_process(name: str, program: str) -> int:

@@ -296,7 +296,8 @@ def _common(placement: Placement, role: str) -> list[str]:
         "logfile_rotate 0",
         "client_db off",
         "error_directory /proc/self/cwd",
-        f"logformat netfence {LOG_FORMAT_TAG} %{{%Y-%m-%dT%H:%M:%SZ}}tg %rm %>rd %>rP "
+        # Milliseconds, as Envoy's: a policy change (netfence update) sorts among them.
+        f"logformat netfence {LOG_FORMAT_TAG} %{{%Y-%m-%dT%H:%M:%S}}tg.%03tuZ %rm %>rd %>rP "
         "%>Hs %err_code %<a %>st %<st %tr",
         "access_log stdio:/dev/stdout netfence",
         "cache_log /dev/stderr",
