@@ -36,6 +36,10 @@ MAX_CONNECTIONS = 4096
 _RESERVED_FDS = 128  # the supervisor's own files, pipes and pidfds
 RECEIVE_BACKOFF = 0.1  # after a failed receive (descriptors out)
 COMPLAINT_INTERVAL = 10.0
+# How long a refused connection to a fence process on the host is tried again: longer
+# than Squid's reconfigure with 100,000 names (1.8 s), and a dead proxy's restart.
+REFUSED_RETRY = 3.0
+REFUSED_INTERVAL = 0.02
 # getsockopt(SO_ORIGINAL_DST) on an IPv4 (SOL_IP) or IPv6 (IPPROTO_IPV6) socket that
 # nftables redirected: a sockaddr_in (16 bytes) or sockaddr_in6 (28).
 SO_ORIGINAL_DST = 80
@@ -175,16 +179,8 @@ class Relays:
                 writer.close()
                 return
             header = proxy_v2_header(client.getpeername()[:2], destination)
-        try:
-            up = self._open(target.host, socket.SOCK_STREAM, target.netns)
-        except OSError:
-            writer.close()
-            return
-        up.setblocking(False)
-        try:
-            await asyncio.wait_for(self._loop.sock_connect(up, (target.host, target.port)), 10)
-        except (OSError, TimeoutError):
-            up.close()
+        up = await self._dial(target)
+        if up is None:
             writer.close()
             return
         up_reader, up_writer = await asyncio.open_connection(sock=up)
@@ -194,6 +190,30 @@ class Relays:
         finally:
             up_writer.close()
             writer.close()
+
+    async def _dial(self, target: Endpoint) -> socket.socket | None:
+        """A connection to the target, or None. A fence process on the host that refuses
+        is asked again for a moment: it may be taking a new policy (Squid closes its port
+        while it reconfigures) or be started again after it died."""
+        deadline = self._loop.time() + (REFUSED_RETRY if target.netns is None else 0)
+        while True:
+            try:
+                up = self._open(target.host, socket.SOCK_STREAM, target.netns)
+            except OSError:
+                return None
+            up.setblocking(False)
+            try:
+                await asyncio.wait_for(self._loop.sock_connect(up, (target.host, target.port)),
+                                       10)
+                return up
+            except ConnectionRefusedError:
+                up.close()
+                if self._loop.time() >= deadline:
+                    return None
+                await asyncio.sleep(REFUSED_INTERVAL)
+            except (OSError, TimeoutError):
+                up.close()
+                return None
 
     async def _serve_udp(self, sock: socket.socket, target: Endpoint) -> None:
         loop = self._loop

@@ -60,7 +60,9 @@ def test_tcp_relay_carries_both_ways_and_passes_the_half_close(relays: Relays) -
     assert got == payload.upper()
 
 
-def test_tcp_relay_to_nothing_closes_the_client(relays: Relays) -> None:
+def test_tcp_relay_to_nothing_closes_the_client(relays: Relays,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay, "REFUSED_RETRY", 0.2)
     with socket.socket() as unused:
         unused.bind((LOOPBACK, 0))
         dead = unused.getsockname()[1]  # bound, never listening: connections are refused
@@ -68,6 +70,24 @@ def test_tcp_relay_to_nothing_closes_the_client(relays: Relays) -> None:
         relays.start()
         with socket.create_connection((LOOPBACK, at.port), timeout=10) as client:
             assert client.recv(1) == b""
+
+
+def test_a_refused_connection_is_tried_again_while_the_proxy_comes_back(
+        relays: Relays) -> None:
+    # Squid closes its port while it takes a new policy; a proxy that died is restarted.
+    with socket.socket() as held:
+        held.bind((LOOPBACK, 0))
+        port = held.getsockname()[1]  # bound, not yet listening: refused
+        at = relays.tcp(Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, port))
+        relays.start()
+        with socket.create_connection((LOOPBACK, at.port), timeout=10) as client:
+            time.sleep(0.3)  # refused meanwhile, a few times
+            held.listen(1)
+            held.settimeout(10)
+            conn, _ = held.accept()
+            with conn:
+                client.sendall(b"ping")
+                assert conn.recv(4) == b"ping"
 
 
 def test_close_releases_the_listening_ports() -> None:
