@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import fcntl
 import ipaddress
-import json
 import os
 import socket
 import struct
@@ -95,12 +94,81 @@ def exists(name: str) -> bool:
 
 
 def host_addresses() -> tuple[IPAddress, ...]:
-    """Every address configured on the host's interfaces (the fence denies them all)."""
-    links = json.loads(_ip("-json", "address", "show") or "[]")
-    return tuple(
-        ipaddress.ip_address(info["local"].split("%")[0])
-        for link in links for info in link.get("addr_info", ()) if info.get("local")
-    )
+    """Every address configured on the host's interfaces (the fence denies them all): what
+    `ip address show` lists as each one's local address, from the same netlink dump
+    (RTM_GETADDR) without starting `ip` (about 3 ms of every start)."""
+    for _attempt in range(_DUMP_ATTEMPTS):
+        try:
+            found = _address_dump()
+        except OSError as exc:
+            raise NetfenceError(f"reading the host's addresses: {exc.strerror or exc}") from None
+        if found is not None:
+            return found
+    raise NetfenceError("the host's addresses kept changing while being read",
+                        remedy="run it again")
+
+
+_DUMP_ATTEMPTS = 5
+_RTM_NEWADDR, _RTM_GETADDR = 20, 22
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_DUMP, _NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
+_RTATTR = struct.Struct("=HH")  # length, type
+
+
+def _address_dump() -> tuple[IPAddress, ...] | None:
+    """One RTM_GETADDR dump's local addresses; None when the kernel says the dump was
+    interrupted by a change (then it may be incomplete)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.settimeout(5)
+        sock.bind((0, 0))
+        request = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        sock.send(_NLMSG.pack(_NLMSG.size + len(request), _RTM_GETADDR,
+                              _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + request)
+        found: list[IPAddress] = []
+        interrupted = False
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + _NLMSG.size <= len(data):
+                length, kind, flags, _seq, _port = _NLMSG.unpack_from(data, offset)
+                if length < _NLMSG.size or offset + length > len(data):
+                    raise NetfenceError("reading the host's addresses: a malformed netlink "
+                                        "message")
+                interrupted = interrupted or bool(flags & _NLM_F_DUMP_INTR)
+                if kind == _NLMSG_DONE:
+                    return None if interrupted else tuple(found)
+                if kind == _NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, offset + _NLMSG.size)[0]
+                    raise NetfenceError(f"reading the host's addresses: {os.strerror(err)}")
+                if kind == _RTM_NEWADDR:
+                    address = _local_address(data[offset + _NLMSG.size:offset + length])
+                    if address is not None:
+                        found.append(address)
+                offset += (length + 3) & ~3
+
+
+def _local_address(message: bytes) -> IPAddress | None:
+    """An RTM_NEWADDR's local address: IFA_LOCAL where given (a point-to-point link's
+    IFA_ADDRESS is its peer), else IFA_ADDRESS, as `ip` reads it."""
+    family = _IFADDRMSG.unpack_from(message)[0]
+    size = {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family)
+    if size is None:
+        return None
+    attributes: dict[int, bytes] = {}
+    offset = _IFADDRMSG.size
+    while offset + _RTATTR.size <= len(message):
+        length, kind = _RTATTR.unpack_from(message, offset)
+        if length < _RTATTR.size:
+            break
+        attributes.setdefault(kind, message[offset + _RTATTR.size:offset + length])
+        offset += (length + 3) & ~3
+    raw = attributes.get(_IFA_LOCAL) or attributes.get(_IFA_ADDRESS)
+    if raw is None or len(raw) != size:
+        return None
+    return ipaddress.ip_address(raw)
 
 
 def _setns(fd: int) -> None:
