@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import sys
 import threading
@@ -10,8 +11,14 @@ from typing import NoReturn
 
 
 def main() -> NoReturn:
-    from netfence.cli.main import main as cli_main
-
+    # Importing makes many objects and few cycles: no collection while it runs (about
+    # 5 ms of every command); what it made is then left out of later ones (freeze).
+    gc.disable()
+    try:
+        from netfence.cli.main import main as cli_main
+    finally:
+        gc.freeze()
+        gc.enable()
     try:
         cli_main()
     except SystemExit as exc:
