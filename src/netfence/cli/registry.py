@@ -47,7 +47,7 @@ def entry_json(entry: reg.Entry) -> dict[str, Any]:
 
     data: dict[str, Any] = {"name": entry.name, "source": entry.source,
                             **entry.server.model_dump(mode="json", exclude={"permissions"})}
-    data["permissions"] = reg.profile_data(entry.profile)
+    data["permissions"] = reg.profile_data(entry.permissions)
     return data
 
 
@@ -121,7 +121,7 @@ def show_entry(registry_files: tuple[str, ...], as_json: bool, name: str) -> Non
             grant = f"; its path is granted ({var.grant})" if var.grant else ""
             lines.append(f"    {var.name} ({flags}){': ' if var.description else ''}"
                          f"{var.description}{grant}")
-    profile = reg.profile_data(entry.profile)
+    profile = reg.profile_data(entry.permissions)
     lines.append("  profile:")
     lines += ["    " + line for line in yaml.safe_dump(profile, sort_keys=False).splitlines()]
     lines.append(f"  run it:     {run_example(entry)}")

@@ -1,8 +1,8 @@
 """Permission profiles (ToolHive format): parsing, validation and command-line overrides.
 
-The schema and the loader (pydantic: about 60 ms to import) load on first use of their
-names: `netfence stop` or `ps` never needs them, and a run needs them only once it reads
-a profile.
+The values (model.py) and the loader load on first use of their names: `netfence stop`
+or `ps` never needs them. The schema (schema.py: pydantic, about 60 ms to import) loads
+only when something is validated: a run with a built-in profile never imports it.
 """
 
 from __future__ import annotations

@@ -1,32 +1,41 @@
-"""Load profiles from files or built-ins; merge command-line overrides into a new profile."""
+"""Load profiles from files or built-ins; merge command-line overrides into a new profile.
+
+Whatever comes from outside is validated by the schema (schema.py, pydantic), imported
+only then: a built-in profile with nothing added needs no validation, and a run with it
+imports no pydantic.
+"""
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from netfence.errors import ProfileError
 from netfence.profile.model import InboundNetwork, Network, OutboundNetwork, Profile
 
-# Constructed, not validated (these values are valid): no validator is built at import.
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
+# Constants: these values are valid.
 BUILTIN_PROFILES: dict[str, Profile] = {
-    "none": Profile.model_construct(name="none"),
-    "network": Profile.model_construct(
+    "none": Profile(name="none"),
+    "network": Profile(
         name="network",
-        network=Network.model_construct(
-            outbound=OutboundNetwork.model_construct(insecure_allow_all=True)),
+        network=Network(outbound=OutboundNetwork(insecure_allow_all=True)),
     ),
 }
 
 
 def _model_at(loc: Sequence[int | str]) -> type[BaseModel]:
     """The model class that owns the field at `loc` (for suggesting a known key)."""
-    model: type[BaseModel] = Profile
+    from pydantic import BaseModel
+
+    from netfence.profile.schema import ProfileSchema
+
+    model: type[BaseModel] = ProfileSchema
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field else None
@@ -38,6 +47,8 @@ def _model_at(loc: Sequence[int | str]) -> type[BaseModel]:
 
 
 def _describe(source: str, exc: ValidationError) -> str:
+    import difflib
+
     err = exc.errors()[0]
     loc = [p for p in err["loc"] if p != "__root__"]
     path = ".".join(str(p) for p in loc) or "(top level)"
@@ -59,8 +70,12 @@ def parse_profile(data: object, source: str) -> Profile:
     """Validate already-decoded profile data; errors name source, field path and value."""
     if not isinstance(data, Mapping):
         raise ProfileError(f"{source}: a profile must be a mapping (JSON object), got {data!r}")
+    from pydantic import ValidationError
+
+    from netfence.profile.schema import ProfileSchema
+
     try:
-        return Profile.model_validate(dict(data))
+        return ProfileSchema.model_validate(dict(data)).value()
     except ValidationError as exc:
         raise ProfileError(_describe(source, exc)) from None
 
@@ -110,13 +125,17 @@ def with_overrides(
               "allow_unix_socket": list(allow_unix_socket)}
     if not (hosts or ports or cidrs or any(grants.values())):
         return profile
+    from pydantic import ValidationError
+
+    from netfence.profile.schema import OutboundSchema, ProfileSchema
+
     if any(grants.values()):
         merged_grants = {key: [*getattr(profile, key), *extra] for key, extra in grants.items()}
         try:
-            checked = Profile.model_validate(merged_grants)
+            checked = ProfileSchema.model_validate(merged_grants)
         except ValidationError as exc:
             raise ProfileError(_describe(source, exc)) from None
-        profile = profile.model_copy(update={key: getattr(checked, key) for key in grants})
+        profile = dataclasses.replace(profile, **{key: getattr(checked, key) for key in grants})
     if not (hosts or ports or cidrs):
         return profile
     out = profile.network.outbound
@@ -134,11 +153,11 @@ def with_overrides(
         "allow_cidr": [str(c) for c in out.allow_cidr] + cidrs,
     }
     try:
-        outbound = OutboundNetwork.model_validate(merged)
+        outbound = OutboundSchema.model_validate(merged).value()
     except ValidationError as exc:
         raise ProfileError(_describe(source, exc)) from None
-    network = profile.network.model_copy(update={"outbound": outbound})
-    return profile.model_copy(update={"network": network})
+    network = dataclasses.replace(profile.network, outbound=outbound)
+    return dataclasses.replace(profile, network=network)
 
 
 def profile_data(profile: Profile) -> dict[str, Any]:

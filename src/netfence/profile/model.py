@@ -1,124 +1,47 @@
-"""The ToolHive permission-profile schema, plus netfence's `network.outbound.allow_cidr`.
+"""A permission profile as the rest of netfence reads it: frozen values, no pydantic.
 
-Models are frozen: a loaded profile is never mutated, overrides build a new one.
+Values here are already valid. Input (a file, the command line, a registry entry) is
+validated by the schema (schema.py, pydantic) and only then made into these, through
+profile.loader (`parse_profile`, `with_overrides`); a built-in profile is a constant.
+So a run with a built-in profile imports no pydantic (about 60 ms of every start), and
+validation stays the schema's alone.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import posixpath
-from typing import Annotated, Literal
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from dataclasses import dataclass, field
+from typing import Literal
 
 from netfence.profile.defaults import DEFAULT_PORTS as DEFAULT_PORTS  # its old home
-from netfence.profile.hosts import HostPattern, parse_host_pattern
+from netfence.profile.hosts import HostPattern
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class _Strict(BaseModel):
-    # Validators are built at the first validation, not at import: a run with a built-in
-    # profile validates nothing (about 40 ms of every start).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, defer_build=True)
-
-
-def _entries(value: object, what: str) -> list[object]:
-    """A list field's entries (null is an empty list); anything else is refused."""
-    if value is None:
-        return []
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"must be a list of {what}")
-    return list(value)
-
-
-def _host_patterns(value: object) -> tuple[HostPattern, ...]:
-    # A dict keeps the first occurrence's order and finds a duplicate at once: 100,000
-    # hosts checked against a list took minutes.
-    out: dict[HostPattern, None] = {}
-    for i, raw in enumerate(_entries(value, "host names")):
-        if isinstance(raw, HostPattern):  # already parsed (with_overrides merges these)
-            out[raw] = None
-            continue
-        if not isinstance(raw, str):
-            raise ValueError(f"entry {i} must be a string, got {raw!r}")
-        try:
-            pattern = parse_host_pattern(raw)
-        except ValueError as exc:
-            raise ValueError(f"entry {i} {raw!r}: {exc}") from None
-        out[pattern] = None
-    return tuple(out)
-
-
-# allow_host, outbound and inbound alike: host patterns, duplicates dropped.
-HostPatterns = Annotated[tuple[HostPattern, ...], BeforeValidator(_host_patterns)]
-
-
-class OutboundNetwork(_Strict):
+@dataclass(frozen=True)
+class OutboundNetwork:
     insecure_allow_all: bool = False
-    allow_host: HostPatterns = ()
+    allow_host: tuple[HostPattern, ...] = ()
     # None means "not given": the policy then uses DEFAULT_PORTS.
     allow_port: tuple[int, ...] | None = None
     allow_cidr: tuple[IPNetwork, ...] = ()
 
-    @field_validator("allow_port", mode="before")
-    @classmethod
-    def _ports(cls, value: object) -> object:
-        if value is None:
-            return None
-        ports: dict[int, None] = {}
-        for i, port in enumerate(_entries(value, "port numbers")):
-            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-                raise ValueError(f"entry {i} {port!r}: a port is an integer from 1 to 65535")
-            ports[port] = None
-        return tuple(ports)
 
-    @field_validator("allow_cidr", mode="before")
-    @classmethod
-    def _cidrs(cls, value: object) -> object:
-        nets: dict[IPNetwork, None] = {}
-        for i, raw in enumerate(_entries(value, "CIDR networks")):
-            try:
-                net = ipaddress.ip_network(str(raw).strip(), strict=False)
-            except ValueError:
-                raise ValueError(f"entry {i} {raw!r}: not an IPv4 or IPv6 network") from None
-            if not isinstance(raw, str) or raw != raw.strip():
-                raise ValueError(f"entry {i} {raw!r}: not an IPv4 or IPv6 network")
-            nets[net] = None
-        return tuple(nets)
+@dataclass(frozen=True)
+class InboundNetwork:
+    allow_host: tuple[HostPattern, ...] = ()
 
 
-class InboundNetwork(_Strict):
-    allow_host: HostPatterns = ()
-
-
-class Network(_Strict):
-    # "host" would share the host's network: the one thing a fence must never do.
+@dataclass(frozen=True)
+class Network:
     mode: Literal["bridge", "none"] = "bridge"
-    # The defaults are not validated either way; model_construct needs no validator.
-    outbound: OutboundNetwork = Field(default_factory=OutboundNetwork.model_construct)
-    inbound: InboundNetwork = Field(default_factory=InboundNetwork.model_construct)
+    outbound: OutboundNetwork = field(default_factory=OutboundNetwork)
+    inbound: InboundNetwork = field(default_factory=InboundNetwork)
 
 
-def grant_path(raw: str) -> str:
-    """One read/write/allow_unix_socket entry as an absolute, normalised path. ToolHive's
-    `HOST:CONTAINER` form is accepted when both are the same path: netfence shows a grant
-    at its own path (a different path inside is not supported)."""
-    if "\0" in raw or raw.strip() == "":
-        raise ValueError("not a path")
-    host, sep, inside = raw.rpartition(":")
-    if sep and host.startswith("/") and inside.startswith("/"):
-        if posixpath.normpath(host) != posixpath.normpath(inside):
-            raise ValueError("a grant appears at its own path inside; HOST:CONTAINER with "
-                             "two different paths is not supported")
-        raw = host
-    if not raw.startswith("/"):
-        raise ValueError("must be an absolute path")
-    # normpath keeps a leading "//"; the kernel reads it as "/".
-    return "/" + posixpath.normpath(raw).lstrip("/")
-
-
-class Profile(_Strict):
+@dataclass(frozen=True)
+class Profile:
     name: str = "custom"
     # File-system grants (ToolHive's read and write): shown to the workload at the same
     # path, read-only or read-write. allow_unix_socket (netfence's): host Unix sockets the
@@ -127,16 +50,4 @@ class Profile(_Strict):
     write: tuple[str, ...] = ()
     allow_unix_socket: tuple[str, ...] = ()
     privileged: Literal[False] = False
-    network: Network = Field(default_factory=Network.model_construct)
-
-    @field_validator("read", "write", "allow_unix_socket")
-    @classmethod
-    def _grants(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        paths: dict[str, None] = {}
-        for i, raw in enumerate(value):
-            try:
-                path = grant_path(raw)
-            except ValueError as exc:
-                raise ValueError(f"entry {i} {raw!r}: {exc}") from None
-            paths[path] = None
-        return tuple(paths)
+    network: Network = field(default_factory=Network)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from netfence.errors import UsageError
 from netfence.packages.refs import parse as parse_package
 from netfence.profile import Profile
+from netfence.profile.schema import ProfileSchema
 
 SCHEME = "registry://"
 ENV_VAR = "NETFENCE_REGISTRY"
@@ -70,7 +71,7 @@ class Server(_Strict):
     # The arguments given on the command line that name existing host paths are granted
     # (read or write): the directories a filesystem server serves.
     grant_arguments: Grant | None = None
-    permissions: Profile = Field(default_factory=Profile)
+    permissions: ProfileSchema = Field(default_factory=ProfileSchema)
     repository_url: str | None = None
     tools: tuple[str, ...] = ()
 
@@ -119,16 +120,22 @@ class Entry:
     source: str  # "built-in" or the file it came from
 
     @property
-    def profile(self) -> Profile:
-        """The entry's reviewed profile, named after it unless it names itself."""
+    def permissions(self) -> ProfileSchema:
+        """The entry's reviewed profile as written, named after it unless it names itself."""
         profile = self.server.permissions
         if "name" not in profile.model_fields_set:
             profile = profile.model_copy(update={"name": self.name})
         return profile
 
+    @property
+    def profile(self) -> Profile:
+        """The entry's reviewed profile, named after it unless it names itself."""
+        return self.permissions.value()
 
-def profile_data(profile: Profile) -> dict[str, Any]:
-    """A profile in ToolHive's format, only what differs from the defaults."""
+
+def profile_data(profile: Profile | ProfileSchema) -> dict[str, Any]:
+    """A profile in ToolHive's format, only what differs from the defaults (an empty
+    allow_host too when the schema says it was written)."""
     data: dict[str, Any] = {"name": profile.name}
     for key in ("read", "write", "allow_unix_socket"):
         if getattr(profile, key):
@@ -137,7 +144,7 @@ def profile_data(profile: Profile) -> dict[str, Any]:
     outbound: dict[str, Any] = {}
     if out.insecure_allow_all:
         outbound["insecure_allow_all"] = True
-    if out.allow_host or "allow_host" in out.model_fields_set:
+    if out.allow_host or "allow_host" in getattr(out, "model_fields_set", ()):
         outbound["allow_host"] = [str(h) for h in out.allow_host]
     if out.allow_port is not None:
         outbound["allow_port"] = list(out.allow_port)

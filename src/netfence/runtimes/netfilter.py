@@ -31,16 +31,55 @@ def run_in(netns: str, argv: Sequence[str], stdin: str, where: str,
     """`argv` run in the network namespace at path `netns` (or in the namespaces nsenter's
     arguments `enter` name), fed `stdin`; its output. A failure is one line naming the
     program and `where` (whose namespace it was)."""
+    return run_all_in(netns, [(argv, stdin)], where, pass_fds, enter)[0]
+
+
+def run_all_in(netns: str, commands: Sequence[tuple[Sequence[str], str]], where: str,
+               pass_fds: Sequence[int] = (), enter: Sequence[str] = ()) -> list[str]:
+    """run_in for commands that do not depend on each other, run at the same time (each
+    nsenter and its program costs a few ms); their outputs. All have ended when it
+    returns; the first that failed, in the given order, is the error."""
+    procs: list[subprocess.Popen[str]] = []
     try:
-        done = subprocess.run(["nsenter", *(enter or [f"--net={netns}"]), *argv], input=stdin,
-                              capture_output=True, text=True, timeout=10, pass_fds=pass_fds,
-                              env={"PATH": SYSTEM_PATH})
+        for argv, stdin in commands:
+            # The input whole in a memory file, read at the program's own pace: no write
+            # of ours waits for one program while the others could run.
+            data = os.memfd_create("netfence-input")
+            try:
+                os.write(data, stdin.encode())
+                os.lseek(data, 0, os.SEEK_SET)
+                procs.append(subprocess.Popen(
+                    ["nsenter", *(enter or [f"--net={netns}"]), *argv], stdin=data,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    pass_fds=pass_fds, env={"PATH": SYSTEM_PATH}))
+            finally:
+                os.close(data)
     except FileNotFoundError:
+        _reap(procs)
         raise NetfenceError("nsenter is not installed", remedy=_REMEDIES["nsenter"]) from None
-    if done.returncode != 0:
-        program = argv[0]
-        if "No such file" in done.stderr and program in _REMEDIES:
-            raise NetfenceError(f"{program} is not installed", remedy=_REMEDIES[program])
-        raise NetfenceError(f"{program} in {where} network namespace: "
-                            f"{done.stderr.strip() or done.returncode}")
-    return done.stdout
+    done: list[tuple[int, str, str]] = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=10)
+            done.append((proc.returncode, out, err))
+    finally:
+        _reap(procs)
+    for (argv, _stdin), (code, _out, err) in zip(commands, done, strict=True):
+        if code != 0:
+            program = argv[0]
+            if "No such file" in err and program in _REMEDIES:
+                raise NetfenceError(f"{program} is not installed", remedy=_REMEDIES[program])
+            raise NetfenceError(f"{program} in {where} network namespace: "
+                                f"{err.strip() or code}")
+    return [out for _code, out, _err in done]
+
+
+def _reap(procs: list[subprocess.Popen[str]]) -> None:
+    """Kill and wait for whichever is still running (a timeout, an error)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -1,8 +1,11 @@
-"""profile/model.py: the schema's field validators (ports, CIDRs, host lists)."""
+"""profile/schema.py: the schema's field validators (ports, CIDRs, host lists)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -14,7 +17,8 @@ from netfence.errors import ProfileError
 from netfence.policy import compile_policy
 from netfence.profile import HostPattern
 from netfence.profile.loader import parse_profile, with_overrides
-from netfence.profile.model import InboundNetwork, OutboundNetwork
+from netfence.profile.model import InboundNetwork, Network, OutboundNetwork, Profile
+from netfence.profile.schema import InboundSchema, NetworkSchema, OutboundSchema, ProfileSchema
 
 
 @given(st.integers(1, 65535))
@@ -48,8 +52,8 @@ def test_generated_cidrs(ip_and_len: tuple[Any, int]) -> None:
     assert profile.network.outbound.allow_cidr == (ipaddress.ip_network(text, strict=False),)
 
 
-@pytest.mark.parametrize("model", [OutboundNetwork, InboundNetwork])
-def test_allow_host_is_one_type_in_both_directions(model: type[OutboundNetwork]) -> None:
+@pytest.mark.parametrize("model", [OutboundSchema, InboundSchema])
+def test_allow_host_is_one_type_in_both_directions(model: type[OutboundSchema]) -> None:
     parsed = model.model_validate({"allow_host": ["A.test", "a.test.", "*.b.test"]})
     assert parsed.allow_host == (HostPattern("a.test"), HostPattern("b.test", subdomains=True))
     assert model.model_validate({"allow_host": None}).allow_host == ()
@@ -78,3 +82,58 @@ def test_a_long_allowlist_is_deduplicated_without_comparing_every_pair(
     more = with_overrides(profile, allow_host=["h8.example.test", "new.example.test"])
     assert len(more.network.outbound.allow_host) == 2001
     assert compared < 100
+
+
+# --- the schema (pydantic) and the values the rest of netfence reads (no pydantic) -----
+
+PAIRS = [(ProfileSchema, Profile), (NetworkSchema, Network), (OutboundSchema, OutboundNetwork),
+         (InboundSchema, InboundNetwork)]
+
+
+@pytest.mark.parametrize(("schema", "value"), PAIRS)
+def test_every_validated_field_reaches_the_value(schema: Any, value: Any) -> None:
+    # A field the schema validates but value() drops would be ignored by the policy:
+    # a rule written in the profile, silently not enforced.
+    assert list(schema.model_fields) == [f.name for f in dataclasses.fields(value)]
+    assert schema.model_construct().value() == value()  # the same defaults
+
+
+def test_a_full_profile_keeps_every_value_through_the_schema() -> None:
+    data = {
+        "name": "full", "read": ["/data"], "write": ["/tmp/out"],
+        "allow_unix_socket": ["/run/x.sock"], "privileged": False,
+        "network": {"mode": "none", "outbound": {
+            "insecure_allow_all": True, "allow_host": ["a.test", "*.b.test"],
+            "allow_port": [8443], "allow_cidr": ["10.1.0.0/16"]},
+            "inbound": {"allow_host": ["c.test"]}}}
+    checked = ProfileSchema.model_validate(data)
+    profile = parse_profile(data, "full.json")
+    assert isinstance(profile, Profile) and not isinstance(profile, ProfileSchema)
+    assert dataclasses.asdict(profile) == checked.model_dump()
+
+
+def test_a_run_with_a_builtin_profile_imports_no_pydantic() -> None:
+    # A fresh interpreter: what `netfence run -- CMD` does with the default profile, up to
+    # the proxy's config. Importing pydantic costs about 60 ms of every start.
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import netfence.cli.main\n"
+        "from netfence.backends import Endpoint, Placement, get_backend\n"
+        "from netfence.backends.dnsmasq import dns_setup\n"
+        "from netfence.policy import compile_policy\n"
+        "from netfence.profile.loader import load_profile, with_overrides\n"
+        "import netfence.runtimes.namespace.runtime\n"
+        "for ref in ('none', 'network'):\n"
+        "    profile = with_overrides(load_profile(ref), read=[], write=[])\n"
+        "    policy = compile_policy(profile)\n"
+        "    placement = Placement(state_dir=Path('/nonexistent'),\n"
+        "        egress_listen=Endpoint('127.0.0.1', 3128), workload_proxy='127.0.0.1:3128',\n"
+        "        dns_listen=Endpoint('127.0.0.1', 53),\n"
+        "        upstream_resolver=Endpoint('127.0.0.1', 53))\n"
+        "    get_backend('envoy').setup(policy, placement)\n"
+        "    dns_setup(policy, placement)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stdout

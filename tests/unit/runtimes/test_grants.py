@@ -147,7 +147,7 @@ def test_a_grant_through_a_link_shows_the_target_at_the_granted_path(tmp_path: P
 @pytest.mark.parametrize("field", ["read", "write", "allow_unix_socket"])
 def test_a_missing_grant_is_one_line(tmp_path: Path, field: str) -> None:
     with pytest.raises(UsageError) as err:
-        grants.check(Profile.model_validate({field: [str(tmp_path / "nope")]}))
+        grants.check(parse_profile({field: [str(tmp_path / "nope")]}, "test"))
     assert str(tmp_path / "nope") in str(err.value) and "no such file" in str(err.value)
     assert "\n" not in str(err.value)
 

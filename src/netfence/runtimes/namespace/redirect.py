@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from netfence.runtimes.netfilter import NAT_PRIORITY, run_in
+from netfence.runtimes.netfilter import NAT_PRIORITY, run_all_in
 from netfence.runtimes.netns import HAS_IPV6
 
 
@@ -52,6 +52,7 @@ def install(netns: Path, dns_port: int, transparent_port: int | None,
     routes = "route add default dev lo src 127.0.0.1\n"
     if HAS_IPV6:
         routes += "route add ::/0 dev lo\n"
-    for argv, stdin in ((["ip", "-batch", "-"], routes),
-                        (["nft", "-f", "-"], ruleset(dns_port, transparent_port))):
-        run_in(str(netns), argv, stdin, "the workload's", enter=enter)
+    # Routes and rules are independent of each other: set at the same time.
+    run_all_in(str(netns), [(["ip", "-batch", "-"], routes),
+                            (["nft", "-f", "-"], ruleset(dns_port, transparent_port))],
+               "the workload's", enter=enter)

@@ -205,3 +205,40 @@ def test_fence_ports_come_from_below_the_ephemeral_range() -> None:
         for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             with socket.socket(socket.AF_INET, kind) as s:
                 s.bind(("127.0.0.1", port))  # free for both, as dnsmasq needs
+
+
+SUPERVISOR = """
+import sys, time
+from pathlib import Path
+from netfence.backends import ProcessSpec
+from netfence.runtimes.namespace import processes
+tmp = Path(sys.argv[1])
+proc = processes.start(ProcessSpec("sleeper", ("sleep", "60"), (), tmp / "o", tmp / "e"))
+print(proc.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_fence_process_dies_with_its_supervisor_even_at_once(tmp_path: Path) -> None:
+    # Killed outright, the supervisor tears nothing down: the parent-death signal does,
+    # armed by the time start() returns (the supervisor is killed right after it).
+    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path)],
+                                  stdout=subprocess.PIPE, text=True)
+    assert supervisor.stdout is not None
+    child = int(supervisor.stdout.readline())
+    started = Path(f"/proc/{child}/stat").read_text().split()[21]
+    supervisor.kill()
+    supervisor.wait()
+    supervisor.stdout.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().split()
+        except FileNotFoundError:
+            break
+        if fields[21] != started or fields[2] == "Z":
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the fence process outlived its supervisor")
