@@ -211,7 +211,7 @@ class _Updates:
         source = str(request.get("source") or "netfence update")
         new = parse_profile(request["profile"], source)
         old = self.spec.profile
-        profile = old.model_copy(update={"name": new.name, "network": new.network})
+        profile = dataclasses.replace(old, name=new.name, network=new.network)
         try:
             self.fence.update(profile)
         except NetfenceError as exc:
