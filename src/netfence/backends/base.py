@@ -131,7 +131,9 @@ class ProcessSpec:
     # shutdown_lifetime wait that SIGTERM grants open connections).
     stop_signal: int = signal.SIGTERM
     # How long after its stop signal the process still does anything that matters (its
-    # log complete); then it may be killed. None: as long as it takes it to exit.
+    # log complete); then it may be killed. None: as long as it takes it to exit. A
+    # runtime may kill it sooner, once it sleeps holding no TCP socket (listeners closed,
+    # every connection ended): a proxy that logs each transaction as it ends is done.
     stop_grace: float | None = None
     # The part of the fence it is: "egress" (Envoy's process also serves ingress),
     # "ingress" or "dns". Runtimes that run each process apart (containers) name and order

@@ -157,7 +157,9 @@ def stop_all(started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]],
     begun = time.monotonic()
     for spec, proc in started:
         own = grace if spec.stop_grace is None else min(grace, spec.stop_grace)
-        if not exits_within(proc, max(0.0, begun + own - time.monotonic())):
+        # One that may be killed after its grace may be killed as soon as it is idle.
+        idle = spec.stop_grace is not None and _until_idle(proc, begun + own)
+        if idle or not exits_within(proc, max(0.0, begun + own - time.monotonic())):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
         proc.wait()
@@ -180,3 +182,43 @@ def exits_within(proc: subprocess.Popen[bytes], timeout: float) -> bool:
         return bool(select.select([fd], [], [], timeout)[0])
     finally:
         os.close(fd)
+
+
+# Twice in a row, this far apart: a process that sleeps between two steps of its work
+# (it would be runnable again at once) is not taken for idle.
+IDLE_SAMPLES = 2
+IDLE_INTERVAL = 0.002
+
+
+def _until_idle(proc: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Whether `proc` became idle (see _idle) before `deadline`; False once it exited."""
+    seen = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen = seen + 1 if _idle(proc.pid) else 0
+        if seen == IDLE_SAMPLES:
+            return True
+        time.sleep(IDLE_INTERVAL)
+    return False
+
+
+def _idle(pid: int) -> bool:
+    """Whether `pid` sleeps holding no TCP socket: it has taken its stop signal (closed
+    its listeners) and every connection to it has ended. Squid logs a transaction within
+    the event-loop round that ends it, before it sleeps again (it closes a socket only
+    after that socket's close handlers ran), so it has nothing left to write."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] != "S":
+                return False
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (OSError, IndexError):
+        return False
+    for fd in fds:
+        try:
+            # sockfs names each socket's protocol: TCP, TCPv6, UDP, UNIX...
+            kind = os.getxattr(f"/proc/{pid}/fd/{fd}", "system.sockprotoname")
+        except OSError:
+            continue  # not a socket (or closed meanwhile)
+        if kind.rstrip(b"\0").startswith(b"TCP"):
+            return False
+    return True

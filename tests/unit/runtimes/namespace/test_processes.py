@@ -242,3 +242,29 @@ def test_a_fence_process_dies_with_its_supervisor_even_at_once(tmp_path: Path) -
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the fence process outlived its supervisor")
+
+
+# Ends a second after SIGTERM; meanwhile it holds a TCP connection (its own), or nothing.
+HOLDS = ("import signal, socket, sys, time\n"
+         "held = []\n"
+         "if sys.argv[1] == 'tcp':\n"
+         "    server = socket.create_server(('127.0.0.1', 0))\n"
+         "    held = [socket.create_connection(server.getsockname()), server.accept()[0]]\n"
+         "    server.close()\n"
+         "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(0)))\n"
+         "print('ready', flush=True)\ntime.sleep(60)")
+
+
+@pytest.mark.parametrize(("holding", "code"), [("tcp", 0), ("nothing", -signal.SIGKILL)])
+def test_one_that_may_be_killed_is_killed_once_it_holds_no_connection(
+        tmp_path: Path, holding: str, code: int) -> None:
+    # A grace long enough to exit by itself: only one idle (asleep, no TCP socket) is
+    # killed before that.
+    spec = dataclasses.replace(_spec(tmp_path, HOLDS, _free_port()), stop_grace=5.0)
+    spec = dataclasses.replace(spec, argv=(*spec.argv, holding))
+    proc = processes.start(spec)
+    deadline = time.monotonic() + 10
+    while b"ready" not in spec.stdout.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    processes.stop_all([(spec, proc)])
+    assert proc.returncode == code
