@@ -97,6 +97,8 @@ def leftovers() -> list[str]:
         found += [f"netns {p.name}" for p in NETNS_DIR.iterdir() if p.name.startswith("netfence-")]
     if STATE_ROOT.is_dir():
         found += [f"state {p}" for p in STATE_ROOT.iterdir()]
+    # Squid's shared memory, named after its service (squid.service_name: nf + role).
+    found += [f"shm {p.name}" for p in Path("/dev/shm").glob("nf*-cf__*")]
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue

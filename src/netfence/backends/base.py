@@ -146,6 +146,9 @@ class ProcessSpec:
     # no Reload, a change to any of them restarts it.
     reads: tuple[Path, ...] = ()
     reload: Reload | None = None
+    # Files it leaves behind when it is killed rather than let finish (glob patterns in
+    # the host's file system), which the runtime removes once it has stopped.
+    leaves: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

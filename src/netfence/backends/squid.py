@@ -464,10 +464,13 @@ def _process(placement: Placement, role: str, conf: Path, pages: Path, ready: En
         "CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "NET_BIND_SERVICE")
     # Squid's reconfigure re-reads the config and the pages; the addresses never change
     # with the policy (they are the placement's), so it needs no restart.
+    # Squid makes its IPC queues in shared memory, named after its service, and removes
+    # them only when it finishes its shutdown, which a stop does not wait for.
     spec = ProcessSpec(f"squid-{role}", argv, (ready,), stdout, stderr,
                        stop_signal=signal.SIGINT, stop_grace=SHUTDOWN_GRACE, role=role,
                        capabilities=capabilities, reads=reads,
-                       reload=Reload(signal=signal.SIGHUP))
+                       reload=Reload(signal=signal.SIGHUP),
+                       leaves=(f"/dev/shm/{service_name(placement, role)}-*",))
     return spec, logs
 
 

@@ -89,6 +89,8 @@ class WorkloadState:
     # next netfence command stops them. Not all die with it: dnsmasq drops its privileges,
     # which clears the parent-death signal.
     processes: list[list[int | str]] = field(default_factory=list)
+    # What those processes leave behind when killed (ProcessSpec.leaves): removed with them.
+    leftovers: list[str] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -99,10 +101,22 @@ class WorkloadState:
         self.processes.append([pid, process_start_time(pid) or ""])
 
     def kill_orphans(self) -> None:
-        """SIGKILL the recorded processes that still run (same PID and start time)."""
+        """SIGKILL the recorded processes that still run (same PID and start time), and
+        remove what they leave behind."""
         for pid, started in self.processes:
             if isinstance(pid, int) and isinstance(started, str):
                 kill(pid, started)
+        remove_leftovers(self.leftovers)
+
+
+def remove_leftovers(patterns: list[str]) -> None:
+    """Remove the files matching these patterns (a fence process's, once it is stopped)."""
+    import glob
+
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _stat(pid: int) -> list[str] | None:

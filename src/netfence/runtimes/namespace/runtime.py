@@ -206,6 +206,7 @@ class NamespaceFence(Fence):
                 self.signals.check()
                 log.info("starting %s", proc_spec.name)
                 self.report(f"starting {proc_spec.name}")
+                self.record.leftovers += proc_spec.leaves  # saved by _own
                 started.append((proc_spec, processes.start(proc_spec)))
                 self._own(started[-1][1].pid)
         # Relay threads start only after the last fork with a preexec hook.
@@ -236,6 +237,7 @@ class NamespaceFence(Fence):
         for spec in steps.restarts:
             at = running[spec.name]
             processes.stop_all([self.started[at]])
+            state.remove_leftovers(list(spec.leaves))
             log.info("restarting %s", spec.name)
             self._restart(at, spec)
         reload.settle(self.backend, new, [p.stderr for p in new.processes])
@@ -266,6 +268,7 @@ class NamespaceFence(Fence):
                     self.revivals[spec.name] = recent
                     continue
                 self.revivals[spec.name] = [*recent, now]
+                state.remove_leftovers(list(spec.leaves))
                 log.warning("%s: %s exited (status %s); starting it again", self.spec.name,
                             spec.name, proc.returncode)
                 try:
@@ -373,6 +376,7 @@ def _stop_fence(relays: Relays | None,
         relays.close()
     processes.stop_all([s for s in started if s[0].role == "relay"])
     processes.stop_all([s for s in started if s[0].role != "relay"])
+    state.remove_leftovers([pattern for spec, _ in started for pattern in spec.leaves])
 
 
 def _free_port() -> int:
