@@ -28,6 +28,8 @@ ADMIN_SOCKET_NAME = "relay-admin.sock"
 UDP_IDLE_TIMEOUT = "10s"
 # What tcp_proxy holds while it waits for a client's first bytes before dialing.
 EARLY_DATA_BYTES = 65536
+# Dial attempts per connection, 20 to 100 ms apart (jittered): about 3 s in all.
+CONNECT_ATTEMPTS = 50
 
 
 def socket_address(endpoint: Endpoint) -> Json:
@@ -63,6 +65,10 @@ def _tcp_listener(forward: Forward) -> Json:
         # close) never reaches the proxy behind, whose log would count it.
         "upstream_connect_mode": "ON_DOWNSTREAM_DATA",
         "max_early_data_bytes": EARLY_DATA_BYTES,
+        # A refused dial is tried again for a few seconds: the proxy behind may be taking a
+        # new policy (Squid closes its port while it reconfigures) or be started again.
+        "max_connect_attempts": CONNECT_ATTEMPTS,
+        "backoff_options": {"base_interval": "0.02s", "max_interval": "0.1s"},
     }
     return {"name": _listener_name(forward), "address": socket_address(forward.listen),
             "filter_chains": [{"filters": [
