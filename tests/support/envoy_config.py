@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from netfence.backends.base import Endpoint, Placement
-from netfence.backends.envoy import EnvoyProxy
+from netfence.backends.base import Endpoint, Placement, ProxySetup
+from netfence.backends.envoy import EnvoyProxy, whole_config
 from netfence.policy import Policy, compile_policy
 from netfence.profile.loader import parse_profile
 
@@ -56,10 +55,14 @@ def policy_for(network: dict[str, object]) -> Policy:
 
 
 def config(policy: Policy, **kwargs: Any) -> Json:
-    setup = EnvoyProxy(ENVOY).setup(policy, placement(**kwargs))
-    (spec,) = setup.files
-    loaded: Json = json.loads(spec.content)
-    return loaded
+    """The whole configuration Envoy runs: the bootstrap with its listener and route files
+    inline (whole_config)."""
+    return whole(EnvoyProxy(ENVOY).setup(policy, placement(**kwargs)))
+
+
+def whole(setup: ProxySetup) -> Json:
+    found: Json = whole_config(setup)
+    return found
 
 
 def listener(cfg: Json, name: str) -> Json:
