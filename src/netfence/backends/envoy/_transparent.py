@@ -96,16 +96,23 @@ def _tls(server_names: Sequence[str] | None = None) -> dict[str, object]:
 def sni_groups(domains: Sequence[str]) -> list[tuple[str, list[str]]]:
     """The allowed server names in groups that get chains of their own, each with its
     stable name: one per allowlist entry (`x` holds x and *.x), or by buckets."""
-    entries: dict[str, list[str]] = {}
-    for domain in domains:
-        entries.setdefault(domain.removeprefix("*."), []).append(domain)
-    if len(entries) <= SPLIT_MAX:
-        return list(entries.items())
+    # An entry has at most two domains: more than twice SPLIT_MAX are buckets for sure
+    # (not grouped first: that took 0.1 s with 100,000 names).
+    if len(domains) <= 2 * SPLIT_MAX:
+        entries: dict[str, list[str]] = {}
+        for domain in domains:
+            entries.setdefault(domain.removeprefix("*."), []).append(domain)
+        if len(entries) <= SPLIT_MAX:
+            return list(entries.items())
     buckets: dict[int, list[str]] = {}
-    for key, names in entries.items():
-        buckets.setdefault(zlib.crc32(key.encode()) % SNI_BUCKETS, []).extend(names)
-    return [(f"~{index}.{zlib.crc32(chr(10).join(sorted(names)).encode()):08x}", names)
-            for index, names in sorted(buckets.items())]
+    digests = [0] * SNI_BUCKETS
+    crc = zlib.crc32
+    for domain in domains:
+        index = crc(domain.removeprefix("*.").encode()) % SNI_BUCKETS
+        buckets.setdefault(index, []).append(domain)
+        # What the bucket holds, in any order (a sum of each name's own checksum).
+        digests[index] = (digests[index] + crc(domain.encode(), 1)) & 0xFFFFFFFF
+    return [(f"~{index}.{digests[index]:08x}", names) for index, names in sorted(buckets.items())]
 
 
 @dataclass(frozen=True)
