@@ -20,6 +20,7 @@ Json = dict[str, Any]
 ENVOY = "/opt/test/envoy"
 STATE = Path("/run/netfence/test-workload")
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 
 UPSTREAM_IP = (
     "type.googleapis.com/envoy.extensions.rbac.matchers.upstream_ip_port.v3.UpstreamIpPortMatcher"
@@ -83,10 +84,16 @@ def vhosts(cfg: Json, name: str = "egress") -> list[Json]:
     return found
 
 
-def rbac_rules(cfg: Json) -> Json:
-    (rbac,) = [f for f in hcm(cfg)["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
-    assert rbac["typed_config"]["@type"] == RBAC_TYPE
-    rules: Json = rbac["typed_config"]["rules"]
+def rbac_rules(cfg: Json, name: str = "egress") -> Json:
+    """The address stage's rules: the HCM's RBAC filter lets nothing through by itself;
+    its route configuration brings the rules (so that they change with the routes)."""
+    (rbac,) = [f for f in hcm(cfg, name)["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
+    assert rbac["typed_config"] == {"@type": RBAC_TYPE, "rules": {"action": "ALLOW",
+                                                                  "policies": {}}}
+    per_route = hcm(cfg, name)["route_config"]["typed_per_filter_config"][
+        "envoy.filters.http.rbac"]
+    assert per_route["@type"] == RBAC_PER_ROUTE_TYPE
+    rules: Json = per_route["rbac"]["rules"]
     return rules
 
 

@@ -207,9 +207,15 @@ def _http_reason(chain: Json, host: str, authority: str, port: int) -> str:
     ip = parse_ip(host)
     if name != Reason.ALLOWED.value or ip is None:
         return name
-    # An allowed IP literal: the address stage (RBAC on the DFP's address: the literal).
-    (rbac,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
-    for policy_name, body in sorted(rbac["typed_config"]["rules"]["policies"].items()):
+    # An allowed IP literal: the address stage (RBAC on the DFP's address: the literal),
+    # its rules the route's, else the route configuration's (the HCM's allow nothing).
+    rbac = "envoy.filters.http.rbac"
+    per_route = {**hcm["route_config"].get("typed_per_filter_config", {}),
+                 **route.get("typed_per_filter_config", {})}.get(rbac, {}).get("rbac")
+    if per_route is None:
+        (http_rbac,) = [f for f in hcm["http_filters"] if f["name"] == rbac]
+        per_route = http_rbac["typed_config"]
+    for policy_name, body in sorted(per_route["rules"]["policies"].items()):
         if any(permission_matches(p, ip) for p in body["permissions"]):
             return policy_name.partition("@")[0]
     return name

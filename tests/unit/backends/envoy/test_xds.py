@@ -246,3 +246,17 @@ def test_a_socket_that_does_not_answer_is_not_settled(tmp_path: Path) -> None:
         silent.bind(str(tmp_path / "envoy-admin.sock"))
         silent.listen()
         assert not EnvoyProxy(ENVOY).settled(setup)  # times out, bounded
+
+
+def test_new_address_rules_change_the_routes_not_the_http_listeners() -> None:
+    """allow_cidr (or the host's addresses) change the address stage: its rules ride with
+    the routes, so the egress listener and the transparent HTTP chain stay; only the
+    TLS chains, whose network RBAC holds them, are replaced."""
+    before, after = _setup(["a.test"]), _setup(["a.test"], allow_cidr=["10.0.0.0/8"])
+    old, new = _files(before), _files(after)
+    assert old["envoy-xds/routes-egress.json"] != new["envoy-xds/routes-egress.json"]
+    assert old["envoy-xds/routes-transparent.json"] != new["envoy-xds/routes-transparent.json"]
+    assert _listeners(before)["egress"] == _listeners(after)["egress"]
+    old_chains, new_chains = _chains(before), _chains(after)
+    assert old_chains["http"] == new_chains["http"]
+    assert old_chains["tls_allowed@443#a.test"] != new_chains["tls_allowed@443#a.test"]
