@@ -83,6 +83,7 @@ def servers() -> Iterator[_Servers]:
 
 
 def _policy(names: list[str], ports: tuple[int, ...]) -> Policy:
+    names = [*names, LOOPBACK]  # an allowlisted literal: raw TCP passes to it
     # No denied ranges: loopback stands in for the internet (as test_envoy_validate does).
     return Policy(hosts=tuple(parse_host_pattern(n) for n in names), ports=ports, denied=())
 
@@ -129,6 +130,13 @@ def _transparent_tls(port: int, name: str, dialed_port: int) -> socket.socket:
     return sock
 
 
+def _transparent(port: int, dialed: tuple[str, int]) -> socket.socket:
+    """A connection as a relay hands it over, its first bytes yet to send."""
+    sock = socket.create_connection((LOOPBACK, port), timeout=5)
+    sock.sendall(proxy_v2_header(sock.getsockname(), dialed))
+    return sock
+
+
 def _refused(make: Callable[[], socket.socket]) -> bool:
     try:
         make().close()
@@ -137,8 +145,9 @@ def _refused(make: Callable[[], socket.socket]) -> bool:
     return False
 
 
-def _get(sock: socket.socket, host: str) -> int:
-    sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+def _get(sock: socket.socket, host: str, *, absolute: bool = True) -> int:
+    target = f"http://{host}/" if absolute else "/"
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     status, _ = read_response(sock)
     return status
 
@@ -193,7 +202,8 @@ def test_a_new_policy_applies_while_envoy_runs(
     assert _wait(lambda: proxy.settled(first), SETTLE_S), "Envoy never applied its files"
 
     # Open before the update: tunnels to a name kept and to one dropped, transparent TLS
-    # to both, an HTTP keep-alive connection through the proxy.
+    # to both, HTTP keep-alive connections through the proxy and transparent, and raw TCP
+    # to an allowlisted literal (neither TLS nor HTTP: passed to the address dialed).
     kept_tunnel = _tunnel(egress, f"a.test:{servers.echo}")
     dropped_tunnel = _tunnel(egress, f"b.test:{servers.echo}")
     kept_tls = _transparent_tls(transparent, "a.test", servers.echo)
@@ -201,6 +211,10 @@ def test_a_new_policy_applies_while_envoy_runs(
     keep_alive = socket.create_connection((LOOPBACK, egress), timeout=5)
     assert _get(keep_alive, f"a.test:{servers.http}") == 200
     assert _get(keep_alive, f"b.test:{servers.http}") == 200
+    plain = _transparent(transparent, ("192.0.2.80", servers.http))
+    assert _get(plain, f"a.test:{servers.http}", absolute=False) == 200
+    raw = _transparent(transparent, (LOOPBACK, servers.echo))
+    assert _echoes(raw, b"\x00\x01raw bytes\n")
     assert _refused(lambda: _transparent_tls(transparent, "c.test", servers.echo))
 
     second = proxy.setup(_policy(["a.test", "c.test"], ports), placement)
@@ -220,15 +234,17 @@ def test_a_new_policy_applies_while_envoy_runs(
     # Keep-alive: each request decided anew on the same connection.
     assert _get(keep_alive, f"a.test:{servers.http}") == 200
     assert _get(keep_alive, f"b.test:{servers.http}") == 403
+    assert _get(plain, f"b.test:{servers.http}", absolute=False) == 403
 
     # After the drain: what is still allowed is still up; TLS to the dropped name ended.
     time.sleep(DRAIN_S + 1.5)
-    assert _echoes(kept_tunnel) and _echoes(kept_tls)
+    assert _echoes(kept_tunnel) and _echoes(kept_tls) and _echoes(raw)
     assert _get(keep_alive, f"a.test:{servers.http}") == 200
+    assert _get(plain, f"a.test:{servers.http}", absolute=False) == 200
     assert not _echoes(dropped_tls)
     # A tunnel is decided once, when it opens (its bytes are not requests): it stays.
     assert _echoes(dropped_tunnel)
-    for sock in (kept_tunnel, dropped_tunnel, kept_tls, dropped_tls, keep_alive):
+    for sock in (kept_tunnel, dropped_tunnel, kept_tls, dropped_tls, keep_alive, plain, raw):
         sock.close()
 
 
