@@ -204,7 +204,8 @@ def test_validate_rejects_a_broken_route_file(proxy: EnvoyProxy, tmp_path: Path)
 
 def test_validate_rejects_a_broken_listener_file(proxy: EnvoyProxy, tmp_path: Path) -> None:
     # Envoy's own validate mode reads no listener file: this one would pass it.
-    setup = proxy.setup(Policy(), make_placement(tmp_path / "state"))
+    setup = proxy.setup(Policy(), make_placement(tmp_path / "state", netns=NETNS,
+                                                 transparent=TRANSPARENT))
     write_setup(setup, tmp_path / "state")
     _rewritten(_file(setup, "listeners.json"), lambda listener: listener["address"][
         "socket_address"].update(port_value="not a port"))

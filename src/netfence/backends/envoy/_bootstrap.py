@@ -10,6 +10,7 @@ from pathlib import Path
 from netfence.backends.base import Placement
 from netfence.backends.envoy._listeners import Part, egress, ingress
 from netfence.backends.envoy._names import CONN_LIMIT_TYPE, Json
+from netfence.backends.envoy._transparent import LISTENER_NAME as TRANSPARENT_LISTENER
 from netfence.backends.envoy._transparent import transparent
 from netfence.backends.envoy._xds import LISTENERS_NAME, config_source, to_rds, xds_dir
 from netfence.backends.relay import relay_resources
@@ -65,8 +66,8 @@ def static_resources(pieces: Iterable[Part]) -> Json:
 @dataclass(frozen=True)
 class Live:
     """What Envoy reads: the bootstrap (the placement's alone: it never changes with the
-    policy), the listeners that decide by the policy (for their LDS file), and their route
-    configurations by name (an RDS file each)."""
+    policy), the listeners whose own configuration is the policy (for their LDS file), and
+    every HCM's route configuration by name (an RDS file each)."""
 
     bootstrap: Json
     listeners: list[Json]
@@ -77,19 +78,25 @@ def live(policy: Policy, placement: Placement) -> Live:
     """The configuration as Envoy runs it: the policy in files it watches (_xds).
 
     The clusters depend on the placement only, so they stay in the bootstrap (no CDS, and
-    no race of listeners naming clusters not yet loaded); so do the relays' listeners."""
+    no race of listeners naming clusters not yet loaded). So do the egress and ingress
+    listeners: with their routes and the address rules in RDS, nothing of theirs depends
+    on the policy, and a static listener that cannot bind (a port in use) stops Envoy at
+    once with the reason, where one from a file is only rejected while Envoy runs on. The
+    transparent listener's chains and matcher are the policy: it comes from the file."""
     directory = xds_dir(placement.state_dir)
     pieces = policy_parts(policy, placement)
     relays = relay_part(placement)
     resources = static_resources(pieces + ([relays] if relays is not None else []))
     listeners, routes = to_rds(
         [lst for part in pieces for lst in part.listeners], directory)
-    static = {"listeners": list(relays.listeners) if relays is not None else [],
+    dynamic = [lst for lst in listeners if lst["name"] == TRANSPARENT_LISTENER]
+    static = {"listeners": [lst for lst in listeners if lst["name"] != TRANSPARENT_LISTENER]
+              + (list(relays.listeners) if relays is not None else []),
               "clusters": resources["clusters"]}
     config = _frame(placement, static)
     config["dynamic_resources"] = {
         "lds_config": config_source(directory / LISTENERS_NAME)}
-    return Live(config, listeners, routes)
+    return Live(config, dynamic, routes)
 
 
 def listeners_path(placement: Placement) -> Path:

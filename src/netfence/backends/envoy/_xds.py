@@ -1,16 +1,18 @@
 """The live layout: the policy in files Envoy watches, so that `netfence update` can replace
 it while Envoy runs.
 
-The bootstrap holds only what the placement decides (admin, clusters, relays, limits) and
-points at the listeners' file (LDS); each HTTP connection manager takes its routes from a
-file of their own (RDS) under a name that never changes (`egress`, `transparent`,
-`ingress`). Envoy re-reads a file when one is renamed into its directory (write_file
-writes every file so), compares each listener and filter chain with the one it runs, and
+The bootstrap holds only what the placement decides (admin, clusters, relays, limits, and
+the egress and ingress listeners, whose HTTP connection managers name their routes). Each
+HCM takes its routes from a file of their own (RDS) under a name that never changes
+(`egress`, `transparent`, `ingress`), the address stage's rules with them; the
+transparent listener, whose chains and matcher are the policy, comes from a listener file
+(LDS). Envoy re-reads a file when one is renamed into its directory (write_file writes
+every file so), compares each listener and filter chain with the one it runs, and
 replaces only those that differ; their connections drain (--drain-time-s), the others'
 stay. So a policy change touches the route files (HTTP and CONNECT decide each request
 anew) and the transparent listener's TLS chains of the names it adds or drops, never the
-egress listener. Each file's version_info is a digest of its resources: `settled` compares
-it with the version Envoy reports.
+egress listener. Each file's version_info is a digest of its resources: `settled`
+compares it with the version Envoy reports.
 
 Seen with Envoy 1.40 while researching issue 12: with routes inline, or under names that
 change, every update drained the whole egress listener (CONNECT tunnels closed when the
@@ -137,23 +139,23 @@ def resources_of(content: str, type_url: str, where: str) -> list[Json]:
 
 
 def inline(bootstrap: Json, read: Callable[[Path], str]) -> Json:
-    """The whole configuration as one static bootstrap: the listeners from their file, each
-    HCM's routes from theirs, inline, as Envoy runs them. `read` gives a file's content.
+    """The whole configuration as one static bootstrap: the bootstrap's listeners, then
+    those of the listener file, each HCM's routes from their file, inline, as Envoy runs
+    them. `read` gives a file's content.
     For validation (Envoy's validate mode reads no xDS file) and for reading."""
     whole = {k: v for k, v in bootstrap.items() if k != "dynamic_resources"}
     static = dict(whole.get("static_resources", {}))
     lds = bootstrap.get("dynamic_resources", {}).get("lds_config")
-    listeners: list[Json] = []
+    listeners = list(static.get("listeners", ()))
     if lds is not None:
         path = Path(lds["path_config_source"]["path"])
-        for listener in resources_of(read(path), LISTENER_TYPE, str(path)):
-            listener = _copy_chains(listener)
-            for hcm in hcms(listener):
-                if "rds" in hcm:
-                    hcm["route_config"] = _route_config(hcm.pop("rds"), read)
-            listeners.append(listener)
-    # The policy's listeners first, then the bootstrap's own (relays), as `bootstrap` does.
-    static["listeners"] = listeners + list(static.get("listeners", ()))
+        listeners += resources_of(read(path), LISTENER_TYPE, str(path))
+    listeners = [_copy_chains(listener) for listener in listeners]
+    for listener in listeners:
+        for hcm in hcms(listener):
+            if "rds" in hcm:
+                hcm["route_config"] = _route_config(hcm.pop("rds"), read)
+    static["listeners"] = listeners
     whole["static_resources"] = static
     return whole
 

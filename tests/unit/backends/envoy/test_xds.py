@@ -44,8 +44,11 @@ def _files(setup: ProxySetup) -> dict[str, str]:
 
 
 def _listeners(setup: ProxySetup) -> dict[str, Json]:
+    """Every listener Envoy runs: the bootstrap's, then the listener file's."""
     content = _files(setup)["envoy-xds/listeners.json"]
-    return {lst["name"]: lst for lst in resources_of(content, LISTENER_TYPE, "listeners")}
+    static = json.loads(_files(setup)[BOOTSTRAP_NAME])["static_resources"]["listeners"]
+    return {lst["name"]: lst for lst in
+            [*static, *resources_of(content, LISTENER_TYPE, "listeners")]}
 
 
 def _chains(setup: ProxySetup) -> dict[str, Json]:
@@ -64,7 +67,12 @@ def test_the_files_and_their_stable_names() -> None:
     # The clusters depend on the placement only: in the bootstrap, no CDS.
     assert [c["name"] for c in boot["static_resources"]["clusters"]] == [
         "dynamic_forward_proxy", "original_dst", "ingress_upstream"]
-    assert list(_listeners(setup)) == ["egress", "transparent", "ingress"]
+    # The egress and ingress listeners hold nothing of the policy: in the bootstrap (one
+    # that cannot bind stops Envoy at once); the transparent listener is the policy.
+    assert [lst["name"] for lst in boot["static_resources"]["listeners"]] == [
+        "egress", "ingress"]
+    lds = resources_of(_files(setup)["envoy-xds/listeners.json"], LISTENER_TYPE, "lds")
+    assert [lst["name"] for lst in lds] == ["transparent"]
     for name, lst in _listeners(setup).items():
         rds = [f["typed_config"]["rds"] for c in lst["filter_chains"] for f in c["filters"]
                if "rds" in f.get("typed_config", {})]
@@ -90,7 +98,14 @@ def test_the_whole_config_is_the_static_bootstrap() -> None:
     policy = policy_for({"outbound": {"allow_host": ["a.test", ".b.test", "10.1.2.3"],
                                       "allow_port": [443, 8443]}})
     where = placement(transparent=True, ingress=True)
-    assert whole_config(EnvoyProxy(ENVOY).setup(policy, where)) == bootstrap(policy, where)
+    whole = whole_config(EnvoyProxy(ENVOY).setup(policy, where))
+    static = bootstrap(policy, where)
+
+    def by_name(config: Json) -> dict[str, Json]:
+        return {lst["name"]: lst for lst in config["static_resources"]["listeners"]}
+    assert by_name(whole) == by_name(static)
+    assert {**whole, "static_resources": {}} == {**static, "static_resources": {}}
+    assert whole["static_resources"]["clusters"] == static["static_resources"]["clusters"]
 
 
 def test_a_new_name_adds_its_chains_and_changes_nothing_else() -> None:
@@ -98,6 +113,7 @@ def test_a_new_name_adds_its_chains_and_changes_nothing_else() -> None:
     old, new = _files(before), _files(after)
     assert old[BOOTSTRAP_NAME] == new[BOOTSTRAP_NAME]
     assert old["envoy-xds/routes-ingress.json"] == new["envoy-xds/routes-ingress.json"]
+    assert old["envoy-xds/listeners.json"] != new["envoy-xds/listeners.json"]
     assert old["envoy-xds/routes-egress.json"] != new["envoy-xds/routes-egress.json"]
     # The egress and ingress listeners are the same message: nothing of theirs drains.
     for name in ("egress", "ingress"):
