@@ -20,12 +20,14 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from netfence.backends.base import (
     DecisionRecord,
     Endpoint,
+    FileSpec,
     Placement,
     ProxySetup,
     write_setup,
@@ -168,25 +170,56 @@ def _validates(proxy: EnvoyProxy, tmp_path: Path, policy: Policy) -> None:
     placement = make_placement(tmp_path / "state", netns=NETNS, transparent=TRANSPARENT)
     setup = proxy.setup(policy, placement)
     write_setup(setup, tmp_path / "state")
-    assert '"transparent"' in setup.files[0].content
+    assert '"transparent"' in _file(setup, "listeners.json").content
     (argv,) = proxy.validate_command(setup)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
-def test_validate_rejects_a_broken_bootstrap(proxy: EnvoyProxy, tmp_path: Path) -> None:
+def _file(setup: ProxySetup, name: str) -> FileSpec:
+    (found,) = [f for f in setup.files if f.path.name == name]
+    return found
+
+
+def _rewritten(spec: FileSpec, change: Callable[[dict[str, Any]], None]) -> None:
+    body = json.loads(spec.path.read_text())
+    change(body["resources"][0])
+    spec.path.write_text(json.dumps(body))
+
+
+def _validate(proxy: EnvoyProxy, setup: ProxySetup) -> subprocess.CompletedProcess[str]:
+    (argv,) = proxy.validate_command(setup)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_validate_rejects_a_broken_route_file(proxy: EnvoyProxy, tmp_path: Path) -> None:
     setup = proxy.setup(Policy(), make_placement(tmp_path / "state"))
     write_setup(setup, tmp_path / "state")
-    config = json.loads(setup.files[0].path.read_text())
     # A duplicate domain across virtual hosts is exactly what allowed_domains must avoid.
-    vhosts = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
-        "typed_config"
-    ]["route_config"]["virtual_hosts"]
-    vhosts.append({"name": "dup", "domains": ["localhost"], "routes": []})
-    setup.files[0].path.write_text(json.dumps(config))
-    (argv,) = proxy.validate_command(setup)
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode != 0
+    _rewritten(_file(setup, "routes-egress.json"), lambda route: route["virtual_hosts"].append(
+        {"name": "dup", "domains": ["localhost"], "routes": []}))
+    result = _validate(proxy, setup)
+    assert result.returncode != 0 and "localhost" in result.stdout + result.stderr
+
+
+def test_validate_rejects_a_broken_listener_file(proxy: EnvoyProxy, tmp_path: Path) -> None:
+    # Envoy's own validate mode reads no listener file: this one would pass it.
+    setup = proxy.setup(Policy(), make_placement(tmp_path / "state", netns=NETNS,
+                                                 transparent=TRANSPARENT))
+    write_setup(setup, tmp_path / "state")
+    _rewritten(_file(setup, "listeners.json"), lambda listener: listener["address"][
+        "socket_address"].update(port_value="not a port"))
+    assert _validate(proxy, setup).returncode != 0
+
+
+def test_validate_rejects_a_route_file_envoy_would_not_take(
+    proxy: EnvoyProxy, tmp_path: Path
+) -> None:
+    setup = proxy.setup(Policy(), make_placement(tmp_path / "state"))
+    write_setup(setup, tmp_path / "state")
+    _rewritten(_file(setup, "routes-egress.json"), lambda route: route.update(name="other"))
+    result = _validate(proxy, setup)
+    assert result.returncode == 1 and "route configuration 'egress'" in result.stderr
 
 
 # --- loopback fixtures: stub DNS, HTTP upstream, a running Envoy -------------------------

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from netfence.backends.base import Endpoint, Placement
-from netfence.backends.envoy import EnvoyProxy
+from netfence.backends.base import Endpoint, Placement, ProxySetup
+from netfence.backends.envoy import EnvoyProxy, whole_config
 from netfence.policy import Policy, compile_policy
 from netfence.profile.loader import parse_profile
 
@@ -21,6 +20,7 @@ Json = dict[str, Any]
 ENVOY = "/opt/test/envoy"
 STATE = Path("/run/netfence/test-workload")
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 
 UPSTREAM_IP = (
     "type.googleapis.com/envoy.extensions.rbac.matchers.upstream_ip_port.v3.UpstreamIpPortMatcher"
@@ -56,10 +56,14 @@ def policy_for(network: dict[str, object]) -> Policy:
 
 
 def config(policy: Policy, **kwargs: Any) -> Json:
-    setup = EnvoyProxy(ENVOY).setup(policy, placement(**kwargs))
-    (spec,) = setup.files
-    loaded: Json = json.loads(spec.content)
-    return loaded
+    """The whole configuration Envoy runs: the bootstrap with its listener and route files
+    inline (whole_config)."""
+    return whole(EnvoyProxy(ENVOY).setup(policy, placement(**kwargs)))
+
+
+def whole(setup: ProxySetup) -> Json:
+    found: Json = whole_config(setup)
+    return found
 
 
 def listener(cfg: Json, name: str) -> Json:
@@ -80,10 +84,16 @@ def vhosts(cfg: Json, name: str = "egress") -> list[Json]:
     return found
 
 
-def rbac_rules(cfg: Json) -> Json:
-    (rbac,) = [f for f in hcm(cfg)["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
-    assert rbac["typed_config"]["@type"] == RBAC_TYPE
-    rules: Json = rbac["typed_config"]["rules"]
+def rbac_rules(cfg: Json, name: str = "egress") -> Json:
+    """The address stage's rules: the HCM's RBAC filter lets nothing through by itself;
+    its route configuration brings the rules (so that they change with the routes)."""
+    (rbac,) = [f for f in hcm(cfg, name)["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
+    assert rbac["typed_config"] == {"@type": RBAC_TYPE, "rules": {"action": "ALLOW",
+                                                                  "policies": {}}}
+    per_route = hcm(cfg, name)["route_config"]["typed_per_filter_config"][
+        "envoy.filters.http.rbac"]
+    assert per_route["@type"] == RBAC_PER_ROUTE_TYPE
+    rules: Json = per_route["rbac"]["rules"]
     return rules
 
 

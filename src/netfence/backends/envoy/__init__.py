@@ -16,13 +16,16 @@ _replies (the 403 bodies), _listeners (listeners, filter chains, DNS views, clus
 _transparent (the transparent listener's chain layout) with _transparent_filters (their
 filters) and _matcher (the filter_chain_matcher choosing them), _destinations (which
 addresses a connection without a name may reach) and _chains (what the chains' names
-say), _bootstrap (assembly), _log (the access-log formats with their parser), _names
-(what they share).
+say), _bootstrap (assembly), _xds (the policy in files Envoy watches, replaced while it runs),
+_admin (what the running Envoy applies), _log (the access-log formats with their parser),
+_names (what they share).
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 from netfence.backends.base import (
     DecisionRecord,
@@ -32,9 +35,16 @@ from netfence.backends.base import (
     Placement,
     ProcessSpec,
     ProxySetup,
+    Reload,
     proxy_env,
 )
-from netfence.backends.envoy._bootstrap import ADMIN_SOCKET_NAME, bootstrap
+from netfence.backends.envoy._admin import applies
+from netfence.backends.envoy._bootstrap import (
+    ADMIN_SOCKET_NAME,
+    bootstrap,
+    listeners_path,
+    live,
+)
 from netfence.backends.envoy._log import (
     EGRESS_LOG_FORMAT,
     EGRESS_LOG_NAME,
@@ -45,6 +55,14 @@ from netfence.backends.envoy._log import (
 )
 from netfence.backends.envoy._replies import deny_body
 from netfence.backends.envoy._routes import authority_regex
+from netfence.backends.envoy._xds import (
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    discovery_response,
+    inline,
+    route_file,
+    xds_dir,
+)
 from netfence.policy import Policy
 
 # The IP-literal spellings live with the other host regexes; importable here as before.
@@ -57,6 +75,10 @@ from netfence.profile.host_regex import (
 
 BOOTSTRAP_NAME = "envoy.json"
 LOG_FLUSH_MS = 1000
+# How long connections on a listener or filter chain that an update replaced or removed
+# may still run (Envoy's default: 600 s): a dropped name's TLS connections end within it.
+# Removed listeners also hold their memory that long.
+DRAIN_TIME_S = 60
 
 
 def _default_envoy_path() -> str:
@@ -73,8 +95,9 @@ class EnvoyProxy(NetworkProxy):
     transparent = True
     carries_relays = True
 
-    def __init__(self, envoy_path: str | None = None) -> None:
+    def __init__(self, envoy_path: str | None = None, drain_time_s: int = DRAIN_TIME_S) -> None:
         self._envoy_path = envoy_path
+        self.drain_time_s = drain_time_s
 
     @property
     def envoy_path(self) -> str:
@@ -85,9 +108,16 @@ class EnvoyProxy(NetworkProxy):
     def setup(self, policy: Policy, placement: Placement) -> ProxySetup:
         state = placement.state_dir
         config_path = state / BOOTSTRAP_NAME
+        config = live(policy, placement)
         # Compact: json's C encoder (indent takes the pure-Python one, 1 s for 100,000
         # names); `netfence render` indents what it prints.
-        content = json.dumps(bootstrap(policy, placement), separators=(",", ":")) + "\n"
+        files = [FileSpec(config_path, json.dumps(config.bootstrap, separators=(",", ":")) + "\n")]
+        # Routes before listeners: a listener never waits for a route file not yet written.
+        directory = xds_dir(state)
+        files += [FileSpec(route_file(directory, name), discovery_response([route], ROUTE_TYPE))
+                  for name, route in config.routes.items()]
+        files.append(FileSpec(listeners_path(placement),
+                              discovery_response(config.listeners, LISTENER_TYPE)))
         # Not the transparent listener: a probe's connection would be a decision (refused).
         ready: tuple[Endpoint, ...] = (placement.egress_listen,)
         if placement.ingress_listen is not None:
@@ -109,29 +139,57 @@ class EnvoyProxy(NetworkProxy):
                 # Decisions reach the access log within a second (Envoy's default is 10 s).
                 "--file-flush-interval-msec",
                 str(LOG_FLUSH_MS),
+                "--drain-time-s",
+                str(self.drain_time_s),
             ),
             ready=ready,
             stdout=state / "envoy.stdout.log",
             stderr=state / "envoy.stderr.log",
             role="egress",
             capabilities=("NET_BIND_SERVICE",),  # its listeners, nothing else
+            reads=tuple(f.path for f in files),
+            # It re-reads the listener and route files when they are renamed into place;
+            # the bootstrap depends on the placement alone, which an update keeps.
+            reload=Reload(signal=None, restart_for=(config_path,)),
         )
         return ProxySetup(
-            files=(FileSpec(config_path, content),),
+            files=tuple(files),
             processes=(process,),
             env=proxy_env(placement.workload_proxy),
             decision_logs=(state / EGRESS_LOG_NAME,),
         )
 
     def validate_command(self, setup: ProxySetup) -> list[tuple[str, ...]]:
+        """Envoy's validate mode loads no xDS file: a small program puts the listener and
+        route files into one static bootstrap as Envoy would (refusing a file Envoy would
+        refuse to take) and has the real binary validate that."""
         commands: list[tuple[str, ...]] = []
         for spec in setup.files:
             if spec.path.name == BOOTSTRAP_NAME:
-                commands.append((self.envoy_path, "--mode", "validate", "-c", str(spec.path)))
+                commands.append((sys.executable, "-m", "netfence.backends.envoy._validate",
+                                 self.envoy_path, str(spec.path)))
         return commands
+
+    def settled(self, setup: ProxySetup) -> bool:
+        """Whether the running Envoy applies exactly this setup's listener and route files
+        (the versions it reports are theirs, none is still warming): a rejected file keeps
+        the previous version, so it never settles (the reason is in its stderr log)."""
+        return applies(setup, BOOTSTRAP_NAME)
 
     def parse_decision(self, line: str) -> DecisionRecord | None:
         return parse_decision(line)
+
+
+def whole_config(setup: ProxySetup) -> dict[str, object]:
+    """A setup's Envoy configuration as one static bootstrap (listeners and routes inline):
+    what Envoy runs, in one piece to read."""
+    contents = {f.path: f.content for f in setup.files}
+    (config,) = [json.loads(c) for p, c in contents.items() if p.name == BOOTSTRAP_NAME]
+
+    def read(path: Path) -> str:
+        return contents[path]
+    whole: dict[str, object] = inline(config, read)
+    return whole
 
 
 __all__ = [
@@ -151,4 +209,5 @@ __all__ = [
     "ipv6_spellings",
     "literal_spellings",
     "parse_decision",
+    "whole_config",
 ]

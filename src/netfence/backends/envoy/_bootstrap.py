@@ -1,13 +1,18 @@
-"""The whole bootstrap: the listeners' parts, the admin socket, runtime and overload limits."""
+"""The bootstrap: the listeners' parts, the admin socket, runtime and overload limits; as
+Envoy runs it (the policy in watched files, _xds) or whole (one static config, to read)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 from netfence.backends.base import Placement
 from netfence.backends.envoy._listeners import Part, egress, ingress
 from netfence.backends.envoy._names import CONN_LIMIT_TYPE, Json
+from netfence.backends.envoy._transparent import LISTENER_NAME as TRANSPARENT_LISTENER
 from netfence.backends.envoy._transparent import transparent
+from netfence.backends.envoy._xds import LISTENERS_NAME, config_source, to_rds, xds_dir
 from netfence.backends.relay import relay_resources
 from netfence.policy import Policy
 
@@ -23,15 +28,26 @@ def parts(policy: Policy, placement: Placement) -> list[Part]:
     """The listeners the placement asks for: the egress always, the transparent listener
     where the runtime redirects the workload's connections, the ingress for a workload
     that serves (not stdio), and the relays it carries (the fence's DNS)."""
+    out = policy_parts(policy, placement)
+    relays = relay_part(placement)
+    return [*out, relays] if relays is not None else out
+
+
+def policy_parts(policy: Policy, placement: Placement) -> list[Part]:
+    """The listeners that decide by the policy (the relays do not)."""
     out = [egress(policy, placement)]
     if placement.transparent_listen:
         out.append(transparent(policy, placement))
     if placement.ingress_listen is not None:
         out.append(ingress(policy, placement))
-    if placement.relays:
-        listeners, clusters = relay_resources(placement.relays)
-        out.append(Part(tuple(listeners), tuple(clusters)))
     return out
+
+
+def relay_part(placement: Placement) -> Part | None:
+    if not placement.relays:
+        return None
+    listeners, clusters = relay_resources(placement.relays)
+    return Part(tuple(listeners), tuple(clusters))
 
 
 def static_resources(pieces: Iterable[Part]) -> Json:
@@ -47,8 +63,54 @@ def static_resources(pieces: Iterable[Part]) -> Json:
     return {"listeners": listeners, "clusters": list(clusters.values())}
 
 
+@dataclass(frozen=True)
+class Live:
+    """What Envoy reads: the bootstrap (the placement's alone: it never changes with the
+    policy), the listeners whose own configuration is the policy (for their LDS file), and
+    every HCM's route configuration by name (an RDS file each)."""
+
+    bootstrap: Json
+    listeners: list[Json]
+    routes: dict[str, Json]
+
+
+def live(policy: Policy, placement: Placement) -> Live:
+    """The configuration as Envoy runs it: the policy in files it watches (_xds).
+
+    The clusters depend on the placement only, so they stay in the bootstrap (no CDS, and
+    no race of listeners naming clusters not yet loaded). So do the egress and ingress
+    listeners: with their routes and the address rules in RDS, nothing of theirs depends
+    on the policy, and a static listener that cannot bind (a port in use) stops Envoy at
+    once with the reason, where one from a file is only rejected while Envoy runs on. The
+    transparent listener's chains and matcher are the policy: it comes from the file."""
+    directory = xds_dir(placement.state_dir)
+    pieces = policy_parts(policy, placement)
+    relays = relay_part(placement)
+    resources = static_resources(pieces + ([relays] if relays is not None else []))
+    listeners, routes = to_rds(
+        [lst for part in pieces for lst in part.listeners], directory)
+    dynamic = [lst for lst in listeners if lst["name"] == TRANSPARENT_LISTENER]
+    static = {"listeners": [lst for lst in listeners if lst["name"] != TRANSPARENT_LISTENER]
+              + (list(relays.listeners) if relays is not None else []),
+              "clusters": resources["clusters"]}
+    config = _frame(placement, static)
+    config["dynamic_resources"] = {
+        "lds_config": config_source(directory / LISTENERS_NAME)}
+    return Live(config, dynamic, routes)
+
+
+def listeners_path(placement: Placement) -> Path:
+    return xds_dir(placement.state_dir) / LISTENERS_NAME
+
+
 def bootstrap(policy: Policy, placement: Placement) -> Json:
-    """The whole Envoy bootstrap for a policy and placement."""
+    """The whole Envoy configuration for a policy and placement, as one static bootstrap
+    with the routes inline (what `live` spreads over files)."""
+    return _frame(placement, static_resources(parts(policy, placement)))
+
+
+def _frame(placement: Placement, static: Json) -> Json:
+    """The bootstrap around the static resources."""
     return {
         "node": {"id": f"netfence-{placement.workload_name}", "cluster": "netfence"},
         # A unix socket in the 0700 state dir: no TCP port for anyone to reach the admin API.
@@ -60,7 +122,7 @@ def bootstrap(policy: Policy, placement: Placement) -> Json:
                 }
             }
         },
-        "static_resources": static_resources(parts(policy, placement)),
+        "static_resources": static,
         # The authority regexes for IP-literal spellings exceed RE2's default program-size
         # limit (100); they are generated here, not taken from requests.
         "layered_runtime": {"layers": [{"name": "netfence", "static_layer": {

@@ -2,12 +2,16 @@
 and the decision log reads the decision back from the name of the chain that took a
 connection (%FILTER_CHAIN_NAME%).
 
-A name is [SCOPE_]ROLE[@PORT]. SCOPE is the destination the chain matched: none (any
+A name is [SCOPE_]ROLE[@PORT][#GROUP]. SCOPE is the destination the chain matched: none (any
 address), `literal` (an allowlisted IP literal; on an allowed port, one the address stage
 lets through) or an address Reason (addresses that stage denies, by reason: the log then
 names the reason the dialed address alone would get). ROLE is what the chain does. PORT is
 the dialed port, `any` on a port-agnostic chain (every port allowed), absent on the chains
-for the ports the policy does not allow.
+for the ports the policy does not allow. GROUP names the allowed server names a chain
+for allowed names takes (one allowlist entry, or a bucket of them: _transparent.sni_groups):
+such chains are split so that a policy change replaces only the chains of the names it adds
+or drops (Envoy keeps the connections of a chain whose message did not change, and drains
+those of one removed). The decision log reads only SCOPE and ROLE.
 """
 
 from __future__ import annotations
@@ -41,17 +45,19 @@ _FIXED: dict[str, Reason] = {
 _ADDRESS_SCOPES = {r.value: r for r in ADDRESS_CLASS_ORDER}
 
 
-def chain_name(role: str, scope: str = "", port: int | str | None = None) -> str:
+def chain_name(role: str, scope: str = "", port: int | str | None = None,
+               group: str | None = None) -> str:
     if role not in _ROLES or (scope and scope != LITERAL and scope not in _ADDRESS_SCOPES):
         raise ValueError(f"no transparent chain {scope!r} {role!r}")
     name = f"{scope}_{role}" if scope else role
-    return name if port is None else f"{name}@{port}"
+    name = name if port is None else f"{name}@{port}"
+    return name if group is None else f"{name}#{group}"
 
 
 def split_chain_name(name: str) -> tuple[str, str] | None:
     """(scope, role) of a chain name; None for a name no transparent chain has ("-" when
     the connection ended before any chain took it)."""
-    base = name.partition("@")[0]
+    base = name.partition("#")[0].partition("@")[0]
     for scope in (LITERAL, *_ADDRESS_SCOPES):
         if base.startswith(scope + "_") and base[len(scope) + 1:] in _ROLES:
             return scope, base[len(scope) + 1:]

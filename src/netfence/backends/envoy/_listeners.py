@@ -36,7 +36,7 @@ from netfence.backends.envoy._names import (
     SET_FILTER_STATE_TYPE,
     Json,
 )
-from netfence.backends.envoy._rbac import rbac_policies
+from netfence.backends.envoy._rbac import address_stage
 from netfence.backends.envoy._replies import deny_replies
 from netfence.backends.envoy._routes import egress_virtual_hosts, ingress_virtual_hosts
 from netfence.backends.relay import socket_address
@@ -128,9 +128,7 @@ def _listener(name: str, endpoint: Endpoint, hcm: Json) -> Json:
 # --- egress ----------------------------------------------------------------------------
 
 
-def egress_filters(
-    policy: Policy, placement: Placement, *, host_from_filter_state: bool = False
-) -> list[Json]:
+def egress_filters(placement: Placement, *, host_from_filter_state: bool = False) -> list[Json]:
     """DFP (check view) -> RBAC -> mark checked -> DFP (dial view) -> router.
 
     The check view resolves the name at the upstream resolver and saves the first
@@ -143,6 +141,9 @@ def egress_filters(
     IP literals resolve to themselves in both views, so RBAC decides those alone.
     host_from_filter_state: both DFP filters take the host and port from the filter state
     when set there (the transparent listener sets the port the client dialed).
+    RBAC's rules come with the routes (address_stage): they change with the policy, and
+    the HCM must not (a changed HCM drains its listener's connections). Here it lets
+    nothing through: a route configuration without them allows no address.
     """
     from_state = {"allow_dynamic_host_from_filter_state": True} if host_from_filter_state else {}
     mark = {
@@ -165,7 +166,7 @@ def egress_filters(
             "name": RBAC_FILTER,
             "typed_config": {
                 "@type": RBAC_TYPE,
-                "rules": {"action": "DENY", "policies": rbac_policies(policy)},
+                "rules": {"action": "ALLOW", "policies": {}},
             },
         },
         {
@@ -189,15 +190,16 @@ def egress_filters(
 
 
 def egress_listener(policy: Policy, placement: Placement) -> Json:
-    filters = egress_filters(policy, placement)
+    filters = egress_filters(placement)
     hcm = streaming_hcm("egress", egress_virtual_hosts(policy), filters)
+    hcm["route_config"]["typed_per_filter_config"] = address_stage(policy)
     hcm.update(
         {
             # WebSocket too: a plain http:// request to an allowed destination may upgrade.
             "upgrade_configs": [{"upgrade_type": "CONNECT"}, {"upgrade_type": "websocket"}],
             # Clients speaking HTTP/2 to the proxy tunnel with an HTTP/2 CONNECT.
             "http2_protocol_options": {"allow_connect": True},
-            "local_reply_config": deny_replies(policy),
+            "local_reply_config": deny_replies(),
             # A forward proxy adds nothing of its own to what it relays.
             "generate_request_id": False,
             "server_header_transformation": "PASS_THROUGH",

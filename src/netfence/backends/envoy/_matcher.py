@@ -137,11 +137,13 @@ def _by_name(level: Chains, sni: tuple[str, ...] | None) -> Json:
     """The chains of the server-name class `sni` at this level, else those without names.
     Each level holding a named chain holds every list, so the class the ServerNameMatcher
     chose (most specific name over all lists) is the level's own most specific match."""
-    listed = {tuple(_match(c)["server_names"]) for c in level if "server_names" in _match(c)}
-    if listed and sni is not None and sni not in listed:
+    # The lists are disjoint (filter_chain_matcher checked): a list is known by its first
+    # name (comparing whole lists took 0.2 s with 100,000 names in buckets).
+    listed = {_match(c)["server_names"][0] for c in level if "server_names" in _match(c)}
+    if listed and sni is not None and sni[0] not in listed:
         raise ValueError(f"a level without the server names of {sni[:3]}")
     named = [c for c in level if sni is not None
-             and tuple(_match(c).get("server_names", ())) == sni]
+             and _match(c).get("server_names", ("",))[0] == sni[0]]
     return _by_transport(named or [c for c in level if "server_names" not in _match(c)])
 
 
@@ -208,7 +210,8 @@ def with_matcher(listener: Json, merge: Callable[[str], str | None] = lambda _: 
 
 
 def _actions(node: object) -> list[Json]:
-    """The StringValue of every action in a matcher."""
+    """The StringValue of every action in a matcher (not looking through the lists of
+    server names: 100,000 strings)."""
     found: list[Json] = []
     stack = [node]
     while stack:
@@ -216,7 +219,7 @@ def _actions(node: object) -> list[Json]:
         if isinstance(item, dict):
             if item.get("@type") == STRING_VALUE_TYPE:
                 found.append(item)
-            stack.extend(item.values())
+            stack.extend(v for k, v in item.items() if k != "domains")
         elif isinstance(item, list):
             stack.extend(item)
     return found

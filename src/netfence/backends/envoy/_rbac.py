@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from netfence.backends.envoy._names import UPSTREAM_IP_TYPE, Json
+from netfence.backends.envoy._names import RBAC_FILTER, RBAC_PER_ROUTE_TYPE, UPSTREAM_IP_TYPE, Json
 from netfence.policy import AddressRule, Policy
 from netfence.policy.denied import IPNetwork
 
@@ -46,3 +46,12 @@ def rbac_policies(policy: Policy) -> dict[str, Json]:
         for rule in policy.address_rules()
     }
     return dict(sorted(out.items()))
+
+
+def address_stage(policy: Policy) -> Json:
+    """The address stage for an HTTP route configuration (its typed_per_filter_config):
+    the policy's rules for the HCM's RBAC filter, in the routes (RDS), so that a change of
+    the address rules (allow_cidr, the host's addresses) leaves the HCM, and with it every
+    established connection, alone. Routes that resolve nothing turn RBAC off by their own."""
+    return {RBAC_FILTER: {"@type": RBAC_PER_ROUTE_TYPE, "rbac": {
+        "rules": {"action": "DENY", "policies": rbac_policies(policy)}}}}

@@ -11,8 +11,7 @@ from netfence.backends.envoy._names import (
     ROUTE_DENY_REASONS,
     Json,
 )
-from netfence.backends.envoy._rbac import rbac_policy_name
-from netfence.policy import Policy, Reason
+from netfence.policy import ADDRESS_CLASS_ORDER, Reason
 from netfence.policy.decision import remedy_text
 
 # The request's host and port, for the remedy in a 403 body (CEL in a format string).
@@ -52,26 +51,41 @@ def _mapper(expression: str, body: str, status: int | None = None) -> Json:
     return mapper
 
 
-def deny_replies(policy: Policy, port: str = PORT_OF_AUTHORITY) -> Json:
+def deny_replies(port: str = PORT_OF_AUTHORITY) -> Json:
     """Bodies for every 403 the egress sends: the destination, the reason, the remedy.
 
     Route-level 403s are matched by route name. RBAC sets its dynamic metadata only after
     sending the reply, so a metadata filter never sees it; the response code details are
-    set before, and a CEL filter can read them. A dial-view DNS failure after RBAC let the
-    checked address through means the fence's DNS refused the answer: a 403 too.
-    `port`: as deny_body's.
+    set before, and a CEL filter can read them: one mapper per address reason and family,
+    the range read back from the details (`REASON@RANGE`), so that the bodies depend on no
+    policy (the HCM holding them must not change with one). A dial-view DNS failure after
+    RBAC let the checked address through means the fence's DNS refused the answer: a 403
+    too. `port`: as deny_body's.
     """
     mappers: list[Json] = []
     for reason in ROUTE_DENY_REASONS:
         expression = (f"xds.route_name == '{reason.value}' && "
                       "response.code_details == 'direct_response'")
         mappers.append(_mapper(expression, deny_body(reason, port=port)))
-    for rule in policy.address_rules():
-        detail = RBAC_DETAIL_FORMAT.format(rbac_policy_name(rule))
-        mappers.append(_mapper(f"response.code_details == '{detail}'",
-                               deny_body(rule.reason, str(rule.network), port)))
+    for reason in ADDRESS_CLASS_ORDER:
+        prefix = RBAC_DETAIL_FORMAT.format(f"{reason.value}@")[:-1]
+        expression = f"response.code_details.startsWith('{prefix}')"
+        v4, v6 = (deny_body(reason, s, port).replace(s, _DENIED_RANGE)
+                  for s in (_SAMPLE_V4, _SAMPLE_V6))
+        if v4 == v6:  # no remedy naming the range's family
+            mappers.append(_mapper(expression, v4))
+            continue
+        mappers.append(_mapper(f"{expression} && !response.code_details.contains(':')", v4))
+        mappers.append(_mapper(f"{expression} && response.code_details.contains(':')", v6))
     mappers.append(_mapper(
         f"response.code_details.startsWith('{DIAL_FAILURE_DETAIL}') && "
         f"'{CHECKED_KEY}' in filter_state",
         deny_body(Reason.DENIED_ADDRESS_IN_ANSWER, port=port), status=403))
     return {"mappers": mappers}
+
+
+# The range of the RBAC policy that denied a request, from the response code details.
+_DENIED_RANGE = r"%CEL(re.extract(response.code_details, r'@([^\]]+)\]$', r'\1'))%"
+# Stand-ins for it while deny_body writes the text (the remedy differs by family).
+_SAMPLE_V4 = "198.51.100.0/24"
+_SAMPLE_V6 = "2001:db8:5a3e::/48"

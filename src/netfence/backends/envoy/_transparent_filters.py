@@ -28,7 +28,7 @@ from netfence.backends.envoy._names import (
     TCP_PROXY_TYPE,
     Json,
 )
-from netfence.backends.envoy._rbac import rbac_policies
+from netfence.backends.envoy._rbac import address_stage, rbac_policies
 from netfence.backends.envoy._replies import HOST_OF_AUTHORITY, deny_replies
 from netfence.backends.envoy._routes import DIALED_PORT_KEY, transparent_virtual_hosts
 from netfence.policy import Policy, Reason
@@ -130,13 +130,14 @@ def http(policy: Policy, placement: Placement) -> list[Json]:
     filters = [
         {"name": "envoy.filters.http.set_filter_state",
          "typed_config": {"@type": SET_FILTER_STATE_TYPE, "on_request_headers": state}},
-        *egress_filters(policy, placement, host_from_filter_state=True),
+        *egress_filters(placement, host_from_filter_state=True),
     ]
     hcm = streaming_hcm("transparent", transparent_virtual_hosts(policy), filters)
+    hcm["route_config"]["typed_per_filter_config"] = address_stage(policy)
     hcm.update({
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         # The remedy names the port dialed, whether the Host names one or not.
-        "local_reply_config": deny_replies(policy, DIALED_PORT),
+        "local_reply_config": deny_replies(DIALED_PORT),
         "generate_request_id": False,
         "server_header_transformation": "PASS_THROUGH",
         "access_log": [access_log(_log_path(placement), TRANSPARENT_HTTP_LOG_FORMAT)],

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import stat
+import sys
 from pathlib import Path
 
 from netfence.backends import proxy_env
-from netfence.backends.base import Endpoint, write_setup
+from netfence.backends.base import Endpoint, Reload, write_setup
 from netfence.backends.envoy import ADMIN_SOCKET_NAME, BOOTSTRAP_NAME, EGRESS_LOG_NAME, EnvoyProxy
 from netfence.policy import Policy
 from tests.support.envoy_config import ENVOY, STATE, placement
@@ -17,17 +18,26 @@ def test_setup_files_processes_env_and_logs() -> None:
     proxy = EnvoyProxy(ENVOY)
     assert proxy.name == "envoy" and proxy.listens_in_netns is True
     setup = proxy.setup(Policy(), placement(ingress=True))
-    (spec,) = setup.files
-    assert spec.path == STATE / BOOTSTRAP_NAME and spec.mode == 0o600 and spec.owner is None
+    xds = STATE / "envoy-xds"
+    assert [f.path for f in setup.files] == [
+        STATE / BOOTSTRAP_NAME, xds / "routes-egress.json", xds / "routes-ingress.json",
+        xds / "listeners.json"]
+    assert all(f.mode == 0o600 and f.owner is None for f in setup.files)
     (process,) = setup.processes
     assert process.name == "envoy"
     assert process.argv[:3] == (ENVOY, "-c", str(STATE / BOOTSTRAP_NAME))
     assert "--disable-hot-restart" in process.argv
+    assert process.argv[process.argv.index("--drain-time-s") + 1] == "60"
+    # It reads every file, takes new listener and route files by itself, and is restarted
+    # only for a new bootstrap (which no policy change makes).
+    assert process.reads == tuple(f.path for f in setup.files)
+    assert process.reload == Reload(signal=None, restart_for=(STATE / BOOTSTRAP_NAME,))
     assert process.ready == (Endpoint("127.0.0.1", 3128), Endpoint("127.0.0.1", 8080))
     assert process.stdout.parent == STATE and process.stderr.parent == STATE
     assert setup.decision_logs == (STATE / EGRESS_LOG_NAME,)
     assert proxy.validate_command(setup) == [
-        (ENVOY, "--mode", "validate", "-c", str(STATE / BOOTSTRAP_NAME))
+        (sys.executable, "-m", "netfence.backends.envoy._validate", ENVOY,
+         str(STATE / BOOTSTRAP_NAME))
     ]
 
 

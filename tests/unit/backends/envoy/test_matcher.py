@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from netfence.backends.envoy._chains import HTTP, HTTP_ROLES, split_chain_name
+from netfence.backends.envoy._chains import HTTP, HTTP_ROLES, TLS_ALLOWED, split_chain_name
 from netfence.backends.envoy._matcher import NO_CHAIN, filter_chain_matcher, with_matcher
 from netfence.backends.envoy._transparent import layout_listener
 from netfence.policy import Policy
@@ -25,9 +25,16 @@ from tests.unit.backends.envoy.test_transparent import ADDRESSES, NAMES, POLICIE
 
 
 def _joined(name: str) -> str:
-    """The chain of the bootstrap a layout chain became (the HTTP chains are one)."""
+    """The chain of the bootstrap a layout chain became: the HTTP chains are one; a
+    group's chains for allowed names are one per port whatever the address scope; the
+    groups' refusals are one again."""
     scope_role = split_chain_name(name)
-    return HTTP if scope_role is not None and scope_role[1] in HTTP_ROLES else name
+    if scope_role is not None and scope_role[1] in HTTP_ROLES:
+        return HTTP
+    base, _, group = name.partition("#")
+    if scope_role is not None and scope_role[1] == TLS_ALLOWED and group:
+        return f"{TLS_ALLOWED}@{base.partition('@')[2]}#{group}"
+    return base
 
 
 @pytest.mark.parametrize("kind", sorted(POLICIES))

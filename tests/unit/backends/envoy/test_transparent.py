@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,7 @@ from tests.support.envoy_config import (
     select_chain,
     select_route,
     select_vhost,
+    whole,
 )
 
 ALLOWLIST = policy_for({"outbound": {"allow_host": [
@@ -205,9 +207,15 @@ def _http_reason(chain: Json, host: str, authority: str, port: int) -> str:
     ip = parse_ip(host)
     if name != Reason.ALLOWED.value or ip is None:
         return name
-    # An allowed IP literal: the address stage (RBAC on the DFP's address: the literal).
-    (rbac,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
-    for policy_name, body in sorted(rbac["typed_config"]["rules"]["policies"].items()):
+    # An allowed IP literal: the address stage (RBAC on the DFP's address: the literal),
+    # its rules the route's, else the route configuration's (the HCM's allow nothing).
+    rbac = "envoy.filters.http.rbac"
+    per_route = {**hcm["route_config"].get("typed_per_filter_config", {}),
+                 **route.get("typed_per_filter_config", {})}.get(rbac, {}).get("rbac")
+    if per_route is None:
+        (http_rbac,) = [f for f in hcm["http_filters"] if f["name"] == rbac]
+        per_route = http_rbac["typed_config"]
+    for policy_name, body in sorted(per_route["rules"]["policies"].items()):
         if any(permission_matches(p, ip) for p in body["permissions"]):
             return policy_name.partition("@")[0]
     return name
@@ -359,20 +367,26 @@ def test_a_relayed_listener_reads_the_destination_from_a_proxy_header(name: str)
     kernel = EnvoyProxy(ENVOY).setup(policy, placement(transparent=True))
     relayed = EnvoyProxy(ENVOY).setup(policy, dataclasses.replace(
         placement(transparent=True), transparent_proxy_protocol=True))
-    before = listener(json.loads(kernel.files[0].content), "transparent")
-    after = listener(json.loads(relayed.files[0].content), "transparent")
+    before = listener(whole(kernel), "transparent")
+    after = listener(whole(relayed), "transparent")
     first, *rest = after["listener_filters"]
     assert first == {"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
         "@type": PROXY_PROTOCOL_TYPE, "allow_requests_without_proxy_protocol": False,
         "disallowed_versions": ["V1"]}}
     assert [f["name"] for f in before["listener_filters"]] == [
         "envoy.filters.listener.original_dst", *(f["name"] for f in rest)]
-    # Everything else byte for byte: the chains, the matcher, the clusters, the log.
-    swapped = kernel.files[0].content.replace(
-        json.dumps(before["listener_filters"][0], separators=(",", ":")),
-        json.dumps(first, separators=(",", ":")))
-    assert swapped == relayed.files[0].content
+    # Everything else byte for byte: the chains, the matcher, the clusters, the log (the
+    # listeners' file has another version: its digest).
+    for plain, proxied in zip(kernel.files, relayed.files, strict=True):
+        swapped = plain.content.replace(
+            json.dumps(before["listener_filters"][0], separators=(",", ":")),
+            json.dumps(first, separators=(",", ":")))
+        assert _unversioned(swapped) == _unversioned(proxied.content)
     assert kernel.processes == relayed.processes and kernel.env == relayed.env
+
+
+def _unversioned(content: str) -> str:
+    return re.sub(r'^\{"version_info":"[0-9a-f]+"', "", content)
 
 
 def test_unprivileged_changes_nothing_in_envoy() -> None:
@@ -387,7 +401,7 @@ def test_one_endpoint_has_no_additional_addresses() -> None:
     setup = EnvoyProxy(ENVOY).setup(ALLOWLIST, dataclasses.replace(
         placement(transparent=True), transparent_listen=(placement(
             transparent=True).transparent_listen[0],)))
-    lst = listener(json.loads(setup.files[0].content), "transparent")
+    lst = listener(whole(setup), "transparent")
     assert "additional_addresses" not in lst
 
 
@@ -420,10 +434,10 @@ def test_chain_layout_per_policy_kind() -> None:
     assert names(POLICIES["none_mode"]) == names(POLICIES["deny_all"])
     custom = names(POLICIES["custom_ports"])
     assert custom == [
-        "tls_denied_name@22", "tls_allowed@22", "http@22", "tls_not_allowed@22",
-        "tls_denied_name@8443", "tls_allowed@8443", "http@8443", "tls_not_allowed@8443",
-        "tls_denied_name", "tls_port_not_allowed", "http_port_not_allowed", "tls_not_allowed",
-        "no_name"]
+        "tls_denied_name@22", "tls_allowed@22#a.test", "http@22", "tls_not_allowed@22",
+        "tls_denied_name@8443", "tls_allowed@8443#a.test", "http@8443", "tls_not_allowed@8443",
+        "tls_denied_name", "tls_port_not_allowed#a.test", "http_port_not_allowed",
+        "tls_not_allowed", "no_name"]
     learn = names(POLICIES["learn"])
     assert all(n.endswith("@any") for n in learn[:-1]) and learn[-1] == "no_name"
     assert learn[:4] == ["literal_tls_denied_name@any", "literal_tls@any", "literal_http@any",
@@ -440,10 +454,10 @@ def test_allow_all_covers_every_address_once() -> None:
             for c in lst["filter_chains"] if c["name"].endswith("_no_name@443")
             or c["name"] == "literal_raw@443"
             for p in c["filter_chain_match"]["prefix_ranges"]]
-    for version, whole in ((4, 2**32), (6, 2**128)):
+    for version, space in ((4, 2**32), (6, 2**128)):
         ours = [n for n in nets if n.version == version]
         # Overlaps only where a more specific rule (a host address) sits inside another.
-        assert sum(n.num_addresses for n in ipaddress.collapse_addresses(ours)) == whole
+        assert sum(n.num_addresses for n in ipaddress.collapse_addresses(ours)) == space
 
 
 def test_egress_and_clusters_unchanged_by_the_transparent_listener() -> None:
