@@ -128,12 +128,13 @@ def config_map(name: str, namespace: str, setup: ProxySetup) -> Json:
 
 
 def files_of(setup: ProxySetup) -> dict[str, list[FileSpec]]:
-    """Each process's files, by role: those its argv names (or whose directory it names),
-    and its stdout and stderr. Every file belongs to exactly one process."""
+    """Each process's files, by role: those it reads (ProcessSpec.reads), those its argv
+    names (or whose directory it names), and its stdout and stderr. Every file belongs to
+    exactly one process."""
     found: dict[str, list[FileSpec]] = {p.role: [] for p in setup.processes}
     for spec in setup.files:
         owners = [p.role for p in setup.processes
-                  if spec.path in (p.stdout, p.stderr)
+                  if spec.path in (p.stdout, p.stderr, *p.reads)
                   or any(str(spec.path) in arg or str(spec.path.parent) == arg
                          for arg in p.argv)]
         if len(owners) != 1:

@@ -57,7 +57,10 @@ def test_each_file_belongs_to_one_process(proxy: str) -> None:
         f.path for f in setup.files)
     assert [f.path.name for f in owned["dns"]] == ["dnsmasq.conf", "dnsmasq-servers.conf"]
     if proxy == "envoy":
-        assert [f.path.name for f in owned["egress"]] == ["envoy.json"]
+        # The bootstrap, and the listener and route files it reads (envoy-xds/).
+        assert [str(f.path.relative_to(fence.STATE_DIR)) for f in owned["egress"]] == [
+            "envoy.json", "envoy-xds/routes-egress.json", "envoy-xds/routes-ingress.json",
+            "envoy-xds/listeners.json"]
     else:
         egress = {f.path.name for f in owned["egress"]}
         assert {"squid-egress.conf", "squid-egress-access.log", "ERR_NOT_ALLOWLISTED"} <= egress

@@ -200,9 +200,10 @@ def test_yaml_writes_configs_as_blocks_and_no_aliases() -> None:
 def test_a_cluster_range_is_denied_by_the_fence_whatever_is_lifted() -> None:
     spec = workload_spec("lifted", "stdio", "envoy")
     objects = render(spec, get_backend("envoy"), cluster())
-    bootstrap = by_kind(objects, "ConfigMap")["web-fence"]["data"]["envoy.json"]
+    # The address rules ride with the egress routes (the listeners take them from there).
+    routes = by_kind(objects, "ConfigMap")["web-fence"]["data"]["envoy-xds.routes-egress.json"]
     # 10.0.0.0/8 is lifted, 10.96.0.0/12 (the Services) stays denied as the cluster's own.
-    assert "10.96.0.0" in bootstrap and "host_address" in bootstrap
+    assert "10.96.0.0" in routes and "host_address" in routes
 
 
 def test_names_that_cannot_name_every_object_are_refused() -> None:
