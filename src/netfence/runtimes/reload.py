@@ -7,7 +7,7 @@ write, signal and restart its own processes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,10 +68,10 @@ def plan(running: Sequence[ProcessSpec], written: Mapping[Path, str],
     return out
 
 
-def settle(backend: NetworkProxy, setup: ProxySetup, logs: Sequence[Path]) -> None:
-    """Until the proxies apply `setup` (a proxy that refuses it keeps its old policy)."""
-    if not wait_for(lambda: backend.settled(setup), SETTLE_TIMEOUT, SETTLE_INTERVAL):
+def settle(backend: NetworkProxy, setup: ProxySetup, logs: Sequence[Path],
+           what: str = "the new policy", check: Callable[[], None] | None = None) -> None:
+    """Until the proxies apply `setup` (one that refuses a file keeps what it had)."""
+    if not wait_for(lambda: backend.settled(setup), SETTLE_TIMEOUT, SETTLE_INTERVAL, check):
         where = ", ".join(str(p) for p in logs) or "the proxy's log"
-        raise NetfenceError(
-            f"the {backend.name} proxy did not apply the new policy within "
-            f"{SETTLE_TIMEOUT:.0f} s; it may still apply the old one", remedy=f"see {where}")
+        raise NetfenceError(f"the {backend.name} proxy did not take {what} within "
+                            f"{SETTLE_TIMEOUT:.0f} s", remedy=f"see {where}")

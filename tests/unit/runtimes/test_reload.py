@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from netfence.backends import FileSpec, ProcessSpec, ProxySetup, Reload
+from netfence.backends import FileSpec, NetworkProxy, ProcessSpec, ProxySetup, Reload
 from netfence.errors import NetfenceError
 from netfence.runtimes import reload
 
@@ -79,3 +79,28 @@ def test_a_changed_file_no_process_reads_is_refused() -> None:
 def test_other_processes_than_the_running_ones_are_refused() -> None:
     with pytest.raises(NetfenceError, match="other fence processes"):
         reload.plan(RUNNING[:1], WRITTEN, _setup(servers="b"))
+
+
+class _Never(NetworkProxy):
+    name = "envoy"
+
+    def setup(self, policy: object, placement: object) -> ProxySetup:  # type: ignore[override]
+        raise NotImplementedError
+
+    def validate_command(self, setup: ProxySetup) -> list[tuple[str, ...]]:
+        return []
+
+    def parse_decision(self, line: str) -> None:
+        return None
+
+    def settled(self, setup: ProxySetup) -> bool:
+        return False
+
+
+def test_a_proxy_that_never_settles_is_one_line_naming_its_log(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reload, "SETTLE_TIMEOUT", 0.05)
+    with pytest.raises(NetfenceError) as caught:
+        reload.settle(_Never(), _setup(), [LOG], "its configuration")
+    assert caught.value.message == "the envoy proxy did not take its configuration within 0 s"
+    assert caught.value.remedy == f"see {LOG}"

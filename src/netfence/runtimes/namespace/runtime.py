@@ -195,10 +195,12 @@ class NamespaceFence(Fence):
         if forwards and not carried:
             parts.insert(0, lambda: relay_setup(forwards, self.state_dir,
                                                 placement.programs.get("envoy")))
+        written = ProxySetup(files=(), processes=())
         for part in parts:
             setup = part()
             write_setup(setup, self.state_dir)
             self.written.update(reload.digests(setup))
+            written += setup
             # Kept without the files' text: with a long allowlist, megabytes never read again.
             self.setup += dataclasses.replace(setup, files=tuple(
                 dataclasses.replace(f, content="") for f in setup.files))
@@ -215,6 +217,10 @@ class NamespaceFence(Fence):
         for proc_spec, proc in started:
             self.report(f"waiting for {proc_spec.name}")
             processes.wait_ready(proc_spec, proc, self.signals.check)
+        # A listener file the proxy refused leaves it running without that listener: said
+        # now, with the reason, rather than found out by the workload.
+        reload.settle(self.backend, written, [p.stderr for p in written.processes],
+                      "its configuration", self.signals.check)
 
     def update(self, profile: Profile) -> None:
         with self.changing:
