@@ -5,7 +5,6 @@ it takes a new policy; a dead proxy is started again)."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from netfence.backends import Endpoint, Forward
 from netfence.backends.base import write_setup
 from netfence.backends.relay import relay_setup
 from netfence.runtimes.namespace import processes
+from tests.support.processes import stop
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +50,4 @@ def test_a_refused_dial_is_tried_again_until_the_target_listens(tmp_path: Path) 
                     conn.sendall(b"pong")
                     assert client.recv(4) == b"pong"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)

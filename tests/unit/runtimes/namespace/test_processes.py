@@ -111,18 +111,23 @@ SLOW_EXIT = ("import signal, sys, time\n"
              "print('ready', flush=True)\ntime.sleep(60)")
 
 
+def _stopped_once_ready(spec: ProcessSpec) -> int:
+    """Start it, wait until it says it is ready, stop it: its exit status."""
+    proc = processes.start(spec)
+    deadline = time.monotonic() + 10
+    while b"ready" not in spec.stdout.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    processes.stop_all([(spec, proc)])
+    return proc.returncode
+
+
 @pytest.mark.parametrize(("stop_grace", "code"), [(None, 0), (0.2, -signal.SIGKILL)])
 def test_a_process_may_declare_when_it_can_be_killed(tmp_path: Path, stop_grace: float | None,
                                                      code: int) -> None:
     # Exits cleanly a second after SIGTERM: waited for, unless it declared that nothing it
     # does after 0.2 s matters.
     spec = dataclasses.replace(_spec(tmp_path, SLOW_EXIT, _free_port()), stop_grace=stop_grace)
-    proc = processes.start(spec)
-    deadline = time.monotonic() + 10
-    while b"ready" not in spec.stdout.read_bytes() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    processes.stop_all([(spec, proc)])
-    assert proc.returncode == code
+    assert _stopped_once_ready(spec) == code
 
 
 MAPS_A_FILE = """
@@ -262,9 +267,4 @@ def test_one_that_may_be_killed_is_killed_once_it_holds_no_connection(
     # killed before that.
     spec = dataclasses.replace(_spec(tmp_path, HOLDS, _free_port()), stop_grace=5.0)
     spec = dataclasses.replace(spec, argv=(*spec.argv, holding))
-    proc = processes.start(spec)
-    deadline = time.monotonic() + 10
-    while b"ready" not in spec.stdout.read_bytes() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    processes.stop_all([(spec, proc)])
-    assert proc.returncode == code
+    assert _stopped_once_ready(spec) == code
