@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from netfence.errors import NetfenceError, PrivilegeError
+from netfence.errors import NetfenceError, PrivilegeError, UsageError
 
 log = logging.getLogger("netfence")
 
@@ -90,7 +90,8 @@ class ControlServer:
         try:
             reply = self.handle(request)
         except NetfenceError as exc:
-            reply = {"error": exc.message, "remedy": exc.remedy}
+            reply = {"error": exc.message, "remedy": exc.remedy,
+                     "usage": isinstance(exc, UsageError)}  # the asker's exit status
         except Exception as exc:  # the fence keeps running; the asker learns why
             log.exception("control request failed")
             reply = {"error": f"internal error: {exc}"}
@@ -133,5 +134,6 @@ def ask(state_dir: Path, name: str, request: Message) -> Message:
     if not isinstance(reply, dict):
         raise NetfenceError(f"{name}'s supervisor gave no answer")
     if "error" in reply:
-        raise NetfenceError(str(reply["error"]), remedy=reply.get("remedy"))
+        kind = UsageError if reply.get("usage") else NetfenceError
+        raise kind(str(reply["error"]), remedy=reply.get("remedy"))
     return reply

@@ -214,6 +214,8 @@ class _Updates:
         profile = dataclasses.replace(old, name=new.name, network=new.network)
         try:
             self.fence.update(profile)
+        except UsageError:
+            raise  # refused before anything changed
         except NetfenceError as exc:
             # Part of the fence may have taken the new policy: all of it goes back.
             try:

@@ -37,7 +37,7 @@ def test_the_handlers_error_reaches_the_asker_as_one_line(tmp_path: Path) -> Non
 
     server = ControlServer(tmp_path, handle)
     try:
-        with pytest.raises(NetfenceError) as caught:
+        with pytest.raises(UsageError) as caught:  # the kind too: the exit status
             control.ask(tmp_path, "w", {"op": "update"})
         assert (caught.value.message, caught.value.remedy) == ("bad profile", "fix it")
         # An unexpected failure is reported too, and the server keeps answering.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from netfence.backends.squid import LOG_FORMAT_TAG
-from netfence.errors import NetfenceError
+from netfence.errors import NetfenceError, UsageError
 from netfence.profile.loader import load_profile, parse_profile, profile_data, with_overrides
 from netfence.profile.model import Profile
 from netfence.runtimes import logs
@@ -95,6 +95,8 @@ class _Fence(Fence):
     def update(self, profile: Profile) -> None:
         hosts = tuple(str(h) for h in profile.network.outbound.allow_host)
         self.applied.append(hosts)
+        if "usage.test" in hosts:
+            raise UsageError("this change cannot be made while it runs")
         if self.refuse.intersection(hosts):
             raise NetfenceError("the proxy refused it", remedy="see its log")
 
@@ -132,6 +134,13 @@ def test_a_refused_update_goes_back_to_the_old_policy(tmp_path: Path) -> None:
     assert fence.applied == [("bad.test",), ("a.test",)]
     assert updates.spec.profile.network.outbound.allow_host[0].name == "a.test"
     assert not (tmp_path / logs.POLICY_LOG).exists()  # nothing changed, nothing logged
+
+
+def test_a_change_refused_before_anything_changed_is_not_rolled_back(tmp_path: Path) -> None:
+    fence = _Fence(set())
+    with pytest.raises(UsageError, match="cannot be made while it runs"):
+        _updates(tmp_path, fence).handle(_request("usage.test"))
+    assert fence.applied == [("usage.test",)]
 
 
 def test_a_request_that_is_no_update_is_refused(tmp_path: Path) -> None:

@@ -88,8 +88,6 @@ log = logging.getLogger("netfence")
 INGRESS_PORT = 8080
 _PATHS = {"sse": "/sse", "streamable-http": "/mcp"}
 _START_ORDER = {"dns": 0, "egress": 1, "ingress": 2}
-# Seconds a fence container has to stop when an update restarts it (dnsmasq: at once).
-FENCE_RESTART_GRACE = 3
 # The container holding the workload's network namespace: `<name>-net`.
 HOLDER_ROLE = "net"
 # The workload's resolv.conf, in its state directory (mounted alone).
@@ -140,8 +138,8 @@ class DockerFence(Fence):
         self.attachment: containers.Attachment | None = None
         # The internal network's host bridge, once found (before its address goes).
         self.bridge: str | None = None
-        # The networks denied like the host's addresses; what each generated file holds.
-        self.fence_subnets: list[str] = []
+        # The host's addresses and the fence's networks, denied; what each file holds.
+        self.denied: tuple[IPAddress | IPNetwork, ...] = ()
         self.written: dict[Path, str] = {}
 
     # -- set-up ---------------------------------------------------------------------------
@@ -168,8 +166,9 @@ class DockerFence(Fence):
             placement = self.placement = self._placement(plan, resolver)
             # Every fence's containers are on the external network: it is denied like the
             # host's addresses, so --allow-cidr never lets one workload reach another's.
-            self.fence_subnets = [external_subnet, networks.subnet_of(internal)[0]]
-            policy = compile_policy(spec.profile, _host_addresses(self.fence_subnets))
+            # Read once: an update keeps them (see the namespace runtime).
+            self.denied = _host_addresses([external_subnet, networks.subnet_of(internal)[0]])
+            policy = compile_policy(spec.profile, self.denied)
             self.setup = self.backend.setup(policy, placement) + dns_setup(policy, placement)
             write_setup(self.setup, self.state_dir)
             self.written = reload.digests(self.setup)
@@ -194,20 +193,25 @@ class DockerFence(Fence):
     def update(self, profile: Profile) -> None:
         assert self.placement is not None
         placement = self.placement
-        policy = compile_policy(profile, _host_addresses(self.fence_subnets))
+        policy = compile_policy(profile, self.denied)
         new = self.backend.setup(policy, placement) + dns_setup(policy, placement)
         steps = reload.plan([process for process, _ in self.fence.values()], self.written, new)
+        if steps.restarts:
+            # Seen: after its dns container was restarted, Envoy's lookups through it
+            # failed; and the engine sets a restarted container's networks up anew, which
+            # may undo what _strip_bridge did. dnsmasq runs as root there, so it cannot
+            # re-read its allowlist on a signal (dnsmasq.servers_reloadable).
+            names = ", ".join(p.name for p in steps.restarts)
+            raise UsageError(f"this change needs the fence's {names} restarted, which the "
+                             "docker runtime does not do while the workload runs (a change of "
+                             "ports only does not)",
+                             remedy="stop the workload and run it again with the new policy")
         for file in steps.files:
             write_file(file)  # the state dir is bind-mounted: the containers see it
             self.written[file.path] = reload.digest(file.content)
         with engine_errors():
             for process, signum in steps.signals:
                 self.fence[process.role][1].kill(signal=_signal_name(signum))
-            for process in steps.restarts:
-                container = self.fence[process.role][1]
-                log.info("restarting %s", container.name)
-                container.restart(timeout=FENCE_RESTART_GRACE)
-                containers.Readiness(container, process).wait()
         reload.settle(self.backend, new, [p.stderr for p in new.processes])
 
     def _placement(self, plan: networks.AddressPlan, resolver: Endpoint) -> Placement:

@@ -56,7 +56,8 @@ from netfence.runtimes.signals import StopSignals
 from netfence.runtimes.supervisor import SupervisedRuntime, release_memory
 
 if TYPE_CHECKING:
-    from netfence.profile.model import Profile
+    from netfence.profile.hosts import IPAddress
+    from netfence.profile.model import IPNetwork, Profile
     from netfence.runtimes.namespace.relay import Relays
 
 log = logging.getLogger("netfence")
@@ -102,6 +103,7 @@ class NamespaceFence(Fence):
         self.holder: Holder | None = None
         self.started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
         self.placement: Placement | None = None
+        self.host_addresses: tuple[IPAddress | IPNetwork, ...] = ()
         # What each generated file holds (digests), for an update to write only changes.
         self.written: dict[Path, str] = {}
         # Held while fence processes are replaced: by an update, or after one died.
@@ -120,7 +122,10 @@ class NamespaceFence(Fence):
                         "%s proxy has no transparent path; --proxy envoy has one)",
                         spec.name, self.backend.name)
         self.signals.check()
-        policy = compile_policy(spec.profile, netns.host_addresses(),
+        # Read once: an update keeps them (other workloads' interfaces come and go, and a
+        # change here would drain the transparent path's TLS connections and restart DNS).
+        self.host_addresses = netns.host_addresses()
+        policy = compile_policy(spec.profile, self.host_addresses,
                                 learn=spec.learn is not None)
         # What cannot listen in the namespace is reached through relays (the fence's DNS;
         # Squid's egress; rootless, everything): Envoy listeners as root, carried by the
@@ -229,7 +234,7 @@ class NamespaceFence(Fence):
     def _update(self, profile: Profile) -> None:
         assert self.placement is not None
         placement = self.placement
-        policy = compile_policy(profile, netns.host_addresses(),
+        policy = compile_policy(profile, self.host_addresses,
                                 learn=self.spec.learn is not None)
         new = self.backend.setup(policy, placement) + dns_setup(policy, placement)
         fence = [spec for spec, _ in self.started if spec.role != "relay"]
