@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,9 +227,8 @@ def update(name: str, profile_ref: str, allow_host: tuple[str, ...],
     source = policy_source(profile_ref, allow_host, allow_port, allow_cidr)
     reply = control.ask(Path(record.state_dir), name,
                         {"op": "update", "source": source, "profile": profile_data(profile)})
-    change = [f"+{e}" for e in reply.get("added", ())] + [f"-{e}" for e in reply.get("removed", ())]
-    output.err.print(f"netfence: {name}: policy now {source}"
-                     f" ({', '.join(change) or 'no change in what it allows'})", markup=False)
+    change = describe_change(reply.get("added", ()), reply.get("removed", ()))
+    output.err.print(f"netfence: {name}: policy now {source} ({change})", markup=False)
     ignored = reply.get("grants_ignored") or ()
     if ignored:
         output.err.print(f"netfence: {name}: the profile's {', '.join(ignored)} grants are not "
@@ -300,8 +299,18 @@ def logs(name: str, follow: bool, denied: bool, as_json: bool, runtime: str | No
 
 
 def policy_line(change: PolicyChange) -> str:
-    what = [f"+{e}" for e in change.added] + [f"-{e}" for e in change.removed]
-    return f"{change.time} policy now {change.source} ({', '.join(what) or 'same allowlist'})"
+    return (f"{change.time} policy now {change.source} "
+            f"({describe_change(change.added, change.removed)})")
+
+
+def describe_change(added: Iterable[str], removed: Iterable[str], most: int = 10) -> str:
+    """What a policy change allows anew (+) and no longer (-), the first `most` of it (a
+    list of 100,000 names changes in one line too; `logs --json` has all of it)."""
+    what = [f"+{e}" for e in added] + [f"-{e}" for e in removed]
+    if not what:
+        return "no change in what it allows"
+    more = f" and {len(what) - most} more" if len(what) > most else ""
+    return ", ".join(what[:most]) + more
 
 
 def decision_line(record: DecisionRecord) -> str:

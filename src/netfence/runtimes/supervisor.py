@@ -260,8 +260,8 @@ def policy_difference(old: Profile, new: Profile) -> tuple[tuple[str, ...], tupl
         return items
 
     before, after = entries(old), entries(new)
-    return (tuple(e for e in after if e not in set(before)),
-            tuple(e for e in before if e not in set(after)))
+    was, now = set(before), set(after)  # 100,000 names: each looked up once
+    return tuple(e for e in after if e not in was), tuple(e for e in before if e not in now)
 
 
 def release_memory() -> None:

@@ -114,3 +114,15 @@ def test_a_decision_line_says_transparent_and_ends_with_the_remedy() -> None:
     assert decision_line(proxied) == (
         "2026-12-06T01:07:23Z deny  CONNECT other.test:443 403 not_allowlisted up=0 down=0 "
         "1ms; to allow: pass --allow-host other.test")
+
+
+def test_a_policy_change_is_one_line_however_large() -> None:
+    from netfence.cli.main import describe_change, policy_line
+    from netfence.runtimes.logs import PolicyChange
+
+    assert describe_change([], []) == "no change in what it allows"
+    assert describe_change(["host a.test"], ["port 80"]) == "+host a.test, -port 80"
+    many = describe_change([f"host h{i}.test" for i in range(100_000)], ["port 80"])
+    assert many.startswith("+host h0.test, ") and many.endswith(" and 99991 more")
+    line = policy_line(PolicyChange("2026-12-06T10:00:00.000Z", "p.yaml", ("host a.test",)))
+    assert line == "2026-12-06T10:00:00.000Z policy now p.yaml (+host a.test)"
