@@ -17,7 +17,7 @@ from netfence.runtimes.waiting import wait_for
 
 # Envoy takes its watched files within milliseconds; Squid's reconfigure takes longer.
 SETTLE_TIMEOUT = 15.0
-SETTLE_INTERVAL = 0.02
+SETTLE_INTERVAL = 0.005
 
 
 def digest(content: str) -> str:
