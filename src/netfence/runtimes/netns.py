@@ -65,12 +65,16 @@ def create(name: str) -> Path:
 
 
 def loopback_up(path: Path) -> None:
-    """Set `lo` up in the namespace at `path`, its other flags kept (`ip link set lo up`):
-    an ioctl on a socket made there."""
+    """Set `lo` up in the namespace at `path` (`ip link set lo up`)."""
     with open_socket("127.0.0.1", socket.SOCK_DGRAM, path) as sock:
-        request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack_from("H", fcntl.ioctl(sock, _SIOCGIFFLAGS, request), 16)[0]
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+        set_loopback_up(sock)
+
+
+def set_loopback_up(sock: socket.socket) -> None:
+    """Set `lo` up, its other flags kept, in the namespace `sock` was made in: an ioctl."""
+    request = struct.pack("16sH14x", b"lo", 0)
+    flags = struct.unpack_from("H", fcntl.ioctl(sock, _SIOCGIFFLAGS, request), 16)[0]
+    fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
 
 
 def remove(name: str) -> None:

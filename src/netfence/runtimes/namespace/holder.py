@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import select
 import signal
@@ -29,10 +28,7 @@ from netfence.errors import PrivilegeError
 from netfence.runtimes import netns
 
 CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -171,7 +167,7 @@ def _hold(control: socket.socket, parent: int) -> None:  # pragma: no cover - ru
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             return  # the supervisor died before the death signal was armed
-        if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+        if _libc.unshare(CLONE_NEWUSER | netns.CLONE_NEWNET) != 0:
             control.send(f"unshare: {_errname(ctypes.get_errno())}".encode())
             return
         control.send(b"unshared")
@@ -181,7 +177,7 @@ def _hold(control: socket.socket, parent: int) -> None:  # pragma: no cover - ru
         # security module (AppArmor) takes away while still allowing the unshare.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             try:
-                fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", _IFF_UP))
+                netns.set_loopback_up(s)
             except OSError as exc:
                 control.send(f"loopback up: {_errname(exc.errno or 0)}".encode())
                 return
