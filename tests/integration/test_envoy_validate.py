@@ -462,6 +462,51 @@ def test_names_are_decided_before_anything_resolves_them(
     assert port.reason == "port_not_allowed" and port.port == 22
 
 
+# Authorities the policy cannot read as a host: each would match `*.wild.test`, a denied
+# name or the catch-all, and the stub DNS answers anything (with 127.0.0.1): a check that
+# let one through would show as a query and a loopback_address denial.
+INVALID_HOSTS = ("-x.wild.test", "x-.wild.test", "x" * 64 + ".wild.test", "a..wild.test",
+                 ".".join(["x" * 62] * 4) + ".wild.test", "-x.localhost", "-x.other.test")
+
+
+@pytest.mark.parametrize("network", [
+    {"outbound": {"allow_host": ["allowed.test", "*.wild.test"]}},
+    {"outbound": {"insecure_allow_all": True}},
+], ids=["wildcard", "allow_all"])
+def test_invalid_hosts_are_refused_before_anything_resolves_them(
+    start_envoy: Callable[..., RunningEnvoy], dns: StubDns, network: dict[str, Any]
+) -> None:
+    # The transparent port must be an allowed one, or port_not_allowed would not tell.
+    port = free_port()
+    outbound = {**network["outbound"], "allow_port": [80, 443, port]}
+    envoy = start_envoy(profile_policy({"outbound": outbound}), transparent_port=port)
+    dns.queries.clear()
+    plain = "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n"
+    for host in INVALID_HOSTS:
+        for via, request, authority in (
+            (envoy.port, plain.format(f"http://{host}/", host), host),
+            (envoy.port, f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n",
+             f"{host}:443"),
+            (port, plain.format("/", host), host),  # transparent, by the Host header
+        ):
+            status, body = http_via(via, request)
+            assert (status, body) == (403, f"netfence: denied {authority}: invalid_host\n"), (
+                request)
+    # Another scheme is refused as such first, as it was when the check was routes.
+    status, body = http_via(envoy.port, plain.format("https://-x.wild.test/", "-x.wild.test"))
+    assert status == 403 and "unsupported_request" in body
+    # A valid name under the wildcard still resolves: the stub DNS does answer.
+    status, body = http_via(port, plain.format("/", "ok.wild.test"))
+    assert status == 403 and "loopback_address" in body
+    records = envoy.records(lambda r: r.host != "ok.wild.test", at_least=3 * len(INVALID_HOSTS) + 1)
+    got = [(r.host, r.reason, r.status, r.allowed, r.upstream_ip) for r in records
+           if r.reason != "unsupported_request"]
+    assert sorted(got) == sorted(
+        (h, "invalid_host", 403, False, None) for h in INVALID_HOSTS for _ in range(3)), got
+    assert "ok.wild.test" in dns.queries
+    assert not {q for q in dns.queries if q != "ok.wild.test"}, dns.queries
+
+
 def test_dialed_loopback_address_is_denied(
     start_envoy: Callable[..., RunningEnvoy], dns: StubDns, upstream: int
 ) -> None:

@@ -154,11 +154,42 @@ def select_route(vhost: Json, method: str, authority: str, scheme: str = "http",
     raise AssertionError(f"no route for {method} {authority}")
 
 
-def route_reason(cfg: Json, method: str, host: str, port: int | None) -> str:
-    authority = host if port is None else f"{host}:{port}"
-    route = select_route(select_vhost(vhosts(cfg), host), method, authority)
+HOST_CHECK = "netfence.host_check"
+
+
+def host_check_reason(hcm_json: Json, route: Json, authority: str) -> str | None:
+    """The reason the HCM's host check (an RBAC DENY filter before the DFP) refuses a
+    request that `route` matched with, None when it lets it through: off on a route that
+    turns it off, else its header policies on the authority."""
+    (check,) = [f for f in hcm_json["http_filters"] if f["name"] == HOST_CHECK]
+    per_route = route.get("typed_per_filter_config", {}).get(HOST_CHECK)
+    if per_route is not None:
+        assert per_route == {"@type": RBAC_PER_ROUTE_TYPE}  # off; no rules of its own
+        return None
+    rules = check["typed_config"]["rules"]
+    assert rules["action"] == "DENY"
+    for name, body in sorted(rules["policies"].items()):
+        assert body["principals"] == [{"any": True}]
+        if any(header_matches(p["header"], {":authority": authority})
+               for p in body["permissions"]):
+            return str(name)
+    return None
+
+
+def request_reason(hcm_json: Json, method: str, host: str, authority: str,
+                   scheme: str = "http", state: dict[str, str] | None = None) -> str:
+    """The name and port stages as an HCM decides them: the route, unless the host check
+    refuses first."""
+    route = select_route(select_vhost(hcm_json["route_config"]["virtual_hosts"], host),
+                         method, authority, scheme, state)
     name: str = route["name"]
-    return name
+    return host_check_reason(hcm_json, route, authority) or name
+
+
+def route_reason(cfg: Json, method: str, host: str, port: int | None,
+                 scheme: str = "http") -> str:
+    authority = host if port is None else f"{host}:{port}"
+    return request_reason(hcm(cfg), method, host, authority, scheme)
 
 
 def permission_matches(rule: Json, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

@@ -38,7 +38,11 @@ from netfence.backends.envoy._names import (
 )
 from netfence.backends.envoy._rbac import address_stage
 from netfence.backends.envoy._replies import deny_replies
-from netfence.backends.envoy._routes import egress_virtual_hosts, ingress_virtual_hosts
+from netfence.backends.envoy._routes import (
+    egress_virtual_hosts,
+    host_check_filter,
+    ingress_virtual_hosts,
+)
 from netfence.backends.relay import socket_address
 from netfence.policy import Policy
 
@@ -129,8 +133,10 @@ def _listener(name: str, endpoint: Endpoint, hcm: Json) -> Json:
 
 
 def egress_filters(placement: Placement, *, host_from_filter_state: bool = False) -> list[Json]:
-    """DFP (check view) -> RBAC -> mark checked -> DFP (dial view) -> router.
+    """Host check -> DFP (check view) -> RBAC -> mark checked -> DFP (dial view) -> router.
 
+    The host check refuses an authority the policy cannot read as a host, before the
+    check view would resolve it (_routes.host_check_filter).
     The check view resolves the name at the upstream resolver and saves the first
     address; RBAC denies it by address rule, with the reason. The cluster then dials from
     the dial view, resolved through the fence's DNS, which turns any answer holding a
@@ -152,6 +158,7 @@ def egress_filters(placement: Placement, *, host_from_filter_state: bool = False
         "format_string": {"text_format_source": {"inline_string": "yes"}},
     }
     return [
+        host_check_filter(),
         {
             "name": CHECK_FILTER,
             "typed_config": {

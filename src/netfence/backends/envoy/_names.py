@@ -36,6 +36,9 @@ UPSTREAM_IP_TYPE = _T + "envoy.extensions.rbac.matchers.upstream_ip_port.v3.Upst
 ROUTER_TYPE = _T + "envoy.extensions.filters.http.router.v3.Router"
 SET_FILTER_STATE_TYPE = _T + "envoy.extensions.filters.http.set_filter_state.v3.Config"
 CHECK_FILTER = "envoy.filters.http.dynamic_forward_proxy"
+# The RBAC filter refusing an authority the policy cannot read as a host, first in every HCM
+# that resolves names (_routes.host_check_filter).
+HOST_CHECK_FILTER = "netfence.host_check"
 DIAL_FILTER = "netfence.dial_view"
 # Set once RBAC let a request's checked address through (so a later DNS failure is the
 # dial view refusing the answer, not a name that does not resolve).

@@ -66,6 +66,9 @@ def deny_replies(port: str = PORT_OF_AUTHORITY) -> Json:
     for reason in ROUTE_DENY_REASONS:
         expression = (f"xds.route_name == '{reason.value}' && "
                       "response.code_details == 'direct_response'")
+        if reason is Reason.INVALID_HOST:  # also the host check's (an RBAC filter) 403
+            host_check = RBAC_DETAIL_FORMAT.format(reason.value)
+            expression = f"({expression}) || response.code_details == '{host_check}'"
         mappers.append(_mapper(expression, deny_body(reason, port=port)))
     for reason in ADDRESS_CLASS_ORDER:
         prefix = RBAC_DETAIL_FORMAT.format(f"{reason.value}@")[:-1]

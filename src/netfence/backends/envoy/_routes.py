@@ -3,6 +3,8 @@
 Egress: denied names, then the allowlist (exact and `*.suffix` domains: flat to 100,000
 names, unlike a regex), then a catch-all 403; on an allowed host, the port by an
 `:authority` matcher. Route names are policy.Reason values (the access log's reason).
+Before them, once per HCM, the host check (host_check_filter): an authority the policy
+cannot read as a host is refused as invalid_host.
 The transparent listener's HTTP chains: the same stages, the port being the dialed one.
 Ingress: the inbound hosts, then a catch-all 403.
 """
@@ -16,10 +18,12 @@ from netfence.backends.envoy._names import (
     CHECK_FILTER,
     DFP_CLUSTER,
     DFP_PER_ROUTE_TYPE,
+    HOST_CHECK_FILTER,
     HTTP_DEFAULT_PORT,
     INGRESS_CLUSTER,
     RBAC_FILTER,
     RBAC_PER_ROUTE_TYPE,
+    RBAC_TYPE,
     Json,
 )
 from netfence.policy import DENIED_NAMES, Policy, Reason
@@ -60,11 +64,40 @@ def _forbidden(name: str, body: str | None = None) -> list[Json]:
 
 def _unsupported_scheme() -> Json:
     """https:// and ftp:// URLs: the fence never originates TLS (or FTP) for the workload;
-    TLS goes through CONNECT. (Envoy would otherwise send plaintext to port 80.)"""
+    TLS goes through CONNECT. (Envoy would otherwise send plaintext to port 80.)
+
+    The host check is off on this route: where it comes first in its virtual host (every
+    egress one, the transparent allowed ones), such a URL is unsupported_request whatever
+    its host."""
     route = _forbidden(Reason.UNSUPPORTED_REQUEST.value)[1]
     route["match"] = {"prefix": "/", "headers": [
         {"name": ":scheme", "string_match": {"exact": "http"}, "invert_match": True}]}
+    route["typed_per_filter_config"][HOST_CHECK_FILTER] = {"@type": RBAC_PER_ROUTE_TYPE}
     return route
+
+
+# --- the host check --------------------------------------------------------------------
+
+
+def host_check_filter() -> Json:
+    """The host check, an HTTP filter before anything that resolves: 403 invalid_host (the
+    RBAC policy's name, which the response details carry to the log and the reply) for an
+    authority the policy would not read as a host (a label starting with '-', over 63
+    characters, a name over 253), before the DFP would send it to DNS. Such a name never
+    matches an allowlist entry, but it may match a wildcard domain, or the catch-all when
+    every name is allowed.
+
+    Once per HCM: as routes in every virtual host, these two regexes (RE2 expands their
+    counted repetitions) were over half of what a workload's policy cost Envoy. They do
+    not depend on the policy, so the HCM can hold them. Its name is its own: the address
+    stage's per-route RBAC configs (RBAC_FILTER) do not reach it (verified with Envoy 1.40:
+    a route turning RBAC_FILTER off leaves the host check on)."""
+    bad = _authority_matcher(f"^{VALID_HOST_RE}(:[0-9]*)?$")
+    bad["invert_match"] = True
+    long = _authority_matcher(f"^[^:\\[]{{{MAX_NAME + 1},}}(:[0-9]*)?$")
+    invalid = {"permissions": [{"header": bad}, {"header": long}], "principals": [{"any": True}]}
+    return {"name": HOST_CHECK_FILTER, "typed_config": {"@type": RBAC_TYPE, "rules": {
+        "action": "DENY", "policies": {Reason.INVALID_HOST.value: invalid}}}}
 
 
 # --- names -----------------------------------------------------------------------------
@@ -142,8 +175,9 @@ def _authority_matcher(regex: str) -> Json:
 
 
 def _allowed_routes(policy: Policy, checks: Sequence[Json] = ()) -> list[Json]:
-    """The scheme and host checks, `checks`, the allowed routes, then port_not_allowed."""
-    routes: list[Json] = [_unsupported_scheme(), *_invalid_host_routes(), *checks]
+    """The scheme check, `checks`, the allowed routes, then port_not_allowed (the host
+    check is the HCM's filter)."""
+    routes: list[Json] = [_unsupported_scheme(), *checks]
     ports = None if policy.any_port else policy.ports
     if ports is None or ports:
         forward = _forward(DFP_CLUSTER)
@@ -165,22 +199,6 @@ def _allowed_routes(policy: Policy, checks: Sequence[Json] = ()) -> list[Json]:
             },
         ]
     routes += _forbidden(Reason.PORT_NOT_ALLOWED.value)
-    return routes
-
-
-def _invalid_host_routes() -> list[Json]:
-    """403 invalid_host for an authority the policy would not read as a host (a label
-    starting with '-', over 63 characters, a name over 253): refused before the DFP would
-    send it to DNS. Such a name never matches an allowlist entry, but it may match a
-    wildcard domain, or the catch-all when every name is allowed."""
-    bad = _authority_matcher(f"^{VALID_HOST_RE}(:[0-9]*)?$")
-    bad["invert_match"] = True
-    long = _authority_matcher(f"^[^:\\[]{{{MAX_NAME + 1},}}(:[0-9]*)?$")
-    routes: list[Json] = []
-    for matcher in (bad, long):
-        for route in _forbidden(Reason.INVALID_HOST.value):
-            route["match"]["headers"] = [matcher]
-            routes.append(route)
     return routes
 
 
@@ -235,8 +253,7 @@ def egress_virtual_hosts(policy: Policy) -> list[Json]:
         {
             "name": Reason.DENIED_NAME.value,
             "domains": denied_domains(),
-            "routes": [_unsupported_scheme(), *_invalid_host_routes(),
-                       *_forbidden(Reason.DENIED_NAME.value)],
+            "routes": [_unsupported_scheme(), *_forbidden(Reason.DENIED_NAME.value)],
         }
     ]
     if policy.allow_all:
@@ -250,7 +267,7 @@ def egress_virtual_hosts(policy: Policy) -> list[Json]:
         {
             "name": Reason.NOT_ALLOWLISTED.value,
             "domains": ["*"],
-            "routes": [_unsupported_scheme(), *_invalid_host_routes(), *literal_routes(policy),
+            "routes": [_unsupported_scheme(), *literal_routes(policy),
                        *_forbidden(Reason.NOT_ALLOWLISTED.value)],
         }
     )
@@ -299,21 +316,20 @@ def transparent_virtual_hosts(policy: Policy) -> list[Json]:
     vhosts: list[Json] = [{
         "name": Reason.DENIED_NAME.value,
         "domains": denied_domains(),
-        "routes": [*_invalid_host_routes(), *_forbidden(Reason.DENIED_NAME.value)],
+        "routes": _forbidden(Reason.DENIED_NAME.value),
     }]
     if policy.allow_all:
-        routes = [_unsupported_scheme(), *_invalid_host_routes(), *_legacy_literal_routes(),
-                  *allowed]
+        routes = [_unsupported_scheme(), *_legacy_literal_routes(), *allowed]
         vhosts.append({"name": "allowed", "domains": ["*"], "routes": routes})
         return vhosts
     domains = allowed_domains(policy)
     if domains:
         vhosts.append({"name": "allowed", "domains": domains,
-                       "routes": [_unsupported_scheme(), *_invalid_host_routes(), *allowed]})
+                       "routes": [_unsupported_scheme(), *allowed]})
     vhosts.append({
         "name": Reason.NOT_ALLOWLISTED.value,
         "domains": ["*"],
-        "routes": [*_invalid_host_routes(), *_forbidden(Reason.NOT_ALLOWLISTED.value)],
+        "routes": _forbidden(Reason.NOT_ALLOWLISTED.value),
     })
     return vhosts
 

@@ -15,9 +15,11 @@ from tests.support.envoy_config import ENVOY, STATE, config, hcm, listener, poli
 from tests.support.policies import allowlist
 
 
-def test_http_filters_check_view_rbac_mark_dial_view_router() -> None:
+def test_http_filters_host_check_check_view_rbac_mark_dial_view_router() -> None:
     cfg = config(policy_for({"outbound": {"allow_host": ["a.test"]}}))
-    filters = hcm(cfg)["http_filters"]
+    host_check, *filters = hcm(cfg)["http_filters"]
+    # Before anything resolves: the authorities the policy cannot read (test_routes).
+    assert host_check["name"] == "netfence.host_check"
     assert [f["name"] for f in filters] == [
         "envoy.filters.http.dynamic_forward_proxy",
         "envoy.filters.http.rbac",

@@ -34,7 +34,8 @@ def test_every_denial_gets_a_body_naming_reason_and_range() -> None:
             m["body_format_override"]["text_format_source"]["inline_string"]
         for m in mappers
     }
-    address = {e: b for e, b in by_expression.items() if "rbac_access_denied" in e}
+    address = {e: b for e, b in by_expression.items()
+               if e.startswith("response.code_details.startsWith('rbac_access_denied")}
     for name in rbac_rules(cfg)["policies"]:
         reason, _, net = name.partition("@")
         details = f"rbac_access_denied_matched_policy[{name}]"
@@ -50,6 +51,10 @@ def test_every_denial_gets_a_body_naming_reason_and_range() -> None:
     for reason in ("denied_name", "not_allowlisted", "port_not_allowed", "invalid_host",
                    "unsupported_request"):
         assert any(f"xds.route_name == '{reason}'" in e for e in by_expression), reason
+    # The host check's 403 (an RBAC filter's): the same body as the invalid_host routes'.
+    (invalid,) = [b for e, b in by_expression.items()
+                  if "code_details == 'rbac_access_denied_matched_policy[invalid_host]'" in e]
+    assert invalid == deny_body(Reason.INVALID_HOST)
     (dial,) = [m for m in mappers if "filter_state" in
                m["filter"]["extension_filter"]["typed_config"]["expression"]]
     assert dial["status_code"] == 403

@@ -4,6 +4,7 @@ with Policy.decide."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from netfence.backends.envoy import authority_regex
 from netfence.policy import Policy, Reason
+from netfence.profile.host_regex import VALID_HOST_RE
 from tests.support.envoy_config import (
     config,
     hcm,
@@ -32,7 +34,7 @@ def test_empty_allowlist_denies_everything() -> None:
     assert names == ["denied_name", "not_allowlisted"]
     assert vhosts(cfg)[-1]["domains"] == ["*"]
     assert {r["name"] for r in vhosts(cfg)[-1]["routes"]} == {
-        "not_allowlisted", "unsupported_request", "invalid_host"}
+        "not_allowlisted", "unsupported_request"}
 
 
 def test_none_mode_denies_everything_even_with_hosts() -> None:
@@ -114,7 +116,7 @@ def test_route_config_ignores_port_and_names_are_reasons() -> None:
     assert hcm(cfg)["route_config"]["ignore_port_in_host_matching"] is True
     names = {r["name"] for v in vhosts(cfg) for r in v["routes"]}
     assert names == {"allowed", "denied_name", "not_allowlisted", "port_not_allowed",
-                     "unsupported_request", "invalid_host"}
+                     "unsupported_request"}
     assert names <= {r.value for r in Reason}
 
 
@@ -154,7 +156,7 @@ def test_allowed_routes_check_the_port_then_fall_back_to_403() -> None:
     (allowed,) = [v for v in vhosts(cfg) if v["name"] == "allowed"]
     checks = [r for r in allowed["routes"] if r["name"] != "port_not_allowed" and
               "route" not in r]
-    assert {r["name"] for r in checks} == {"unsupported_request", "invalid_host"}
+    assert {r["name"] for r in checks} == {"unsupported_request"}
     connect, plain, *rest = [r for r in allowed["routes"] if r not in checks]
     assert connect["match"]["connect_matcher"] == {}
     assert connect["match"]["headers"][0]["name"] == ":authority"
@@ -195,6 +197,14 @@ NAMES = st.sampled_from(
         "192.0.2.2",
         "[2001:db8::1]",
         "[2001:db8::2]",
+        # Names the policy cannot read: under an allowed wildcard, a denied name, none.
+        "-x.example.com",
+        "x-.api.example.com",
+        "x" * 64 + ".example.com",
+        ".".join(["x" * 62] * 4) + ".example.com",
+        "-x.localhost",
+        "a..pypi.org",
+        "-x.unlisted.test",
     ]
 )
 
@@ -233,6 +243,50 @@ def test_name_and_port_stages_agree_with_policy_decide(
         got = rbac_reason(cfg, ipaddress.ip_address(host.strip("[]"))) or got
     want = policy.decide(host.strip("[]"), 80 if port is None else port).reason.value
     assert got == want
+
+
+INVALID_HOSTS = ["-x.example.com", "x" * 64 + ".example.com", "a..example.com",
+                 ".".join(["x" * 62] * 4) + ".example.com", "-x.localhost", "-x.other.test"]
+
+
+@pytest.mark.parametrize("network", [
+    {"outbound": {"allow_host": ["*.example.com"]}},
+    {"outbound": {"insecure_allow_all": True}},
+    {"outbound": {"allow_host": ["*.example.com"], "allow_port": []}},
+    {},
+])
+def test_invalid_hosts_are_refused_first_by_the_host_check(network: dict[str, object]) -> None:
+    policy = policy_for(network)
+    cfg = config(policy)
+    for host in INVALID_HOSTS:
+        assert policy.decide(host, 443).reason is Reason.INVALID_HOST
+        for method, port in (("GET", None), ("GET", 80), ("CONNECT", 443)):
+            assert route_reason(cfg, method, host, port) == "invalid_host", (host, method)
+        # An https:// URL is refused as such first, as before the host check was a filter.
+        assert route_reason(cfg, "GET", host, None, scheme="https") == "unsupported_request"
+
+
+def test_the_host_check_is_one_filter_before_anything_resolves() -> None:
+    # Its regexes once per HCM, not in every virtual host's routes: they were over half
+    # of the memory a workload's policy cost Envoy.
+    cfg = config(policy_for({"outbound": {"allow_host": ["*.example.com", "a.test"]}}),
+                 transparent=True)
+    text = json.dumps(cfg)
+    # The egress HCM's and the transparent one's.
+    assert text.count(json.dumps(VALID_HOST_RE)[1:-1]) == 2
+    filters = hcm(cfg)["http_filters"]
+    assert filters[0]["name"] == "netfence.host_check"
+    assert filters[1]["name"] == "envoy.filters.http.dynamic_forward_proxy"
+    assert filters[0]["typed_config"]["rules"]["action"] == "DENY"
+    assert list(filters[0]["typed_config"]["rules"]["policies"]) == ["invalid_host"]
+    # Off only on the routes refusing another scheme (they come first in their vhost).
+    for vhost in vhosts(cfg):
+        for route in vhost["routes"]:
+            per_route = route.get("typed_per_filter_config", {})
+            assert ("netfence.host_check" in per_route) == (
+                route["name"] == "unsupported_request"), route["name"]
+    assert "netfence.host_check" not in hcm(cfg)["route_config"].get(
+        "typed_per_filter_config", {})
 
 
 def test_rbac_is_off_on_direct_response_routes_only() -> None:

@@ -41,6 +41,7 @@ from tests.support.envoy_config import (
     permission_matches,
     placement,
     policy_for,
+    request_reason,
     select_chain,
     select_route,
     select_vhost,
@@ -74,7 +75,11 @@ ADDRESSES = ("93.184.216.34", "93.184.216.99", "8.8.8.8", "2606:4700::1111", "26
 PORTS = (80, 443, 22, 8443, 7000)
 NAMES = ("a.test", "b.test", "www.b.test", "www.c.test", "c.test", "other.test", "localhost",
          "x.localhost", "host.docker.internal")
-HTTP_HOSTS = (*NAMES, "93.184.216.34", "[2606:4700::1111]", "10.7.7.7", "127.0.0.1")
+# Hosts the policy cannot read (the host check refuses them, before any route's stage).
+INVALID_HOSTS = ("-x.c.test", "x-.b.test", "a..test", "-x.localhost", "-x.other.test",
+                 "x" * 64 + ".c.test", ".".join(["x" * 62] * 4) + ".c.test")
+HTTP_HOSTS = (*NAMES, "93.184.216.34", "[2606:4700::1111]", "10.7.7.7", "127.0.0.1",
+              *INVALID_HOSTS)
 
 
 def transparent(policy: Policy, netns: Path | None = None) -> Json:
@@ -201,9 +206,10 @@ def test_a_connection_without_a_name_goes_only_to_an_allowed_literal(
 
 def _http_reason(chain: Json, host: str, authority: str, port: int) -> str:
     hcm = hcm_of(chain)
+    state = {DIALED_PORT_KEY: str(port)}
+    name = request_reason(hcm, "GET", host, authority, state=state)
     route = select_route(select_vhost(hcm["route_config"]["virtual_hosts"], host), "GET",
-                         authority, state={DIALED_PORT_KEY: str(port)})
-    name: str = route["name"]
+                         authority, state=state)
     ip = parse_ip(host)
     if name != Reason.ALLOWED.value or ip is None:
         return name
@@ -238,10 +244,9 @@ def test_plain_http_is_decided_by_the_host_at_the_dialed_port(case: tuple[Policy
                     assert _http_reason(chain, host, f"{host}:9999", port) == "invalid_host"
                 if expected == Reason.ALLOWED.value:
                     # An https:// URL in plain text: refused, as on the proxy path.
-                    vhost = select_vhost(hcm_of(chain)["route_config"]["virtual_hosts"], host)
-                    route = select_route(vhost, "GET", host, scheme="https",
+                    got = request_reason(hcm_of(chain), "GET", host, host, scheme="https",
                                          state={DIALED_PORT_KEY: str(port)})
-                    assert route["name"] == Reason.UNSUPPORTED_REQUEST.value, (host, port)
+                    assert got == Reason.UNSUPPORTED_REQUEST.value, (host, port)
 
 
 def test_denied_literals_never_pass_through(case: tuple[Policy, Json]) -> None:
