@@ -39,10 +39,12 @@ from netfence.backends.envoy.gateway import (
     applied,
     gateway_process,
     publication,
+    rejected,
     route_files_in_use,
     routes_dir,
     slot_placement,
     whole_config,
+    workload_of,
     workload_resources,
 )
 from netfence.policy import Policy, compile_policy
@@ -311,16 +313,23 @@ def _reaches_only_its_own(w: _Workload, own: tuple[str, str], other: tuple[str, 
     assert _resolve(w.nsfile, other_host) == RCODE.NXDOMAIN
 
 
-def _records(w: _Workload, wanted: Callable[[DecisionRecord], bool]) -> list[DecisionRecord]:
+def _records(w: _Workload, wanted: Callable[[DecisionRecord], bool],
+             enough: Callable[[list[DecisionRecord]], bool] = bool) -> list[DecisionRecord]:
+    """The workload's logged decisions that are `wanted`, once there are `enough` (Envoy
+    writes its log out every second)."""
     (log,) = w.resources.decision_logs
     found: list[DecisionRecord] = []
 
     def logged() -> bool:
         lines = log.read_text().splitlines() if log.exists() else []
         found[:] = [r for r in map(parse_decision, lines) if r is not None and wanted(r)]
-        return bool(found)
-    _wait(logged, f"{w.name}'s decision log")  # Envoy flushes it every second
+        return enough(found)
+    _wait(logged, f"{w.name}'s decision log")
     return found
+
+
+def _both_paths(records: list[DecisionRecord]) -> bool:
+    return {r.transparent for r in records} == {False, True}
 
 
 def test_one_gateway_serves_two_workloads_apart(fakenet: FakeNet, tmp_path: Path,
@@ -356,11 +365,9 @@ def test_one_gateway_serves_two_workloads_apart(fakenet: FakeNet, tmp_path: Path
         sock.close()
 
     # Each decision log holds its own workload's decisions, which the parser reads.
-    denied = _records(a, lambda r: r.host == B_HOST and not r.allowed)
+    denied = _records(a, lambda r: r.host == B_HOST and not r.allowed, _both_paths)
     assert {r.reason for r in denied} == {"not_allowlisted"}
-    assert {r.transparent for r in denied} == {False, True}
-    allowed = _records(a, lambda r: r.host == A_HOST and r.allowed)
-    assert {r.transparent for r in allowed} == {False, True}
+    _records(a, lambda r: r.host == A_HOST and r.allowed, _both_paths)
     assert _records(b, lambda r: r.host == B_HOST and r.allowed)
     assert not [r for r in _records(b, lambda r: True) if r.host == A_HOST and r.allowed]
 
@@ -377,6 +384,26 @@ def test_one_gateway_serves_two_workloads_apart(fakenet: FakeNet, tmp_path: Path
     gateway.add(b.resources)
     _reaches_only_its_own(b, (B_HOST, B_IP), (A_HOST, A_IP))
     assert _alive(tunnel, A_HOST)
+
+    # A workload whose namespace is gone: Envoy refuses its listeners alone (the others
+    # keep serving), and says whose; the file's version is then not reported.
+    logs = directory / "logs" / "c"
+    logs.mkdir()
+    c = workload_resources(_policy("c.test", fakenet.cidr), Slot(
+        "c", tmp_path / "gone", Endpoint("127.0.0.1", _free_port()),
+        Endpoint(fakenet.dns, 53), logs), directory)
+    broken = publication(directory, [*gateway.workloads.values(), c])
+    for spec in broken.files:
+        write_file(spec)
+    _wait(lambda: bool(rejected(directory)), "c's listeners are refused")
+    assert {workload_of(name) for name in rejected(directory)} == {"c"}
+    assert "gone" in next(iter(rejected(directory).values()))
+    assert not applied(directory, broken.files)
+    _reaches_only_its_own(a, (A_HOST, A_IP), (B_HOST, B_IP))
+    for spec in gateway.published.files:  # without c again
+        write_file(spec)
+    gateway.wait(gateway.published.files)
+    assert rejected(directory) == {}
 
     # Killed: closed for both; a new Envoy from the same files restores both.
     gateway.kill()

@@ -21,8 +21,9 @@ _admin (what the running Envoy applies), _log (the access-log formats with their
 _process (how Envoy is run), _names (what they share).
 
 `gateway` is the other way to run them: one Envoy per host serving every namespace
-workload, each workload's resources under names of its own (_rename) in files that Envoy
-watches, added and removed while it runs.
+workload, added and removed while it runs: _workload (a workload's resources, under names
+of its own by _rename), _publish (the files Envoy watches, in the places _gateway_paths
+gives).
 """
 
 from __future__ import annotations

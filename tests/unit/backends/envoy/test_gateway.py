@@ -33,6 +33,7 @@ from netfence.backends.envoy.gateway import (
     clusters_path,
     gateway_bootstrap,
     gateway_process,
+    inotify_instances,
     listeners_path,
     publication,
     route_files_in_use,
@@ -224,6 +225,8 @@ def test_publication_files_and_versions() -> None:
     assert runtime == [{"@type": "type.googleapis.com/envoy.service.runtime.v3.Runtime",
                         "name": "netfence_limits", "layer": {**a.limits, **b.limits}}]
     assert route_files_in_use(GATEWAY, [a, b]) == {f.path for f in published.routes}
+    # One inotify instance per file Envoy watches.
+    assert inotify_instances([a, b]) == len(published.files) == 7
 
     # b's new policy: its route files and the listener file change, nothing of a's.
     b2 = _resources("b", network={"outbound": {"allow_host": ["x.test", "y.test"]}})
