@@ -1,6 +1,9 @@
 """The gateway (backends/envoy/gateway.py): one real Envoy serving two workloads, each in a
 network namespace of its own with its own policy, dnsmasq and decision log, published
-through the files Envoy watches while it runs.
+through the files Envoy watches while it runs: each reaches only what its policy allows
+(by its proxy, transparently, by DNS); adding, updating, removing and adding again a
+workload leaves the other's tunnel up; a connection limit holds; a workload Envoy refuses
+is named; killed, it fails closed, and a new Envoy from the same files restores both.
 
 Traffic goes only to the simulated internet (fakenet) and to loopback, from namespaces
 made here (with the namespace runtime's routes and nftables rules, so that the transparent
@@ -66,9 +69,10 @@ A_HOST, B_HOST = "allowed.test", "other.test"
 A_IP, B_IP = "10.203.0.2", "10.203.0.3"
 
 
-def _policy(host: str, cidr: str, addresses: Sequence[object] = ()) -> Policy:
-    profile = parse_profile({"network": {"outbound": {"allow_host": [host],
-                                                      "allow_cidr": [cidr]}}}, "test")
+def _policy(host: str, cidr: str, addresses: Sequence[object] = (),
+            ports: Sequence[int] = (80, 443)) -> Policy:
+    profile = parse_profile({"network": {"outbound": {
+        "allow_host": [host], "allow_cidr": [cidr], "allow_port": list(ports)}}}, "test")
     return compile_policy(profile, addresses)  # type: ignore[arg-type]
 
 
@@ -163,8 +167,10 @@ class _Gateway:
             if old.get(spec.path) != spec.content:
                 write_file(spec)
 
-    def add(self, workload: WorkloadResources) -> None:
-        new = publication(self.directory, [*self.workloads.values(), workload])
+    def put(self, workload: WorkloadResources) -> None:
+        """Add a workload, or replace its resources (a new policy)."""
+        others = [w for w in self.workloads.values() if w.name != workload.name]
+        new = publication(self.directory, [*others, workload])
         self._write([*new.routes, new.clusters])
         self.wait([new.clusters])
         self._write([new.listeners, new.runtime])
@@ -340,13 +346,22 @@ def test_one_gateway_serves_two_workloads_apart(fakenet: FakeNet, tmp_path: Path
     b = _workload(stack, fakenet, directory, "b", B_HOST, LIMIT)
     gateway = _Gateway(directory, stack)
     gateway.start()
-    gateway.add(a.resources)
+    gateway.put(a.resources)
     _reaches_only_its_own(a, (A_HOST, A_IP), (B_HOST, B_IP))
     tunnel = stack.enter_context(_tunnel(a.nsfile, A_HOST))
     assert _alive(tunnel, A_HOST)
 
-    gateway.add(b.resources)
+    gateway.put(b.resources)
     _reaches_only_its_own(b, (B_HOST, B_IP), (A_HOST, A_IP))
+    assert _alive(tunnel, A_HOST)
+
+    # a's new policy (port 8080 too): new requests follow it, its tunnel stays up.
+    assert _via_proxy(a.nsfile, f"{A_HOST}:8080")[0] == 403
+    policy = _policy(A_HOST, fakenet.cidr, netns.host_addresses(), ports=(80, 443, 8080))
+    a = dataclasses.replace(a, resources=workload_resources(policy, a.slot, directory))
+    gateway.put(a.resources)
+    status, body = _via_proxy(a.nsfile, f"{A_HOST}:8080")
+    assert status == 200 and f"host={A_HOST}:8080" in body
     assert _alive(tunnel, A_HOST)
 
     # b's connection limit: LIMIT connections held, the next one closed at once; a's own
@@ -381,7 +396,7 @@ def test_one_gateway_serves_two_workloads_apart(fakenet: FakeNet, tmp_path: Path
     slot = dataclasses.replace(b.slot, netns=nsfile)
     b = _Workload("b", nsfile, slot, workload_resources(
         _policy(B_HOST, fakenet.cidr, netns.host_addresses()), slot, directory))
-    gateway.add(b.resources)
+    gateway.put(b.resources)
     _reaches_only_its_own(b, (B_HOST, B_IP), (A_HOST, A_IP))
     assert _alive(tunnel, A_HOST)
 

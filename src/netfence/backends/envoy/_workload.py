@@ -59,17 +59,19 @@ class Slot:
     name: the workload's (a netfence state name), the prefix of each of its resources.
     netns: its network namespace file; its egress (egress_port), transparent
         (transparent_port) and DNS (:53, UDP and TCP) listeners are on each of `loopbacks`
-        there (the egress on the first only). A path of this run of the workload only,
-        never one where an earlier namespace was: Envoy keeps a removed UDP listener's
-        socket for --drain-time-s and gives it to a new listener on the same address
-        (seen with 1.40: a workload started again at once with a new namespace at the
-        same path had TCP in its new namespace, but DNS on UDP still in the old one).
+        there (the egress on the first only; a host without IPv6 has no ::1 there). A
+        path of this run of the workload only, never one where an earlier namespace was:
+        Envoy keeps a removed UDP listener's socket for --drain-time-s and gives it to a
+        new listener on the same address (seen with 1.40: a workload started again at
+        once with a new namespace at the same path had TCP in its new namespace, but DNS
+        on UDP still in the old one).
     dns: its own dnsmasq on the host's loopback: the DNS relays' target and the dial view's
         resolver. Keep its port for the workload's life (the dial view names it).
     upstream_resolver: the real resolver (the check view's).
     logs: the directory of its decision log: one per workload name under the gateway's
         directory (Envoy keeps every access-log path it ever opened until it exits).
-    connection_limit: per listener (the egress, the transparent listener).
+    connection_limit: per listener (the egress, the transparent listener; DNS over TCP
+        at most DNS_TCP_CONNECTION_LIMIT), set through the runtime (RTDS).
     ingress_listen / ingress_upstream: for a workload that serves (not stdio): the
         listener on the host and where the workload's port is reached from it.
     """

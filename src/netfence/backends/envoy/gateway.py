@@ -152,8 +152,8 @@ def applied(directory: Path, files: Iterable[FileSpec]) -> bool:
     """Whether the gateway's Envoy reports exactly these files' versions (any of the
     publication's: the clusters file alone, say), with no cluster warming (when the
     clusters file is among them) and no listener warming (the listener file or a route
-    file). False when it does not answer. A rejected file keeps the version before it:
-    this stays False (the reason is in Envoy's stderr).
+    file). False when it does not answer. A refused file keeps the version before it:
+    this stays False (`rejected` names refused listeners; Envoy's stderr says more).
     A route file's version is reported only while a listener names its route
     configuration: pass it with or after the listener file that does."""
     want: dict[str, str | None] = {}
