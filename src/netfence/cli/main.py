@@ -30,7 +30,7 @@ from netfence.cli.mcp_config import mcp_config
 from netfence.cli.options import parse_env
 from netfence.cli.packages import packages as packages_group
 from netfence.cli.registry import registry as registry_group
-from netfence.errors import NetfenceError, UsageError
+from netfence.errors import NetfenceError, PrivilegeError, UsageError
 from netfence.profile import split_host_port
 from netfence.runtimes import WorkloadSpec, get_runtime, running, runtime_of
 from netfence.runtimes.caller import caller_permissions
@@ -133,6 +133,9 @@ def cli(verbose: bool) -> None:
 @click.option("--user", default=None, help="User the workload runs as (default: sudo caller, "
               "else nobody).")
 @click.option("--detach", is_flag=True, help="Run in the background; see ps, logs, stop.")
+@click.option("--gateway", "use_gateway", is_flag=True, default=None,
+              help="Fence it with the host's shared gateway (one Envoy for every such "
+                   "workload; root, Envoy, stdio). Default: NETFENCE_GATEWAY=1.")
 @click.option("--learn", "learn", type=click.Path(dir_okay=False, path_type=Path),
               default=None, metavar="FILE",
               help="Let every public destination through (loopback, private, link-local "
@@ -147,8 +150,9 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
         read: tuple[str, ...], write: tuple[str, ...], allow_unix_socket: tuple[str, ...],
         host_filesystem: bool, dns_upstream: str | None, transport: str | None,
         target_port: int | None, port: int | None, name: str | None,
-        env_pairs: tuple[str, ...], user: str | None, detach: bool, learn: Path | None,
-        registry_files: tuple[str, ...], refresh: bool, command: tuple[str, ...]) -> None:
+        env_pairs: tuple[str, ...], user: str | None, detach: bool, use_gateway: bool | None,
+        learn: Path | None, registry_files: tuple[str, ...], refresh: bool,
+        command: tuple[str, ...]) -> None:
     """Run COMMAND behind the fence: netfence run [OPTIONS] -- COMMAND [ARGS...]
 
     COMMAND may be uvx://PACKAGE[@VERSION] or npx://PACKAGE[@VERSION] (installed outside
@@ -197,7 +201,12 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
         user=user, detach=detach, learn=learn.absolute() if learn else None,
         host_filesystem=host_filesystem, program_paths=target.program_paths,
         policy_source=source,
+        gateway=use_gateway if use_gateway is not None
+        else os.environ.get("NETFENCE_GATEWAY") == "1",
     )
+    if spec.gateway and chosen_runtime.name != "namespace":
+        output.err.print("netfence: the shared gateway serves the namespace runtime only; "
+                         "this workload gets a fence of its own", markup=False)
     chosen_runtime.progress = output.progress  # stderr only: stdout is the workload's
     code = chosen_runtime.run(spec)
     if detach:
@@ -224,6 +233,10 @@ def update(name: str, profile_ref: str, allow_host: tuple[str, ...],
     if record is None or not record.alive:
         raise UsageError(f"no running workload named {name!r}", remedy="see `netfence ps`")
     profile = _load(profile_ref, allow_host, allow_port, allow_cidr)  # a bad one: refused here
+    if record.gateway and os.geteuid() == 0:
+        from netfence.runtimes.gateway import client, gateway_dir
+
+        client.ensure_daemon(gateway_dir())  # its daemon answers for it (after a kill too)
     source = policy_source(profile_ref, allow_host, allow_port, allow_cidr)
     reply = control.ask(Path(record.state_dir), name,
                         {"op": "update", "source": source, "profile": profile_data(profile)})
@@ -454,6 +467,21 @@ cli.add_command(images_group)
 cli.add_command(mcp_config)
 cli.add_command(packages_group)
 cli.add_command(registry_group)
+
+
+@cli.command()
+@click.option("--on-demand", is_flag=True,
+              help="Exit once no workload has used it for a while (as `run --gateway` "
+                   "starts it).")
+def gateway(on_demand: bool) -> None:
+    """Serve the shared gateway in the foreground (root): one Envoy for every workload
+    started with `netfence run --gateway`. Started on demand when none runs; run it as a
+    service to keep it warm."""
+    from netfence.runtimes.gateway.daemon import IDLE_EXIT_S, serve
+
+    if os.geteuid() != 0:
+        raise PrivilegeError("the shared gateway needs root", remedy="run it with sudo")
+    sys.exit(serve(IDLE_EXIT_S if on_demand else None))
 
 
 def main() -> None:

@@ -58,6 +58,9 @@ class WorkloadSpec:
     files: FileGrants | None = None
     # Where the policy came from, as `netfence ps` shows it (a profile, --allow-* options).
     policy_source: str = ""
+    # The fence from the host's shared gateway rather than one of its own (namespace
+    # runtime; a workload it cannot serve gets its own, said in one line).
+    gateway: bool = False
 
 
 # Told each step while a fence starts, then None once the workload is about to start (or

@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,24 +45,35 @@ def _read_all(conn: socket.socket, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _peer_uid(conn: socket.socket) -> int:
+# Set by the server in every request it hands on: the asking process, from the socket's
+# credentials (SO_PEERCRED), whatever the request said.
+PEER_PID = "peer_pid"
+
+
+def _peer(conn: socket.socket) -> tuple[int, int]:
+    """The connected process's (pid, uid)."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid), int(uid)
 
 
 class ControlServer:
     """Answers requests on the workload's control socket from a thread of its own, until
-    closed (closing waits for a request being handled)."""
+    closed (closing waits for a request being handled). `concurrent`: each request in a
+    thread of its own (the gateway's, whose workloads start side by side)."""
 
-    def __init__(self, state_dir: Path, handle: Handler) -> None:
-        self.path = state_dir / SOCKET_NAME
+    def __init__(self, state_dir: Path, handle: Handler, *, name: str = SOCKET_NAME,
+                 concurrent: bool = False) -> None:
+        self.path = state_dir / name
         self.handle = handle
+        self.concurrent = concurrent
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self.sock.bind(str(self.path))
         os.chmod(self.path, 0o600)
-        self.sock.listen(4)
+        # Many workloads may start at once (a Unix socket's full backlog refuses).
+        self.sock.listen(128 if concurrent else 4)
         self.thread = threading.Thread(target=self._serve, name="netfence-control",
                                        daemon=True)
         self.thread.start()
@@ -72,18 +84,30 @@ class ControlServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed
-            with conn:
-                self._answer(conn)
+            if self.concurrent:
+                threading.Thread(target=self._answer_closing, args=(conn,),
+                                 name="netfence-request", daemon=True).start()
+            else:
+                self._answer_closing(conn)
+
+    def _answer_closing(self, conn: socket.socket) -> None:
+        with conn:
+            self._answer(conn)
 
     def _answer(self, conn: socket.socket) -> None:
         try:
-            if _peer_uid(conn) not in (0, os.geteuid()):
+            pid, uid = _peer(conn)
+            if uid not in (0, os.geteuid()):
                 return
             conn.settimeout(10.0)  # for reading the request only
-            request = json.loads(_read_all(conn, MAX_REQUEST))
+            data = _read_all(conn, MAX_REQUEST)
+            if not data:
+                return  # a probe: whether anybody answers here
+            request = json.loads(data)
             conn.settimeout(None)
             if not isinstance(request, dict):
                 raise ValueError("not a JSON object")
+            request[PEER_PID] = pid
         except (OSError, ValueError) as exc:
             log.warning("control socket: bad request (%s)", exc)
             return
@@ -107,14 +131,26 @@ class ControlServer:
             self.path.unlink()
 
 
-def ask(state_dir: Path, name: str, request: Message) -> Message:
-    """Send a request to a workload's supervisor and return its reply; one-line errors
-    when there is nobody to ask."""
-    path = state_dir / SOCKET_NAME
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(REPLY_TIMEOUT)
+def _connect(sock: socket.socket, path: Path, attempts: int = 100) -> None:
+    """Connect, again while the listener's backlog is full (EAGAIN on a Unix socket)."""
+    for _ in range(attempts - 1):
         try:
             sock.connect(str(path))
+            return
+        except BlockingIOError:
+            time.sleep(0.02)
+    sock.connect(str(path))
+
+
+def ask(state_dir: Path, name: str, request: Message, *, socket_name: str = SOCKET_NAME,
+        timeout: float = REPLY_TIMEOUT) -> Message:
+    """Send a request to a workload's supervisor and return its reply; one-line errors
+    when there is nobody to ask."""
+    path = state_dir / socket_name
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            _connect(sock, path)
         except PermissionError:
             raise PrivilegeError(f"{name}'s fence is root's", remedy="run it with sudo") from None
         except (FileNotFoundError, ConnectionRefusedError):
@@ -126,7 +162,7 @@ def ask(state_dir: Path, name: str, request: Message) -> Message:
             data = _read_all(sock, MAX_REQUEST)
         except TimeoutError:
             raise NetfenceError(f"{name}'s supervisor did not answer within "
-                                f"{REPLY_TIMEOUT:.0f} s") from None
+                                f"{timeout:.0f} s") from None
     try:
         reply = json.loads(data)
     except ValueError:

@@ -91,6 +91,12 @@ class WorkloadState:
     processes: list[list[int | str]] = field(default_factory=list)
     # What those processes leave behind when killed (ProcessSpec.leaves): removed with them.
     leftovers: list[str] = field(default_factory=list)
+    # Fenced by the shared gateway: its daemon, not a supervisor, removes the fence once
+    # the process above (the workload's signal forwarder) has exited.
+    gateway: bool = False
+    # Its network namespace's name when it is not the runtime's usual one (the gateway's
+    # are one per run).
+    netns: str = ""
 
     @property
     def alive(self) -> bool:
@@ -186,7 +192,7 @@ def claim(name: str) -> Path:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         existing = load(name)
-        if (existing is not None and existing.alive) or _claimant_alive(path):
+        if (existing is not None and existing.alive) or claimant_alive(path):
             raise UsageError(f"a workload named {name!r} is already running",
                              remedy=f"netfence stop {name}, or choose another --name")
         shutil.rmtree(path, ignore_errors=True)
@@ -199,7 +205,8 @@ def claim(name: str) -> Path:
     return path
 
 
-def _claimant_alive(path: Path) -> bool:
+def claimant_alive(path: Path) -> bool:
+    """Whether the run that claimed this state dir still runs."""
     try:
         pid, _, started = (path / CLAIMANT).read_text().partition(" ")
     except OSError:

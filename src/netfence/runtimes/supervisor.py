@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from netfence.backends import NetworkProxy, get_backend
 from netfence.errors import NetfenceError, PrivilegeError, UsageError
@@ -125,7 +125,7 @@ class SupervisedRuntime(Runtime):
             if fence.url and not ready.detached:  # detached: `netfence run` says it
                 log.warning("%s: clients connect to %s", spec.name, fence.url)
             ready.ok(fence.url)
-            updates = _Updates(spec, fence, record)
+            updates = Updates(spec, fence, record)
             control = _control(state_dir, updates)
             try:
                 return fence.wait()
@@ -194,11 +194,18 @@ class SupervisedRuntime(Runtime):
         yield from read_decisions(record, follow)
 
 
-class _Updates:
+class Updatable(Protocol):
+    """What holds a workload's fence: a Fence, or its part of the shared gateway."""
+
+    def update(self, profile: Profile) -> None: ...
+
+
+class Updates:
     """`netfence update` for one running workload: the profile's network policy replaced,
     its file grants kept (the workload's view is fixed when it starts)."""
 
-    def __init__(self, spec: WorkloadSpec, fence: Fence, record: state.WorkloadState) -> None:
+    def __init__(self, spec: WorkloadSpec, fence: Updatable,
+                 record: state.WorkloadState) -> None:
         self.spec = spec
         self.fence = fence
         self.record = record
@@ -238,7 +245,7 @@ class _Updates:
         return {"added": list(added), "removed": list(removed), "grants_ignored": kept}
 
 
-def _control(state_dir: Path, updates: _Updates) -> ControlServer | None:
+def _control(state_dir: Path, updates: Updates) -> ControlServer | None:
     try:
         return ControlServer(state_dir, updates.handle)
     except OSError as exc:  # e.g. a state dir whose path is too long for a Unix socket

@@ -71,3 +71,40 @@ def test_a_request_that_is_not_an_object_gets_no_reply(tmp_path: Path) -> None:
         assert control.ask(tmp_path, "w", {}) == {"ok": True}  # and it still serves
     finally:
         server.close()
+
+
+def test_the_server_names_the_asking_process_whatever_the_request_says(tmp_path: Path) -> None:
+    seen: list[Message] = []
+    server = ControlServer(tmp_path, lambda r: seen.append(r) or {"ok": True})
+    try:
+        control.ask(tmp_path, "w", {"op": "add", control.PEER_PID: 1})
+    finally:
+        server.close()
+    assert seen[0][control.PEER_PID] == os.getpid()
+
+
+def test_a_concurrent_server_answers_a_request_while_another_waits(tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def handle(request: Message) -> Message:
+        if request.get("slow"):
+            release.wait(10)
+        return {"n": request.get("n")}
+
+    server = ControlServer(tmp_path, handle, name="other.sock", concurrent=True)
+    slow: list[Message] = []
+    waiter = threading.Thread(target=lambda: slow.append(control.ask(
+        tmp_path, "w", {"slow": True, "n": 1}, socket_name="other.sock")))
+    try:
+        waiter.start()
+        # Answered while the first is still held: one request does not block another.
+        assert control.ask(tmp_path, "w", {"n": 2}, socket_name="other.sock",
+                           timeout=5) == {"n": 2}
+        assert slow == []
+    finally:
+        release.set()
+        waiter.join(10)
+        server.close()
+    assert slow == [{"n": 1}]

@@ -17,7 +17,7 @@ from netfence.runtimes import logs
 from netfence.runtimes.base import Fence, WorkloadSpec
 from netfence.runtimes.logs import PolicyChange, read_decisions, record_policy_change
 from netfence.runtimes.state import WorkloadState
-from netfence.runtimes.supervisor import _Updates, policy_difference
+from netfence.runtimes.supervisor import Updates, policy_difference
 
 
 def _profile(hosts: list[str], ports: list[int] | None = None,
@@ -101,11 +101,11 @@ class _Fence(Fence):
             raise NetfenceError("the proxy refused it", remedy="see its log")
 
 
-def _updates(tmp_path: Path, fence: Fence) -> _Updates:
+def _updates(tmp_path: Path, fence: Fence) -> Updates:
     spec = WorkloadSpec(name="w", command=("x",), proxy="envoy",
                         profile=with_overrides(load_profile("none"), allow_host=["a.test"],
                                                read=["/srv"]))
-    return _Updates(spec, fence, _workload(tmp_path))
+    return Updates(spec, fence, _workload(tmp_path))
 
 
 def _request(*hosts: str) -> dict[str, object]:

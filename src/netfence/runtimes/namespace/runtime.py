@@ -20,7 +20,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,9 +136,9 @@ class NamespaceFence(Fence):
         if self.backend.listens_in_netns and not rootless:
             egress = inside
         else:
-            egress = Endpoint(LOOPBACK, _free_port())
+            egress = Endpoint(LOOPBACK, free_port())
             forwards.append(Forward(inside, egress))
-        dns = Endpoint(LOOPBACK, _free_port())
+        dns = Endpoint(LOOPBACK, free_port())
         for loopback in LOOPBACKS:
             forwards += [Forward(Endpoint(loopback, DNS_PORT, nsfile), dns, "udp"),
                          Forward(Endpoint(loopback, DNS_PORT, nsfile), dns, "tcp")]
@@ -146,7 +146,7 @@ class NamespaceFence(Fence):
                                    for loopback in LOOPBACKS if transparent)
         transparent_listen = transparent_inside
         if rootless and transparent:
-            transparent_listen = (Endpoint(LOOPBACK, _free_port()),)
+            transparent_listen = (Endpoint(LOOPBACK, free_port()),)
         carried = self.backend.carries_relays and not rootless
 
         relays: Relays | None = None
@@ -170,7 +170,7 @@ class NamespaceFence(Fence):
         if spec.transport != "stdio":
             assert spec.target_port is not None and relays is not None
             # Into the namespace, which no Envoy cluster can dial.
-            ingress_listen = Endpoint(LOOPBACK, spec.port or _free_port())
+            ingress_listen = Endpoint(LOOPBACK, spec.port or free_port())
             ingress_upstream = relays.tcp(
                 Endpoint(LOOPBACK, 0), Endpoint(LOOPBACK, spec.target_port, nsfile)
             )
@@ -302,12 +302,7 @@ class NamespaceFence(Fence):
         return self.holder.netns
 
     def workload_env(self, user: sandbox.SandboxUser) -> dict[str, str]:
-        env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
-        env.setdefault("PATH", DEFAULT_PATH)
-        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
-        env.update(self.spec.env)
-        env.update(self.setup.env)
-        return env
+        return workload_env(self.spec, user, self.setup.env)
 
     def launch(self, detached: bool) -> None:
         spec = self.spec
@@ -322,18 +317,13 @@ class NamespaceFence(Fence):
             stdio = (devnull, out, out)
             self.record.workload_log = str(log_path)
         user = sandbox.resolve_user(spec.user)
-        resolv_r, resolv_w = os.pipe()
-        os.write(resolv_w, f"nameserver {LOOPBACK}\noptions timeout:2 attempts:2\n".encode())
-        os.close(resolv_w)
+        resolv_r = resolv_conf()
         info_r, info_w = os.pipe()
         pinned = sandbox.pin(spec.files)
         try:
-            argv = sandbox.sandbox_argv(
-                self.holder.netns if self.holder else netns.netns_path(ns_name(spec.name)),
-                user, spec.command, self.workload_env(user), resolv_r, info_w,
-                hidden=(*_private_roots(), netns.NETNS_DIR), files=spec.files, pinned=pinned,
-                holder=self.holder,
-            )
+            argv = workload_argv(
+                spec, self.holder.netns if self.holder else netns.netns_path(ns_name(spec.name)),
+                user, self.workload_env(user), resolv_r, info_w, pinned, self.holder)
             self.signals.check()
             sandbox.leave_session_keyring()  # this thread's: the one that starts it
             # A signal that arrives from here on waits in the queue until the forwarder
@@ -369,6 +359,36 @@ class NamespaceFence(Fence):
         self.undo.close()
 
 
+def workload_env(spec: WorkloadSpec, user: sandbox.SandboxUser,
+                 fence_env: Mapping[str, str]) -> dict[str, str]:
+    """The workload's environment: a few of the caller's variables, the user's, the ones
+    asked for (--env), and what the fence needs (its proxy variables)."""
+    env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    env.update(spec.env)
+    env.update(fence_env)
+    return env
+
+
+def resolv_conf() -> int:
+    """A pipe's read end holding the sandbox's resolv.conf (the fence's DNS)."""
+    resolv_r, resolv_w = os.pipe()
+    os.write(resolv_w, f"nameserver {LOOPBACK}\noptions timeout:2 attempts:2\n".encode())
+    os.close(resolv_w)
+    return resolv_r
+
+
+def workload_argv(spec: WorkloadSpec, netns_file: Path, user: sandbox.SandboxUser,
+                  env: Mapping[str, str], resolv_fd: int, info_fd: int,
+                  pinned: Mapping[str, int], holder: Holder | None = None) -> list[str]:
+    """The sandbox's argv for this workload, in the namespace at `netns_file`."""
+    return sandbox.sandbox_argv(
+        netns_file, user, spec.command, env, resolv_fd, info_fd,
+        hidden=(*_private_roots(), netns.NETNS_DIR), files=spec.files, pinned=pinned,
+        holder=holder)
+
+
 def _private_roots() -> tuple[Path, ...]:
     """The state roots to hide, each made (0700) if missing: one that appeared after the
     start, inside a grant (a later rootless run from another kind of session), would
@@ -390,7 +410,7 @@ def _stop_fence(relays: Relays | None,
     state.remove_leftovers([pattern for spec, _ in started for pattern in spec.leaves])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A loopback port free for TCP and UDP, below the kernel's ephemeral range: the
     proxies bind it a moment later, and a port from that range can be taken meanwhile as
     the source port of any outgoing connection or DNS query (seen: dnsmasq's UDP socket
@@ -495,6 +515,18 @@ class NamespaceRuntime(SupervisedRuntime):
     # Three fence processes' grace, and the namespace's removal.
     teardown_time = processes.FENCE_STOP_GRACE * 3 + 5
 
+    def run(self, spec: WorkloadSpec) -> int:
+        if spec.gateway:
+            from netfence.runtimes.gateway import client
+
+            why = client.unsupported(spec)
+            if why is None:
+                state.check_name(spec.name)
+                return client.run(self.prepare(spec))
+            log.warning("%s: the shared gateway %s; this workload gets a fence of its own",
+                        spec.name, why)
+        return super().run(spec)
+
     def prepare(self, spec: WorkloadSpec) -> WorkloadSpec:
         if os.geteuid() != 0:
             holder.probe()  # one line, before anything is claimed, when it cannot work
@@ -510,14 +542,22 @@ class NamespaceRuntime(SupervisedRuntime):
 
     def remove(self, name: str, record: state.WorkloadState | None) -> bool:
         # Without root there is nothing to remove: the namespaces end with their holder.
-        found = os.geteuid() == 0 and netns.exists(ns_name(name))
+        names = {ns_name(name), *([record.netns] if record and record.netns else [])}
+        found = os.geteuid() == 0 and any(netns.exists(n) for n in names)
         if found:
-            netns.remove(ns_name(name))
+            for each in names:
+                netns.remove(each)
         return found or record is not None
 
     def list(self) -> list[state.WorkloadState]:
         _reap_stale()
-        return [s for s in state.all_states() if s.runtime == self.name and s.alive]
+        running = [s for s in state.all_states() if s.runtime == self.name and s.alive]
+        if os.geteuid() == 0 and any(s.gateway for s in running):
+            # A gateway daemon that was killed: started again, it takes its workloads over.
+            from netfence.runtimes.gateway import client, gateway_dir
+
+            client.ensure_daemon(gateway_dir())
+        return running
 
 
 def _reap_stale() -> None:
@@ -527,5 +567,5 @@ def _reap_stale() -> None:
         if record.runtime == NamespaceRuntime.name and not record.alive:
             record.kill_orphans()
             if os.geteuid() == 0:
-                netns.remove(ns_name(record.name))
+                netns.remove(record.netns or ns_name(record.name))
             shutil.rmtree(record.state_dir, ignore_errors=True)

@@ -1,0 +1,219 @@
+"""`netfence run --gateway`: the fence from the shared gateway, then no netfence process.
+
+The run claims the name and records itself as the workload's process, asks the daemon
+for the fence (starting a daemon when none answers), then execs into the signal
+forwarder that runs the sandbox: the same PID, so the MCP client that started it keeps
+its child, its stdio (passed straight through) and gets the workload's exit status,
+and the daemon, which holds a pidfd of this process, removes the fence when it exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from netfence.errors import NetfenceError, PrivilegeError, UsageError
+from netfence.runtimes import control, state
+from netfence.runtimes.base import WorkloadSpec
+from netfence.runtimes.control import Message
+from netfence.runtimes.detach import ReadyPipe, detach
+from netfence.runtimes.gateway import LOG_NAME, SOCKET_NAME, gateway_dir
+from netfence.runtimes.logs import tail
+from netfence.runtimes.signals import STOP_SIGNALS, Interrupted, StopSignals
+from netfence.runtimes.waiting import wait_for
+
+log = logging.getLogger("netfence")
+
+START_TIMEOUT = 20.0
+# The daemon compiles the policy and waits for Envoy (and for starts that arrive with it).
+ADD_TIMEOUT = 120.0
+START_LOCK = "start.lock"
+INFO_NAME = "sandbox-info.json"
+
+
+def unsupported(spec: WorkloadSpec) -> str | None:
+    """Why this workload cannot use the gateway (it gets a fence of its own), or None."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if spec.proxy != "envoy":
+        return f"serves Envoy fences only (not --proxy {spec.proxy})"
+    if spec.learn is not None:
+        return "has no learn mode"
+    return None
+
+
+def run(spec: WorkloadSpec) -> int:
+    """Claim the name, then (detached or not) join the gateway and become the workload."""
+    os.umask(0o077)
+    with StopSignals() as signals:
+        try:
+            state_dir = state.claim(spec.name)
+        except PermissionError:
+            raise PrivilegeError(
+                f"cannot create the workload's state directory under {state.STATE_ROOT}",
+                remedy="run with sudo") from None
+        if spec.detach:
+            return detach(spec.name, lambda ready: _join(spec, state_dir, ready, signals),
+                          in_parent=signals.restore)
+        return _join(spec, state_dir, ReadyPipe(), signals)
+
+
+def _join(spec: WorkloadSpec, state_dir: Path, ready: ReadyPipe,
+          signals: StopSignals) -> int:
+    from netfence.profile.loader import profile_data
+
+    me = os.getpid()
+    record = state.WorkloadState(
+        name=spec.name, runtime="namespace", proxy=spec.proxy, command=list(spec.command),
+        supervisor_pid=me, supervisor_start=state.process_start_time(me) or "",
+        started_at=time.time(), state_dir=str(state_dir), policy=spec.policy_source,
+        gateway=True)
+    if ready.detached:
+        record.workload_log = str(state_dir / "workload.log")
+    state.save(record)
+    joined = False
+    try:
+        signals.check()
+        reply = ask({"op": "add", "name": spec.name, "source": spec.policy_source,
+                     "profile": profile_data(spec.profile),
+                     "dns_upstream": str(spec.dns_upstream) if spec.dns_upstream else None,
+                     "transport": spec.transport, "target_port": spec.target_port,
+                     "port": spec.port})
+        joined = True
+        signals.check()
+        _become_workload(spec, state_dir, reply, ready, signals)
+    except BaseException as exc:
+        ready.failed(exc)
+        if not joined:  # else the daemon removes it all once this process has exited
+            shutil.rmtree(state_dir, ignore_errors=True)
+        if isinstance(exc, Interrupted):
+            return exc.exit_code
+        raise
+    raise AssertionError("unreachable: the exec returns only by raising")
+
+
+def _become_workload(spec: WorkloadSpec, state_dir: Path, reply: Message, ready: ReadyPipe,
+                     signals: StopSignals) -> None:
+    from netfence.runtimes.namespace import forwarder, sandbox
+    from netfence.runtimes.namespace.runtime import resolv_conf, workload_argv, workload_env
+
+    user = sandbox.resolve_user(spec.user)
+    env = workload_env(spec, user, {str(k): str(v) for k, v in reply.get("env", {}).items()})
+    resolv_r = resolv_conf()
+    info_path = state_dir / INFO_NAME
+    info_fd = os.open(info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    pinned = sandbox.pin(spec.files)
+    argv = workload_argv(spec, Path(str(reply["netns"])), user, env, resolv_r, info_fd, pinned)
+    if ready.detached:
+        out = os.open(state_dir / "workload.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        os.close(devnull)
+    sandbox.leave_session_keyring()
+    url = reply.get("url")
+    if url and not ready.detached:  # detached: `netfence run` says it
+        log.warning("%s: clients connect to %s", spec.name, url)
+    ready.ok(str(url) if url else None)
+    # Blocked, a stop signal from here on stays pending across the exec and ends the
+    # forwarder before the sandbox starts; one that came before is ours to act on.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signals.check()
+    forwarder.exec_into(argv, info_path, (resolv_r, info_fd, *pinned.values()))
+
+
+def ask(request: Message) -> Message:
+    """A request to the gateway daemon, started first if none answers (or the one that
+    answers is exiting)."""
+    directory = gateway_dir()
+    for _attempt in range(3):
+        ensure_daemon(directory)
+        try:
+            reply = control.ask(directory, "the netfence gateway", request,
+                                socket_name=SOCKET_NAME, timeout=ADD_TIMEOUT)
+        except UsageError:
+            raise
+        except NetfenceError as exc:
+            if "takes no requests" not in exc.message:
+                raise
+            continue  # it exited in between
+        if not reply.get("retry"):
+            return reply
+    raise NetfenceError("the netfence gateway keeps exiting",
+                        remedy=f"see {directory / LOG_NAME}")
+
+
+def answers(directory: Path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(directory / SOCKET_NAME))
+        except BlockingIOError:
+            return True  # listening, with a full backlog
+        except OSError:
+            return False
+    return True
+
+
+def _spawn(log_path: Path) -> int:
+    """Start the daemon as nobody's child (this process becomes the workload's forwarder,
+    which must not inherit it): its PID."""
+    read_fd, write_fd = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(read_fd)
+            os.setsid()
+            with open(log_path, "ab") as out:
+                os.fchmod(out.fileno(), 0o600)
+                daemon = subprocess.Popen(
+                    [sys.executable, "-m", "netfence", "gateway", "--on-demand"],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True)
+            os.write(write_fd, str(daemon.pid).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(middle, 0)
+    with os.fdopen(read_fd, "rb") as fh:
+        text = fh.read().decode()
+    if not text.isdigit():
+        raise NetfenceError("the netfence gateway could not be started")
+    return int(text)
+
+
+def ensure_daemon(directory: Path) -> None:
+    """Start the daemon unless one answers: one starter at a time."""
+    if answers(directory):
+        return
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / START_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if answers(directory):
+            return
+        log_path = directory / LOG_NAME
+        pid = _spawn(log_path)
+
+        def up() -> bool:
+            if not state.is_running(pid, started):
+                raise NetfenceError(f"the netfence gateway exited while starting: "
+                                    f"{tail(log_path) or 'no output'}")
+            return answers(directory)
+
+        started = state.process_start_time(pid) or ""
+
+        if not wait_for(up, START_TIMEOUT, 0.01):
+            raise NetfenceError(f"the netfence gateway did not start within "
+                                f"{START_TIMEOUT:.0f} s", remedy=f"see {log_path}")
+    finally:
+        os.close(fd)

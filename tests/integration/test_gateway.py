@@ -1,0 +1,324 @@
+"""The shared gateway (`netfence run --gateway`), end to end: real namespaces, one Envoy,
+a dnsmasq per workload, the simulated internet.
+
+Each test starts its own daemon (on demand, by its first run) and stops it at the end,
+so nothing is shared between tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_update import PROBE, Probe, _allow, update
+from tests.support.fakenet import FakeNet
+from tests.support.fence import netfence, netfence_argv, state_root
+from tests.support.ingress import ECHO_BODY, echo_server, get, get_when_up
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("nothing_left_behind")]
+
+
+def gateway_dir() -> Path:
+    return state_root() / ".gateway"
+
+
+def _pid_of(path: Path) -> tuple[int, str] | None:
+    try:
+        pid, started = path.read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(pid), started
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@pytest.fixture
+def gateway() -> Iterator[Path]:
+    """The gateway's directory; its daemon (started by the test's first run) is stopped
+    at the end, by the PID it recorded, and must leave nothing."""
+    directory = gateway_dir()
+    yield directory
+    found = _pid_of(directory / "gateway.pid")
+    if found is None:
+        return
+    pid, started = found
+    if _start_time(pid) == started:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _start_time(pid) == started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _start_time(pid) != started, "the gateway daemon did not stop"
+
+
+def envoy_pid(directory: Path) -> int:
+    """The gateway's Envoy: the daemon's child."""
+    found = _pid_of(directory / "gateway.pid")
+    assert found is not None, "no gateway daemon"
+    pid = found[0]
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        exe = os.readlink(f"/proc/{child}/exe")
+        if Path(exe).name.startswith("envoy"):
+            return int(child)
+    raise AssertionError(f"no envoy among the daemon's children {children}")
+
+
+def start_probe(name: str, fakenet: FakeNet, allow: list[str],
+                *extra: str) -> Probe:
+    args = ["run", "--gateway", "--name", name, "--dns-upstream", fakenet.dns,
+            "--read", str(fakenet.ca_pem_path), *_allow(fakenet, allow), *extra]
+    proc = subprocess.Popen(
+        netfence_argv(*args, "--", "python3", "-c", PROBE, str(fakenet.ca_pem_path)),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return Probe(proc)
+
+
+def end(probe: Probe) -> int:
+    assert probe.proc.stdin is not None and probe.proc.stdout is not None
+    probe.proc.stdin.close()
+    try:
+        code = probe.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        probe.proc.kill()
+        code = probe.proc.wait()
+    assert probe.proc.stderr is not None
+    probe.stderr = probe.proc.stderr.read()
+    probe.proc.stdout.close()
+    probe.proc.stderr.close()
+    return code
+
+
+def gone(name: str, timeout: float = 20) -> bool:
+    """Whether the workload's namespace and state are removed within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/run/netns/netfence-{name}").exists() and \
+                not (state_root() / name).exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_workloads_share_one_envoy_each_with_its_own_policy(
+        fakenet: FakeNet, gateway: Path) -> None:
+    one = start_probe("nf-gw-one", fakenet, ["allowed.test"])
+    two = start_probe("nf-gw-two", fakenet, ["other.test"])
+    try:
+        assert one.status("open allowed.test") == 200
+        assert one.status("get http://other.test/") == 403
+        assert "gaierror" in str(one.status("resolve other.test"))  # its own dnsmasq
+        assert one.status("direct allowed.test") == 200  # the transparent path
+        assert two.status("get http://other.test/") == 200
+        assert two.status("get http://allowed.test/") == 403
+        assert two.status("resolve other.test") == "10.203.0.3"
+        assert two.status("direct allowed.test") != 200
+
+        # One Envoy serves both; no netfence (Python) process stays per workload: the
+        # process the client started is now the workload's signal forwarder.
+        envoy = envoy_pid(gateway)
+        for probe in (one, two):
+            exe = Path(os.readlink(f"/proc/{probe.proc.pid}/exe")).name
+            assert not exe.startswith("python"), exe
+        listed = {w["name"]: w for w in json.loads(netfence("ps", "--json").stdout)}
+        assert {"nf-gw-one", "nf-gw-two"} <= set(listed)
+
+        # A policy change through the gateway: new connections follow it, the tunnel
+        # opened before stays up, the other workload is untouched.
+        done = update("nf-gw-one", fakenet, ["allowed.test", "other.test"])
+        assert done.returncode == 0, done.stderr
+        assert one.status("get http://other.test/") == 200
+        assert one.status("again allowed.test") == 200
+        assert two.status("get http://allowed.test/") == 403
+
+        # The second leaves: its fence goes, the first keeps its tunnel and policy.
+        assert end(two) == 0
+        assert gone("nf-gw-two"), "the second workload's fence was not removed"
+        assert one.status("again allowed.test") == 200
+        assert one.status("get http://other.test/") == 200
+        assert envoy_pid(gateway) == envoy  # never restarted
+
+        deadline = time.monotonic() + 10  # Envoy writes its log out every second
+        while time.monotonic() < deadline:
+            logged = netfence("logs", "nf-gw-one", "--json").stdout.decode().splitlines()
+            hosts = {json.loads(line).get("host") for line in logged}
+            if "other.test" in hosts:
+                break
+            time.sleep(0.2)
+        assert "other.test" in hosts, logged
+    finally:
+        for probe in (one, two):
+            if probe.proc.poll() is None:
+                end(probe)
+    assert gone("nf-gw-one")
+
+
+def test_a_killed_gateway_envoy_fails_closed_and_comes_back(
+        fakenet: FakeNet, gateway: Path) -> None:
+    probe = start_probe("nf-gw-kill", fakenet, ["allowed.test"])
+    try:
+        assert probe.status("get http://allowed.test/") == 200
+        first = envoy_pid(gateway)
+        os.kill(first, signal.SIGKILL)  # the gateway's Envoy, found as the daemon's child
+        # Closed meanwhile: nothing listens in the namespace, and nothing else leads out
+        # (asked at once: the daemon takes longer than that to start Envoy again).
+        assert probe.status("get http://allowed.test/") != 200
+        deadline = time.monotonic() + 20
+        while probe.status("get http://allowed.test/") != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert probe.status("get http://allowed.test/") == 200
+        assert probe.status("get http://other.test/") == 403
+        assert envoy_pid(gateway) != first
+        assert probe.proc.poll() is None  # the workload never noticed but for the outage
+    finally:
+        end(probe)
+    assert gone("nf-gw-kill")
+
+
+def test_a_killed_daemon_is_started_again_and_takes_its_workloads_over(
+        fakenet: FakeNet, gateway: Path) -> None:
+    probe = start_probe("nf-gw-adopt", fakenet, ["allowed.test"])
+    try:
+        assert probe.status("get http://allowed.test/") == 200
+        found = _pid_of(gateway / "gateway.pid")
+        assert found is not None
+        os.kill(found[0], signal.SIGKILL)  # the daemon this test's run started
+        deadline = time.monotonic() + 10
+        while _start_time(found[0]) == found[1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Its Envoy died with it: closed, and the workload runs on.
+        assert probe.status("get http://allowed.test/") != 200
+        assert probe.proc.poll() is None
+        # The next netfence command starts a daemon, which takes the workload over.
+        listed = netfence("ps", "--json")
+        assert "nf-gw-adopt" in listed.stdout.decode(), listed.stderr
+        deadline = time.monotonic() + 20
+        while probe.status("get http://allowed.test/") != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert probe.status("get http://allowed.test/") == 200
+        assert probe.status("get http://other.test/") == 403
+        assert _pid_of(gateway / "gateway.pid") != found
+        # Its policy can change again: the new daemon answers for it.
+        done = update("nf-gw-adopt", fakenet, ["allowed.test", "other.test"])
+        assert done.returncode == 0, done.stderr
+        assert probe.status("get http://other.test/") == 200
+    finally:
+        end(probe)
+    assert gone("nf-gw-adopt")
+
+
+def test_an_http_workload_is_reached_through_its_own_ingress(
+        net_args: list[str], gateway: Path) -> None:
+    started = netfence("run", "--gateway", *net_args, "--name", "nf-gw-http", "--detach",
+                       "--transport", "streamable-http", "--target-port", "8000", "--",
+                       "python3", "-c", echo_server("127.0.0.1", 8000))
+    try:
+        assert started.returncode == 0, started.stderr
+        err = started.stderr.decode()
+        assert "nf-gw-http: clients connect to http://127.0.0.1:" in err, err
+        url = err.split("clients connect to ", 1)[1].split()[0]
+        assert url.endswith("/mcp"), url
+        base = url.removesuffix("/mcp")
+        status, body = get_when_up(base + "/index.html", timeout=20)
+        assert status == 200 and body == ECHO_BODY, (status, body)
+        # The ingress policy: a client naming another host is refused.
+        assert get(base + "/index.html", host="evil.example")[0] == 403
+        listed = {w["name"]: w for w in json.loads(netfence("ps", "--json").stdout)}
+        assert listed["nf-gw-http"]["url"] == url
+    finally:
+        stopped = netfence("stop", "nf-gw-http")
+    assert stopped.returncode == 0, stopped.stderr
+    assert gone("nf-gw-http")
+
+
+def test_signals_status_and_a_killed_run_are_as_with_an_own_fence(
+        fakenet: FakeNet, gateway: Path) -> None:
+    trap = ("trap 'echo got-term; exit 7' TERM; echo ready; "
+            "while :; do sleep 0.1; done")
+    proc = subprocess.Popen(
+        netfence_argv("run", "--gateway", "--name", "nf-gw-sig", "--", "sh", "-c", trap),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"ready\n", proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 7
+    assert proc.stdout.read() == b"got-term\n"
+    proc.stdout.close()
+    proc.stderr.close()
+    assert gone("nf-gw-sig")
+
+    # kill -9 of the process the client started (the forwarder): the sandbox dies with it
+    # and the daemon removes the fence.
+    code = netfence("run", "--gateway", "--name", "nf-gw-exit", "--", "sh", "-c", "exit 42")
+    assert code.returncode == 42, code.stderr
+    proc = subprocess.Popen(
+        netfence_argv("run", "--gateway", "--name", "nf-gw-nine", "--", "sh", "-c",
+                      "echo ready; sleep 60"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"ready\n", proc.stderr.read()
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert gone("nf-gw-nine")
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _cmdline(p).startswith("sleep 60")]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+COUNT = 20
+
+
+def test_twenty_workloads_start_together_and_all_tear_down(
+        fakenet: FakeNet, gateway: Path) -> None:
+    # Each fetches an allowed page through its own fence, says so, and waits on stdin.
+    script = ("curl -s -o /dev/null -w '%{http_code}\\n' --max-time 10 "
+              "http://allowed.test/ && read line")
+
+    def one(i: int) -> tuple[subprocess.Popen[bytes], bytes]:
+        proc = subprocess.Popen(
+            netfence_argv("run", "--gateway", "--name", f"nf-gw-{i:02d}",
+                          "--dns-upstream", fakenet.dns,
+                          *_allow(fakenet, ["allowed.test"]), "--", "sh", "-c", script),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        return proc, proc.stdout.readline()
+
+    with ThreadPoolExecutor(COUNT) as pool:
+        started = list(pool.map(one, range(COUNT)))
+    try:
+        answers = [line for _p, line in started]
+        errors = [p.stderr.read() if p.stderr and p.poll() is not None else b""
+                  for p, _l in started]
+        assert answers == [b"200\n"] * COUNT, (answers, errors)
+        assert len(json.loads(netfence("ps", "--json").stdout)) >= COUNT
+    finally:
+        for proc, _line in started:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.close()
+        for proc, _line in started:
+            proc.wait(30)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+    assert all(proc.returncode == 0 for proc, _l in started)
+    assert all(gone(f"nf-gw-{i:02d}") for i in range(COUNT))
