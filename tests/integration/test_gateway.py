@@ -170,10 +170,13 @@ def test_a_killed_gateway_envoy_fails_closed_and_comes_back(
     probe = start_probe("nf-gw-kill", fakenet, ["allowed.test"])
     try:
         assert probe.status("get http://allowed.test/") == 200
+        assert probe.status("open allowed.test") == 200  # a tunnel, in use
         first = envoy_pid(gateway)
         os.kill(first, signal.SIGKILL)  # the gateway's Envoy, found as the daemon's child
-        # Closed meanwhile: nothing listens in the namespace, and nothing else leads out
-        # (asked at once: the daemon takes longer than that to start Envoy again).
+        # Closed meanwhile: the tunnel is cut, nothing listens in the namespace, and
+        # nothing else leads out (asked at once: the daemon takes longer than that to start
+        # Envoy again).
+        assert probe.status("again allowed.test") != 200
         assert probe.status("get http://allowed.test/") != 200
         deadline = time.monotonic() + 20
         while probe.status("get http://allowed.test/") != 200 and time.monotonic() < deadline:
@@ -290,9 +293,10 @@ COUNT = 20
 
 def test_twenty_workloads_start_together_and_all_tear_down(
         fakenet: FakeNet, gateway: Path) -> None:
-    # Each fetches an allowed page through its own fence, says so, and waits on stdin.
+    # Each fetches an allowed page through its own fence, prints the status, and waits
+    # for its stdin to end.
     script = ("curl -s -o /dev/null -w '%{http_code}\\n' --max-time 10 "
-              "http://allowed.test/ && read line")
+              "http://allowed.test/; read line; exit 0")
 
     def one(i: int) -> tuple[subprocess.Popen[bytes], bytes]:
         proc = subprocess.Popen(

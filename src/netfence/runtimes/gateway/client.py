@@ -102,14 +102,14 @@ def _join(spec: WorkloadSpec, state_dir: Path, ready: ReadyPipe,
 def _become_workload(spec: WorkloadSpec, state_dir: Path, reply: Message, ready: ReadyPipe,
                      signals: StopSignals) -> None:
     from netfence.runtimes.namespace import forwarder, sandbox
-    from netfence.runtimes.namespace.runtime import resolv_conf, workload_argv, workload_env
+    from netfence.runtimes.namespace.launch import resolv_conf, workload_argv, workload_env
 
     user = sandbox.resolve_user(spec.user)
     env = workload_env(spec, user, {str(k): str(v) for k, v in reply.get("env", {}).items()})
-    resolv_r = resolv_conf()
+    resolv_r = _high(resolv_conf())
     info_path = state_dir / INFO_NAME
-    info_fd = os.open(info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    pinned = sandbox.pin(spec.files)
+    info_fd = _high(os.open(info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    pinned = {path: _high(fd) for path, fd in sandbox.pin(spec.files).items()}
     argv = workload_argv(spec, Path(str(reply["netns"])), user, env, resolv_r, info_fd, pinned)
     if ready.detached:
         out = os.open(state_dir / "workload.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -129,6 +129,14 @@ def _become_workload(spec: WorkloadSpec, state_dir: Path, reply: Message, ready:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     signals.check()
     forwarder.exec_into(argv, info_path, (resolv_r, info_fd, *pinned.values()))
+
+
+def _high(fd: int) -> int:
+    """The descriptor moved to 10 or above: the forwarder (dash) passes stdin to the
+    sandbox through one of 3-9, which the sandbox's descriptors must leave free."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
 
 
 def ask(request: Message) -> Message:

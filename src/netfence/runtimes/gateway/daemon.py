@@ -54,7 +54,7 @@ from netfence.runtimes.gateway import LOCK_NAME, PID_NAME, SOCKET_NAME, gateway_
 from netfence.runtimes.gateway.member import MEMBER_NAME, Ingress, Member
 from netfence.runtimes.logs import tail
 from netfence.runtimes.namespace import processes
-from netfence.runtimes.namespace.runtime import LOOPBACK, free_port
+from netfence.runtimes.namespace.launch import LOOPBACK, free_port
 from netfence.runtimes.signals import StopSignals
 from netfence.runtimes.supervisor import Updates
 from netfence.runtimes.waiting import wait_for

@@ -36,7 +36,7 @@ from netfence.runtimes import netns, reload, state
 from netfence.runtimes.base import TRANSPARENT_PORT, WORKLOAD_PROXY_PORT
 from netfence.runtimes.control import ControlServer
 from netfence.runtimes.namespace import processes, redirect
-from netfence.runtimes.namespace.runtime import LOOPBACK, free_port, ns_name
+from netfence.runtimes.namespace.launch import LOOPBACK, free_port, ns_name
 
 if TYPE_CHECKING:
     from netfence.profile.hosts import IPAddress

@@ -18,7 +18,7 @@ from netfence.errors import NetfenceError
 from netfence.runtimes.namespace import processes
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -38,7 +38,7 @@ time.sleep(60)
 
 
 def test_wait_ready_returns_once_the_process_listens(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     spec = ProcessSpec("listener", (sys.executable, "-c", LISTEN, str(port)),
                        (Endpoint("127.0.0.1", port),), tmp_path / "o", tmp_path / "e")
     proc = processes.start(spec)
@@ -52,7 +52,7 @@ def test_wait_ready_returns_once_the_process_listens(tmp_path: Path) -> None:
 
 def test_a_process_that_dies_while_starting_is_reported_with_its_output(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "import sys; print('bad config line 3', file=sys.stderr); "
-                           "sys.exit(4)", _free_port(), name="envoy")
+                           "sys.exit(4)", free_port(), name="envoy")
     proc = processes.start(spec)
     with pytest.raises(NetfenceError, match=r"envoy exited with status 4 while starting: "
                                             r"bad config line 3"):
@@ -60,7 +60,7 @@ def test_a_process_that_dies_while_starting_is_reported_with_its_output(tmp_path
 
 
 def test_a_process_that_never_listens_times_out_naming_the_endpoint(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     spec = _spec(tmp_path, "import time; time.sleep(30)", port, name="squid")
     proc = processes.start(spec)
     try:
@@ -72,7 +72,7 @@ def test_a_process_that_never_listens_times_out_naming_the_endpoint(tmp_path: Pa
 
 
 def test_wait_ready_gives_up_when_check_raises(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, "import time; time.sleep(30)", _free_port())
+    spec = _spec(tmp_path, "import time; time.sleep(30)", free_port())
     proc = processes.start(spec)
 
     class Stop(Exception):
@@ -91,7 +91,7 @@ def test_wait_ready_gives_up_when_check_raises(tmp_path: Path) -> None:
 def test_stop_all_kills_what_ignores_its_stop_signal(tmp_path: Path) -> None:
     code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
             "print('ready', flush=True)\ntime.sleep(60)")
-    spec = _spec(tmp_path, code, _free_port())
+    spec = _spec(tmp_path, code, free_port())
     proc = processes.start(spec)
     deadline = time.monotonic() + 10
     while b"ready" not in spec.stdout.read_bytes() and time.monotonic() < deadline:
@@ -126,7 +126,7 @@ def test_a_process_may_declare_when_it_can_be_killed(tmp_path: Path, stop_grace:
                                                      code: int) -> None:
     # Exits cleanly a second after SIGTERM: waited for, unless it declared that nothing it
     # does after 0.2 s matters.
-    spec = dataclasses.replace(_spec(tmp_path, SLOW_EXIT, _free_port()), stop_grace=stop_grace)
+    spec = dataclasses.replace(_spec(tmp_path, SLOW_EXIT, free_port()), stop_grace=stop_grace)
     assert _stopped_once_ready(spec) == code
 
 
@@ -201,11 +201,11 @@ def test_fence_ports_come_from_below_the_ephemeral_range() -> None:
     """A port the kernel may hand out as a source port meanwhile is never chosen."""
     from pathlib import Path
 
-    from netfence.runtimes.namespace import runtime
+    from netfence.runtimes.namespace import launch
 
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(20):
-        port = runtime._free_port()
+        port = launch.free_port()
         assert max(1024, low // 2) <= port < low
         for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             with socket.socket(socket.AF_INET, kind) as s:
@@ -265,6 +265,6 @@ def test_one_that_may_be_killed_is_killed_once_it_holds_no_connection(
         tmp_path: Path, holding: str, code: int) -> None:
     # A grace long enough to exit by itself: only one idle (asleep, no TCP socket) is
     # killed before that.
-    spec = dataclasses.replace(_spec(tmp_path, HOLDS, _free_port()), stop_grace=5.0)
+    spec = dataclasses.replace(_spec(tmp_path, HOLDS, free_port()), stop_grace=5.0)
     spec = dataclasses.replace(spec, argv=(*spec.argv, holding))
     assert _stopped_once_ready(spec) == code
