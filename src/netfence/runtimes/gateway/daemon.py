@@ -109,7 +109,7 @@ class Gateway:
             pid_file.write_text(f"{me} {state.process_start_time(me) or ''}\n")
             server = ControlServer(self.directory, self.handle, name=SOCKET_NAME,
                                    concurrent=True)
-            log.warning("netfence gateway: serving on %s", server.path)
+            log.warning("gateway: serving on %s", server.path)
             try:
                 self._loop(signals)
             finally:
@@ -148,7 +148,7 @@ class Gateway:
                     os.close(envoy_fd)
             if signals.fileno() in ready or signals.take():
                 signals.drain()
-                log.warning("netfence gateway: stopping its workloads")
+                log.warning("gateway: stopping its workloads")
                 return
             if self.wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
@@ -162,7 +162,7 @@ class Gateway:
                     with contextlib.suppress(NetfenceError):
                         member.revive_dnsmasq()
             if self._idle_out():
-                log.warning("netfence gateway: no workload for %.0f s; exiting", self.idle_exit)
+                log.warning("gateway: no workload for %.0f s; exiting", self.idle_exit)
                 return
 
     def _idle_out(self) -> bool:
@@ -219,7 +219,7 @@ class Gateway:
             try:
                 member.adopt()
             except (NetfenceError, OSError, ValueError, KeyError) as exc:
-                log.error("netfence gateway: %s: cannot take it over (%s); stopping it",
+                log.error("gateway: %s: cannot take it over (%s); stopping it",
                           record.name, exc)
                 state.kill(record.supervisor_pid, record.supervisor_start)
                 member.close()
@@ -228,7 +228,7 @@ class Gateway:
                 continue
             self.members[record.name] = member
             self._serve_updates(member, record)
-            log.warning("netfence gateway: took %s over", record.name)
+            log.warning("gateway: took %s over", record.name)
 
     def _serve_updates(self, member: Member, record: state.WorkloadState) -> None:
         from netfence.profile.loader import parse_profile
@@ -259,12 +259,12 @@ class Gateway:
         if len(self.restarts) >= MAX_ENVOY_RESTARTS_PER_MINUTE:
             return
         self.restarts.append(now)
-        log.warning("netfence gateway: envoy exited (status %s); starting it again: %s",
+        log.warning("gateway: envoy exited (status %s); starting it again: %s",
                     proc.returncode, tail(spec.stderr) or "no output")
         try:
             self._start_envoy()
         except NetfenceError as exc:
-            log.error("netfence gateway: %s", exc)
+            log.error("gateway: %s", exc)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -371,12 +371,12 @@ class Gateway:
         try:
             self.publish()
         except NetfenceError as exc:
-            log.error("netfence gateway: %s: %s", member.name, exc)
+            log.error("gateway: %s: %s", member.name, exc)
         member.close()
         os.close(member.pidfd)
         if _still_its(member):
             shutil.rmtree(member.state_dir, ignore_errors=True)
-        log.info("netfence gateway: %s removed", member.name)
+        log.info("gateway: %s removed", member.name)
 
     def _stop_all(self) -> None:
         """The daemon stops: every workload gets its stop signal (through its forwarder),
@@ -496,10 +496,10 @@ def _raise_limits() -> None:
         try:
             INOTIFY_SYSCTL.write_text(str(INOTIFY_INSTANCES))
         except OSError as exc:
-            log.warning("netfence gateway: cannot raise fs.inotify.max_user_instances from "
+            log.warning("gateway: cannot raise fs.inotify.max_user_instances from "
                         "%d (%s): it serves fewer workloads", before, exc.strerror or exc)
             return
-        log.warning("netfence gateway: raised fs.inotify.max_user_instances from %d to %d "
+        log.warning("gateway: raised fs.inotify.max_user_instances from %d to %d "
                     "(its Envoy watches two files per workload)", before, INOTIFY_INSTANCES)
 
 
