@@ -397,6 +397,7 @@ def engine_with(*pairs: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize(("in_containers", "proxy"), cases, indirect=True)
 
 
+@pytest.mark.containers  # its engine comes through in_containers
 class TestContainerRuntime:
     """`netfence run --runtime docker`: the same SDK sessions, the server in a container
     of the test engine, the fence in containers beside it. Each session runs on each
