@@ -2,7 +2,7 @@
 Docker Engine, both up for the whole session: real Envoy, Squid and dnsmasq in containers
 built from this host's binaries, a workload image built the same way, the simulated
 internet reached through the engine's NAT. A case runs for each engine and backend whose
-code it reaches (below, `on_docker_with` and `only`)."""
+code it reaches (below, `EACH_ONCE` and `only`)."""
 
 from __future__ import annotations
 
@@ -43,22 +43,16 @@ from tests.support.processes import stop
 pytestmark = pytest.mark.integration
 
 # What this file adds to the backends' own tests (tests/conformance, tests/unit) is
-# placement: containers, networks, addresses, DNS, rules, ingress, teardown. A case runs
-# on both backends where the runtime's path differs by backend: the transparent path
-# (Envoy's redirect, Squid's reset), the egress image, its capabilities and file owners,
-# Squid's separate ingress container. It runs on Docker Engine where the engines differ
-# (addresses, DNS, routes and FORWARD rules, the bridges, ports, labels and capabilities
-# as reported, attach, error texts), there for Envoy (the transparent path crosses
-# Docker's rules) unless Squid's path differs too. A case that checks one backend's
-# decisions, or nothing a backend or an engine changes, runs once.
+# placement: containers, networks, addresses, DNS, rules, ingress, teardown. The runtime's
+# path differs by backend for the transparent path (Envoy's redirect, Squid's reset), the
+# egress image, its capabilities and file owners, Squid's separate ingress container; by
+# engine for addresses, DNS, routes and FORWARD rules, the bridges, ports, labels and
+# capabilities as reported, attach, error texts. A case that reaches both runs for each
+# backend and on each engine once (EACH_ONCE: Envoy on Docker Engine, whose rules the
+# transparent path crosses); one that reaches only an engine's code, on each engine with
+# Envoy; a case that checks one backend's decisions, or nothing a backend or an engine
+# changes, runs once.
 PODMAN_ONLY = pytest.mark.parametrize("engine", ["podman"], indirect=True)
-
-
-def on_docker_with(*proxies: str) -> pytest.MarkDecorator:
-    """Podman with both backends, Docker Engine with `proxies` only."""
-    cases = [(engine, proxy) for engine in ENGINES for proxy in BACKENDS
-             if engine == "podman" or proxy in proxies]
-    return pytest.mark.parametrize(("engine", "proxy"), cases, indirect=True)
 
 
 def only(*cases: str) -> pytest.MarkDecorator:
@@ -68,6 +62,8 @@ def only(*cases: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize(("engine", "proxy"), pairs, indirect=True)
 
 
+# Each backend once and each engine once.
+EACH_ONCE = only("podman-squid", "dockerd-envoy")
 # Placement only (no backend's code path of its own): Envoy, on each engine.
 ENVOY_ON_BOTH = only("podman-envoy", "dockerd-envoy")
 
@@ -129,7 +125,7 @@ def parse_status(out: str) -> dict[str, str]:
 
 
 class TestEgressMatrix:
-    @on_docker_with("envoy")
+    @EACH_ONCE
     def test_allowed_http_and_https(self, engine: Engine, proxy: str,
                                     net_args: list[str]) -> None:
         out = script(engine, proxy, net_args,
@@ -210,7 +206,7 @@ class TestEgressMatrix:
         for url, got in out.items():
             assert got.startswith("403 ") and "host_address" in got, (url, got)
 
-    @on_docker_with("envoy")
+    @EACH_ONCE
     def test_direct_connections_reach_only_the_fence(self, engine: Engine, proxy: str,
                                                      net_args: list[str],
                                                      fakenet: FakeNet) -> None:
@@ -319,6 +315,11 @@ class TestTransparent:
         assert out.splitlines() == ["curl 200 10.203.0.2", "python 200 10.203.0.2:80",
                                     "curl 200 10.203.0.2", "python 200 10.203.0.2:443"], out
 
+    # Envoy's decision by name. That connections to foreign addresses cross Docker
+    # Engine's rules to the egress is test_node_reaches_an_allowed_host[dockerd]: the rule
+    # letting them (DOCKER-USER) takes the internal bridge's traffic by interface, whatever
+    # address was dialed.
+    @PODMAN_ONLY
     def test_the_name_decides_not_the_address_dialed(self, engine: Engine,
                                                      net_args: list[str]) -> None:
         if not shutil.which("node"):
@@ -358,7 +359,7 @@ class TestTransparent:
         assert got[2].get("status") == 403 and "port_not_allowed" in str(got[2].get("body")), got
         assert "other.test" not in {name for name, _ in fakenet.queries()}
 
-    @on_docker_with("envoy")
+    @EACH_ONCE
     def test_dns_to_any_address_is_the_fences(self, engine: Engine, proxy: str,
                                               net_args: list[str], fakenet: FakeNet) -> None:
         # A program with a resolver of its own, asking an address where no DNS server
@@ -399,6 +400,10 @@ class TestTransparent:
 # --- ingress, stdio, lifecycle ------------------------------------------------------------
 
 
+# Each backend's ingress (Envoy's in the egress container, Squid's container of its own) and
+# each engine's port publishing (one line for every backend: 127.0.0.1 only). The other two
+# pairs' ingress is reached by test_mcp_e2e.py's TestContainerRuntime.test_streamable_http.
+@only("podman-envoy", "dockerd-squid")
 def test_ingress_reaches_an_http_workload(engine: Engine, proxy: str,
                                           net_args: list[str]) -> None:
     proc = subprocess.Popen(
@@ -466,7 +471,7 @@ def test_stdio_passthrough_is_byte_exact(engine: Engine, proxy: str,
     assert b"err\n" in done.stderr
 
 
-@on_docker_with("envoy")
+@EACH_ONCE
 def test_detach_ps_logs_stop(engine: Engine, proxy: str, net_args: list[str]) -> None:
     name = new_name()
     started = fenced(engine, proxy, net_args, "sh", "-c",

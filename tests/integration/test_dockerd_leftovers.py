@@ -11,9 +11,18 @@ from pathlib import Path
 import pytest
 
 from netfence.runtimes.state import process_start_time
-from tests.support.dockerd import TABLES, _chains, forward_policy, remove_stale
+from tests.support.dockerd import (
+    OUTSIDE_DIRS,
+    TABLES,
+    _chains,
+    _links,
+    forward_policy,
+    remove_stale,
+)
 
-pytestmark = pytest.mark.integration
+# In scripts/test's containers lane, beside the session's dockerd: what remove_stale puts
+# back (iptables rules, bridges, containerd's directories) is where that daemon has its own.
+pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
 STALE_CHAIN = "DOCKER-NFTEST-STALE"
 
@@ -26,8 +35,10 @@ def test_a_killed_sessions_daemon_chains_and_policy_are_put_back(tmp_path: Path)
     policy = forward_policy()
     marker.write_text(json.dumps({
         "pid": daemon.pid, "started": process_start_time(daemon.pid), "work": str(work),
-        "chains": {t: sorted(_chains(t)) for t in TABLES}, "links": [],
-        "policy": policy, "sysctls": {}, "outside": []}))
+        "chains": {t: sorted(_chains(t)) for t in TABLES}, "links": sorted(_links()),
+        "policy": policy, "sysctls": {},
+        # What exists now is not the killed daemon's (the session's dockerd may use it).
+        "outside": [str(p) for p in OUTSIDE_DIRS if p.exists()]}))
     subprocess.run(["iptables", "-w", "10", "-N", STALE_CHAIN], check=True, timeout=30)
     subprocess.run(["iptables", "-w", "10", "-A", "FORWARD", "-j", STALE_CHAIN], check=True,
                    timeout=30)

@@ -391,9 +391,22 @@ def in_containers(request: pytest.FixtureRequest, fakenet: FakeNet,
         pytest.fail(f"the MCP workload image: {exc}")
 
 
+def engine_with(*pairs: str) -> pytest.MarkDecorator:
+    """Just these engine-backend pairs, as "podman-envoy"."""
+    cases = [tuple(pair.split("-")) for pair in pairs]
+    return pytest.mark.parametrize(("in_containers", "proxy"), cases, indirect=True)
+
+
+@pytest.mark.containers  # its engine comes through in_containers
 class TestContainerRuntime:
     """`netfence run --runtime docker`: the same SDK sessions, the server in a container
-    of the test engine, the fence in containers beside it."""
+    of the test engine, the fence in containers beside it. Each session runs on each
+    engine and with each backend, once: what the container runtime adds to the namespace
+    runtime's sessions is the engine's attach stream (stdio), its published port and the
+    backend's ingress container (streamable HTTP) and the decision log read from the
+    state directory the fence containers write (by backend). With
+    test_docker_runtime.py::test_ingress_reaches_an_http_workload (podman-envoy,
+    dockerd-squid) every engine-backend pair's ingress is reached by a client."""
 
     @pytest.fixture
     def nothing_left_behind(self, in_containers: Launch) -> Iterator[None]:
@@ -403,11 +416,13 @@ class TestContainerRuntime:
         with nothing_new(lambda: [*leftovers(), *engine.managed()]):
             yield
 
+    @engine_with("podman-envoy", "dockerd-squid")
     def test_stdio(self, proxy: str, fakenet: FakeNet, in_containers: Launch,
                    tmp_path: Path) -> None:
         stdio_session(proxy, fakenet, in_containers, tmp_path,
                       "--name", in_containers.name("stdio", proxy))
 
+    @engine_with("podman-squid", "dockerd-envoy")
     def test_streamable_http(self, proxy: str, fakenet: FakeNet, in_containers: Launch,
                              tmp_path: Path) -> None:
         with serving(proxy, fakenet, in_containers, "streamable-http", tmp_path) as served:

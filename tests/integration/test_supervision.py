@@ -27,7 +27,9 @@ class Placed:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
-@pytest.fixture(params=["namespace", "namespace-rootless", "docker"])
+# The docker case reaches its engine through getfixturevalue: marked by hand.
+@pytest.fixture(params=["namespace", "namespace-rootless",
+                        pytest.param("docker", marks=pytest.mark.containers)])
 def placed(request: pytest.FixtureRequest, net_args: list[str]) -> Iterator[Placed]:
     name = "nf-sup-" + secrets.token_hex(3)
     if request.param == "namespace":

@@ -1,8 +1,10 @@
 """A real Docker Engine for the docker runtime's tests, on a private socket, beside Podman.
 
-The session starts Debian's `dockerd` itself, as a user's Docker runs: in the host's
-network namespace, with its iptables rules (NAT for the external network, its isolation
-chains for internal networks, DOCKER-USER), since those are what netfence must work with.
+The session starts Debian's `dockerd` itself, as a user's Docker runs: in the network
+namespace netfence and the tests run in (the host's; with no arguments scripts/test runs
+the container tests in one of their own), with its iptables rules (NAT for the external
+network, its isolation chains for internal networks, DOCKER-USER), since those are what
+netfence must work with.
 Everything else is private: its data root, exec root, pid file, socket and config file
 under a temporary directory, its own containerd under them, no default `docker0` bridge
 (`--bridge=none`: the runtime never uses it). It builds the same images as the Podman

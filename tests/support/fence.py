@@ -9,6 +9,7 @@ own environment, and `state_root()` is the user's.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from netfence.runtimes import state
 from tests.support.rootless import RootlessUser
 
-STATE_ROOT = Path("/run/netfence")
+# Root's: /run/netfence, or NETFENCE_STATE_DIR (scripts/test gives its containers lane one
+# of its own, so that the lanes' leftover checks do not see each other's workloads).
+STATE_ROOT = state.STATE_ROOT
 BACKENDS = ("envoy", "squid")  # every fence test runs for each (the `proxy` fixture)
 NETNS_DIR = Path("/run/netns")
 PRIVILEGES = ("root", "rootless")  # the `privilege` fixture's values
@@ -90,6 +94,12 @@ def netfence(*args: str, input: bytes | None = None, timeout: float = 60,
                           timeout=timeout, check=check)
 
 
+def names_path(cmdline: str, path: Path) -> bool:
+    """Whether a command line (its words joined by spaces) names `path` or a path under it;
+    /run/netfence-x is not under /run/netfence."""
+    return re.search(rf"{re.escape(str(path))}(?:/|\s|$)", cmdline) is not None
+
+
 def leftovers() -> list[str]:
     """Namespaces, state dirs and fence processes that a finished run must have removed."""
     found: list[str] = []
@@ -107,7 +117,7 @@ def leftovers() -> list[str]:
         except OSError:
             continue
         # A proxy's config path, or the sandbox's `--tmpfs /run/netfence`.
-        if str(STATE_ROOT) in cmdline and int(proc.name) != os.getpid():
+        if names_path(cmdline, STATE_ROOT) and int(proc.name) != os.getpid():
             found.append(f"process {proc.name}: {cmdline[:120]}")
     for user in _known:  # rootless: nothing of a fence outlives it, on disk or running
         if user.state_root.is_dir():
