@@ -184,7 +184,18 @@ def state_dir(name: str) -> Path:
 
 def claim(name: str) -> Path:
     """Create the workload's state dir; a live workload of that name is an error, also
-    one still starting (its supervisor has not saved a record yet)."""
+    one still starting (its supervisor has not saved a record yet). One line when the
+    state root is not the caller's to write."""
+    try:
+        return _claim(name)
+    except PermissionError:
+        raise PrivilegeError(
+            f"cannot create the workload's state directory under {STATE_ROOT}",
+            remedy="run with sudo, or set NETFENCE_STATE_DIR to a directory of yours"
+        ) from None
+
+
+def _claim(name: str) -> Path:
     STATE_ROOT.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     path = state_dir(name)
     # One claim at a time: two runs of one name must not both find the place free.

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from netfence.backends import NetworkProxy, get_backend
-from netfence.errors import NetfenceError, PrivilegeError, UsageError
+from netfence.errors import NetfenceError, UsageError
 from netfence.policy.learn import Used, learned_profile, summary
 from netfence.profile.defaults import DEFAULT_PORTS
 from netfence.runtimes import state
@@ -81,13 +81,7 @@ class SupervisedRuntime(Runtime):
         # start gives up at its next step, the workload gets it, the teardown is not cut
         # short, and the claim never stays behind.
         with StopSignals() as signals:
-            try:
-                state_dir = state.claim(spec.name)
-            except PermissionError:
-                raise PrivilegeError(
-                    f"cannot create the workload's state directory under {state.STATE_ROOT}",
-                    remedy="run with sudo, or set NETFENCE_STATE_DIR to a directory of yours"
-                ) from None
+            state_dir = state.claim(spec.name)
             if spec.detach:
                 # `netfence run` itself stays interruptible while it waits for the start.
                 return detach(spec.name,

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from netfence.errors import NetfenceError, PrivilegeError, UsageError
+from netfence.errors import NetfenceError, UsageError
 from netfence.runtimes import control, state
 from netfence.runtimes.base import WorkloadSpec
 from netfence.runtimes.control import Message
@@ -53,12 +53,7 @@ def run(spec: WorkloadSpec) -> int:
     """Claim the name, then (detached or not) join the gateway and become the workload."""
     os.umask(0o077)
     with StopSignals() as signals:
-        try:
-            state_dir = state.claim(spec.name)
-        except PermissionError:
-            raise PrivilegeError(
-                f"cannot create the workload's state directory under {state.STATE_ROOT}",
-                remedy="run with sudo") from None
+        state_dir = state.claim(spec.name)
         if spec.detach:
             return detach(spec.name, lambda ready: _join(spec, state_dir, ready, signals),
                           in_parent=signals.restore)
