@@ -101,6 +101,16 @@ def end(probe: Probe) -> int:
     return code
 
 
+def comes_back(probe: Probe, command: str, timeout: float = 20) -> bool:
+    """Whether `command` succeeds (200) again within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while probe.status(command) != 200:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def gone(name: str, timeout: float = 20) -> bool:
     """Whether the workload's namespace and state are removed within `timeout`."""
     deadline = time.monotonic() + timeout
@@ -178,10 +188,7 @@ def test_a_killed_gateway_envoy_fails_closed_and_comes_back(
         # Envoy again).
         assert probe.status("again allowed.test") != 200
         assert probe.status("get http://allowed.test/") != 200
-        deadline = time.monotonic() + 20
-        while probe.status("get http://allowed.test/") != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert probe.status("get http://allowed.test/") == 200
+        assert comes_back(probe, "get http://allowed.test/")
         assert probe.status("get http://other.test/") == 403
         assert envoy_pid(gateway) != first
         assert probe.proc.poll() is None  # the workload never noticed but for the outage
@@ -207,10 +214,7 @@ def test_a_killed_daemon_is_started_again_and_takes_its_workloads_over(
         # The next netfence command starts a daemon, which takes the workload over.
         listed = netfence("ps", "--json")
         assert "nf-gw-adopt" in listed.stdout.decode(), listed.stderr
-        deadline = time.monotonic() + 20
-        while probe.status("get http://allowed.test/") != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert probe.status("get http://allowed.test/") == 200
+        assert comes_back(probe, "get http://allowed.test/")
         assert probe.status("get http://other.test/") == 403
         assert _pid_of(gateway / "gateway.pid") != found
         # Its policy can change again: the new daemon answers for it.
