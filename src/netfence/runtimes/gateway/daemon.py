@@ -437,9 +437,11 @@ class Gateway:
         self._write([final.listeners, final.runtime])
         self._until_applied([final.listeners, final.runtime, *final.routes],
                             "the new listeners")
-        # Then what no listener names any more.
-        self._write([final.clusters])
-        self._until_applied([final.clusters], "the clusters")
+        # Then what no listener names any more (nothing when only workloads came: those
+        # clusters are the ones applied above, and asking Envoy again costs a start time).
+        if final.clusters.content != during.clusters.content:
+            self._write([final.clusters])
+            self._until_applied([final.clusters], "the clusters")
         self.published = current
         keep = route_files_in_use(self.directory, list(current.values()))
         for spec in during.routes:
