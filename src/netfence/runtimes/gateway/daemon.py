@@ -461,6 +461,9 @@ class Gateway:
         def taken() -> bool:
             if applied(self.directory, files):
                 return True
+            if self.envoy is not None and self.envoy[1].poll() is not None:
+                # The main loop starts it again, from the files as they are now.
+                raise NetfenceError(f"the gateway's Envoy exited before it took {what}")
             try:
                 refused = rejected(self.directory)
             except OSError:
