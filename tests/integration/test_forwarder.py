@@ -63,7 +63,7 @@ class Run:
             assert chunk, f"no {expected!r} line; stdout so far: {bytes(self.out)!r}"
             self.out += chunk
 
-    def finish(self, timeout: float = 5.0) -> int:
+    def finish(self, timeout: float = 15.0) -> int:
         """The forwarder's exit status, the rest of stdout read."""
         out, self.err = self.proc.communicate(timeout=timeout)
         self.out += out
@@ -265,6 +265,8 @@ def test_a_signal_while_it_starts_is_never_lost(runs: list[Run], tmp_path: Path)
         run = _start(runs, tmp_path, TRAPS)
         time.sleep(step * 0.0005)
         run.proc.terminate()
+        # Longer than the grace: under load, a signal that lands before the workload's
+        # traps ends it through the kill at the grace's end (128 + TERM), not at once.
         status = run.finish()
         assert status in (-signal.SIGTERM, 128 + signal.SIGTERM, STATUS[signal.SIGTERM])
         assert (status == STATUS[signal.SIGTERM]) == (b"got-TERM" in run.out)
