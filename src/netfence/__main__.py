@@ -11,6 +11,9 @@ from typing import NoReturn
 
 
 def main() -> NoReturn:
+    from netfence.handoff import run_warm
+
+    run_warm(sys.argv[1:])  # a warm gateway's starter does the run: no return
     # Importing makes many objects and few cycles: no collection while it runs (about
     # 5 ms of every command); what it made is then left out of later ones (freeze).
     gc.disable()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -283,6 +285,68 @@ def test_signals_status_and_a_killed_run_are_as_with_an_own_fence(
     assert gone("nf-gw-nine")
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit()
                 and _cmdline(p).startswith("sleep 60")]
+
+
+def _imports(stderr: bytes) -> set[str]:
+    """The modules a `python -X importtime` process imported, from its stderr."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.decode().splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def _starter_answers(directory: Path, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            try:
+                sock.connect(str(directory / "starter.sock"))
+                return True
+            except OSError:
+                time.sleep(0.05)
+    return False
+
+
+def test_a_warm_run_is_the_starters_and_imports_nothing_of_the_cli(
+        fakenet: FakeNet, gateway: Path) -> None:
+    first = netfence("run", "--gateway", "--detach", "--name", "nf-gw-keep", "--", "sleep", "60")
+    assert first.returncode == 0, first.stderr
+    try:
+        assert _starter_answers(gateway), "the gateway's starter does not answer"
+        timed = [sys.executable, "-X", "importtime", "-m", "netfence", "run", "--gateway"]
+        # The run's process imports only netfence's handoff; a worker did the rest, the
+        # workload is that process (the exit status, signals: the forwarder it became).
+        warm = subprocess.run([*timed, "--name", "nf-gw-warm", "--", "sh", "-c", "exit 5"],
+                              capture_output=True, timeout=60)
+        assert warm.returncode == 5, warm.stderr[-2000:]
+        netfence_modules = {m for m in _imports(warm.stderr) if m.startswith("netfence")}
+        assert netfence_modules <= {"netfence", "netfence.__main__", "netfence.handoff",
+                                    "netfence.errors", "netfence.keyring"}, netfence_modules
+        assert "pydantic" not in _imports(warm.stderr)
+        trap = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
+        proc = subprocess.Popen(
+            netfence_argv("run", "--gateway", "--name", "nf-gw-warmsig", "--", "sh", "-c", trap),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == b"ready\n", proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 7
+        assert proc.stdout.read() == b"got-term\n"
+        proc.stdout.close()
+        proc.stderr.close()
+        # An error is the run's one line and status, as without the starter.
+        bad = netfence("run", "--gateway", "--name", "nf-gw-keep", "--", "true")
+        assert bad.returncode == 2
+        assert bad.stderr.decode().splitlines() == [
+            "netfence: error: a workload named 'nf-gw-keep' is already running "
+            "(netfence stop nf-gw-keep, or choose another --name)"]
+        # What the gateway does not serve, the run's process does itself, said once.
+        own = subprocess.run([*timed, "--proxy", "squid", "--name", "nf-gw-own", "--", "true"],
+                             capture_output=True, timeout=60)
+        assert own.returncode == 0, own.stderr[-2000:]
+        assert "netfence.cli.main" in _imports(own.stderr)
+        assert own.stderr.decode().count("this workload gets a fence of its own") == 1
+    finally:
+        netfence("stop", "nf-gw-keep")
+    assert gone("nf-gw-warm") and gone("nf-gw-warmsig") and gone("nf-gw-keep")
 
 
 def _cmdline(proc: Path) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from netfence import __version__
+from netfence import __version__, handoff
 from netfence.backends import (
     DNS_PORT,
     SUPPORTED,
@@ -162,6 +162,10 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
 
     backend = get_backend(proxy)  # an unknown value fails before anything is created
     chosen_runtime = get_runtime(runtime)
+    if use_gateway is None:
+        use_gateway = os.environ.get("NETFENCE_GATEWAY") == "1"
+    if handoff.worker() is not None:  # a starter's worker: only what it can finish
+        _servable_warm(use_gateway, chosen_runtime.name, backend.name, learn, detach)
     env = parse_env(env_pairs)
     targets.needs_namespace(command, chosen_runtime.name)
     target = targets.from_registry(command, env, registry_files)
@@ -201,8 +205,7 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
         user=user, detach=detach, learn=learn.absolute() if learn else None,
         host_filesystem=host_filesystem, program_paths=target.program_paths,
         policy_source=source,
-        gateway=use_gateway if use_gateway is not None
-        else os.environ.get("NETFENCE_GATEWAY") == "1",
+        gateway=use_gateway,
     )
     if spec.gateway and chosen_runtime.name != "namespace":
         output.err.print("netfence: the shared gateway serves the namespace runtime only; "
@@ -213,6 +216,16 @@ def run(proxy: str | None, runtime: str | None, profile_ref: str,
         output.err.print(f"netfence: started {spec.name}", markup=False)
     sys.exit(code)
 
+
+
+def _servable_warm(gateway: bool, runtime: str, proxy: str, learn: Path | None,
+                   detach: bool) -> None:
+    """Fallback (before anything is printed) unless the run joins the gateway: what a
+    starter's worker ends by handing the run's process its exec."""
+    from netfence.runtimes.gateway.client import unsupported_for
+
+    if not gateway or runtime != "namespace" or detach or unsupported_for(proxy, learn is not None):
+        raise handoff.Fallback
 
 
 _RUNTIME_OF_HELP = "Default: the runtime the workload was started with."
@@ -484,9 +497,19 @@ def gateway(on_demand: bool) -> None:
     sys.exit(serve(IDLE_EXIT_S if on_demand else None))
 
 
-def main() -> None:
+@cli.command("gateway-starter", hidden=True)
+def gateway_starter() -> None:
+    """The gateway daemon's helper for warm runs (cli/starter.py)."""
+    from netfence.cli.starter import serve
+    from netfence.runtimes.gateway import gateway_dir
+
+    # What every run does first: pydantic builds its validators at the first profile.
+    serve(gateway_dir(), main, lambda: _load("none", ("example.com",), (443,), ()))
+
+
+def main(prog_name: str | None = None) -> None:
     try:
-        cli.main(standalone_mode=False)
+        cli.main(standalone_mode=False, prog_name=prog_name)
     except NetfenceError as exc:
         output.error(str(exc))
         sys.exit(exc.exit_code)

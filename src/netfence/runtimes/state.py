@@ -140,6 +140,11 @@ def process_start_time(pid: int) -> str | None:
     return fields[19] if fields else None
 
 
+def parent_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
+
+
 def is_running(pid: int, started: str) -> bool:
     """Whether that very process runs: a zombie has finished (only its parent's wait is
     missing), so `stop` need not wait for a reaper."""
@@ -182,12 +187,12 @@ def state_dir(name: str) -> Path:
     return STATE_ROOT / name
 
 
-def claim(name: str) -> Path:
-    """Create the workload's state dir; a live workload of that name is an error, also
-    one still starting (its supervisor has not saved a record yet). One line when the
-    state root is not the caller's to write."""
+def claim(name: str, pid: int | None = None) -> Path:
+    """Create the workload's state dir for the run of process `pid` (default: this one); a
+    live workload of that name is an error, also one still starting (its supervisor has
+    not saved a record yet). One line when the state root is not the caller's to write."""
     try:
-        return _claim(name)
+        return _claim(name, os.getpid() if pid is None else pid)
     except PermissionError:
         raise PrivilegeError(
             f"cannot create the workload's state directory under {STATE_ROOT}",
@@ -195,7 +200,7 @@ def claim(name: str) -> Path:
         ) from None
 
 
-def _claim(name: str) -> Path:
+def _claim(name: str, pid: int) -> Path:
     STATE_ROOT.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     path = state_dir(name)
     # One claim at a time: two runs of one name must not both find the place free.
@@ -208,9 +213,8 @@ def _claim(name: str) -> Path:
                              remedy=f"netfence stop {name}, or choose another --name")
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(mode=STATE_DIR_MODE)
-        me = os.getpid()
         # Until the supervisor saves its record, this says the name is taken.
-        (path / CLAIMANT).write_text(f"{me} {process_start_time(me) or ''}")
+        (path / CLAIMANT).write_text(f"{pid} {process_start_time(pid) or ''}")
     finally:
         os.close(fd)  # closing releases the lock
     return path

@@ -3,10 +3,17 @@ publication after it; a failure reaches every request it served."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 from pathlib import Path
 
-from netfence.errors import NetfenceError
+import pytest
+
+from netfence.backends import ProcessSpec
+from netfence.errors import NetfenceError, UsageError
+from netfence.runtimes.control import PEER_PID
 from netfence.runtimes.gateway.daemon import Gateway
 
 
@@ -78,3 +85,29 @@ def test_a_gateway_without_members_is_idle_after_its_time(tmp_path: Path) -> Non
     busy.pending = 1
     assert not busy._idle_out()
     assert not Gateway(tmp_path, idle_exit=None)._idle_out()
+
+
+def test_an_add_for_another_process_is_taken_only_from_the_starters_workers(
+        tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path, idle_exit=None)
+    # A process that is not the starter's child speaks for another: refused at once.
+    with pytest.raises(UsageError, match="speaks for another"):
+        gateway._add({"name": "nf-x", "pid": os.getpid() + 1, PEER_PID: os.getpid()})
+    log = tmp_path / "starter.log"
+    starter = subprocess.Popen(["sh", "-c", "sleep 30 & echo $! ; wait"], stdout=subprocess.PIPE,
+                               text=True)
+    assert starter.stdout is not None
+    worker = int(starter.stdout.readline())
+    try:
+        gateway.starter = (ProcessSpec("starter", ("sh",), (), log, log), starter)
+        assert gateway._from_starter(worker)
+        assert not gateway._from_starter(os.getpid())
+        # Its worker is believed, and the workload's record is then checked (none here).
+        with pytest.raises(UsageError, match="did not start this workload"):
+            gateway._add({"name": "nf-x", "pid": os.getpid() + 1, PEER_PID: worker})
+    finally:
+        os.kill(worker, signal.SIGKILL)  # the sleep this test's sh started
+        starter.kill()
+        starter.wait()
+        starter.stdout.close()
+    assert not gateway._from_starter(worker)  # a starter that exited has no workers

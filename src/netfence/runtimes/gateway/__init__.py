@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from netfence.handoff import GATEWAY_DIR_NAME
 from netfence.runtimes import state
 
 # Not a valid workload name: no workload's claim can ever take (or remove) it.
-DIR_NAME = ".gateway"
+DIR_NAME = GATEWAY_DIR_NAME
 SOCKET_NAME = "gateway.sock"
 LOCK_NAME = "lock"
 LOG_NAME = "gateway.log"

@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from netfence import handoff
 from netfence.errors import NetfenceError, UsageError
+from netfence.keyring import leave_session_keyring
 from netfence.runtimes import control, state
 from netfence.runtimes.base import WorkloadSpec
 from netfence.runtimes.control import Message
@@ -40,20 +42,28 @@ INFO_NAME = "sandbox-info.json"
 
 def unsupported(spec: WorkloadSpec) -> str | None:
     """Why this workload cannot use the gateway (it gets a fence of its own), or None."""
+    return unsupported_for(spec.proxy, learn=spec.learn is not None)
+
+
+def unsupported_for(proxy: str, learn: bool) -> str | None:
     if os.geteuid() != 0:
         return "needs root"
-    if spec.proxy != "envoy":
-        return f"serves Envoy fences only (not --proxy {spec.proxy})"
-    if spec.learn is not None:
+    if proxy != "envoy":
+        return f"serves Envoy fences only (not --proxy {proxy})"
+    if learn:
         return "has no learn mode"
     return None
 
 
 def run(spec: WorkloadSpec) -> int:
-    """Claim the name, then (detached or not) join the gateway and become the workload."""
+    """Claim the name, then (detached or not) join the gateway and become the workload:
+    this process, or in a starter's worker (handoff.py) the run's process it serves."""
     os.umask(0o077)
+    worker = handoff.worker()
+    if worker is not None and spec.detach:
+        raise handoff.Fallback  # a detached run forks: the run's own process does it
     with StopSignals() as signals:
-        state_dir = state.claim(spec.name)
+        state_dir = state.claim(spec.name, worker.pid if worker else None)
         if spec.detach:
             return detach(spec.name, lambda ready: _join(spec, state_dir, ready, signals),
                           in_parent=signals.restore)
@@ -64,7 +74,8 @@ def _join(spec: WorkloadSpec, state_dir: Path, ready: ReadyPipe,
           signals: StopSignals) -> int:
     from netfence.profile.loader import profile_data
 
-    me = os.getpid()
+    worker = handoff.worker()
+    me = worker.pid if worker else os.getpid()
     record = state.WorkloadState(
         name=spec.name, runtime="namespace", proxy=spec.proxy, command=list(spec.command),
         supervisor_pid=me, supervisor_start=state.process_start_time(me) or "",
@@ -76,7 +87,7 @@ def _join(spec: WorkloadSpec, state_dir: Path, ready: ReadyPipe,
     joined = False
     try:
         signals.check()
-        reply = ask({"op": "add", "name": spec.name, "source": spec.policy_source,
+        reply = ask({"op": "add", "name": spec.name, "pid": me, "source": spec.policy_source,
                      "profile": profile_data(spec.profile),
                      "dns_upstream": str(spec.dns_upstream) if spec.dns_upstream else None,
                      "transport": spec.transport, "target_port": spec.target_port,
@@ -114,7 +125,6 @@ def _become_workload(spec: WorkloadSpec, state_dir: Path, reply: Message, ready:
         os.dup2(out, 2)
         os.close(out)
         os.close(devnull)
-    sandbox.leave_session_keyring()
     url = reply.get("url")
     if url and not ready.detached:  # detached: `netfence run` says it
         log.warning("%s: clients connect to %s", spec.name, url)
@@ -123,6 +133,8 @@ def _become_workload(spec: WorkloadSpec, state_dir: Path, reply: Message, ready:
     # forwarder before the sandbox starts; one that came before is ours to act on.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     signals.check()
+    if handoff.worker() is None:  # else the run's process does it, before its exec
+        leave_session_keyring()
     forwarder.exec_into(argv, info_path, (resolv_r, info_fd, *pinned.values()))
 
 

@@ -29,6 +29,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ from netfence.backends.envoy.gateway import (
     workload_of,
 )
 from netfence.errors import NetfenceError, UsageError
+from netfence.handoff import STARTER_LOG
 from netfence.runtimes import netns, reload, state
 from netfence.runtimes.base import WORKLOAD_PROXY_PORT, WorkloadSpec
 from netfence.runtimes.control import PEER_PID, ControlServer, Message
@@ -86,6 +88,8 @@ class Gateway:
         self.closing = False
         self.idle_since = time.monotonic()
         self.envoy: tuple[ProcessSpec, subprocess.Popen[bytes]] | None = None
+        # Warm runs' helper (cli/starter.py): without it, runs only start slower.
+        self.starter: tuple[ProcessSpec, subprocess.Popen[bytes]] | None = None
         self.restarts: list[float] = []
         # Publication: what Envoy was last told, and the coalescing of requests for more.
         self.published: dict[str, WorkloadResources] = {}
@@ -111,9 +115,12 @@ class Gateway:
                                    concurrent=True)
             log.warning("gateway: serving on %s", server.path)
             try:
+                self._start_starter()
                 self._loop(signals)
             finally:
                 server.close()
+                if self.starter is not None:
+                    processes.stop_all([self.starter])
                 self._stop_all()
                 if self.envoy is not None:
                     processes.stop_all([self.envoy])
@@ -239,6 +246,19 @@ class Gateway:
                             proxy="envoy", policy_source=record.policy)
         member.control = ControlServer(member.state_dir, Updates(spec, member, record).handle)
 
+    def _start_starter(self) -> None:
+        log_path = self.directory / STARTER_LOG
+        spec = ProcessSpec(name="the gateway's starter",
+                           argv=(sys.executable, "-m", "netfence", "gateway-starter"),
+                           ready=(), stdout=log_path, stderr=log_path)
+        self.starter = (spec, processes.start(spec))
+
+    def _from_starter(self, pid: int) -> bool:
+        """Whether `pid` is one of the starter's workers (its child)."""
+        starter = self.starter
+        return (starter is not None and starter[1].poll() is None
+                and state.parent_of(pid) == starter[1].pid)
+
     def _envoy_pidfd(self) -> int | None:
         if self.envoy is None or self.envoy[1].poll() is not None:
             return None
@@ -281,7 +301,10 @@ class Gateway:
         from netfence.runtimes.resolver import host_resolver, parse_endpoint
 
         name = state.check_name(str(request.get("name")))
-        peer = int(request[PEER_PID])
+        # The run's process asks, or a starter's worker for it (handoff.py).
+        peer = int(request.get("pid") or request[PEER_PID])
+        if peer != request[PEER_PID] and not self._from_starter(request[PEER_PID]):
+            raise UsageError(f"{name}: the asking process speaks for another")
         record = state.load(name)
         if record is None or record.supervisor_pid != peer or not record.gateway:
             raise UsageError(f"{name}: the asking process did not start this workload")

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from netfence import handoff
 from netfence.errors import NetfenceError
 from netfence.runtimes.base import WORKLOAD_STOP_GRACE
 from netfence.runtimes.namespace.sandbox import LAUNCH_ENV
@@ -75,33 +76,19 @@ def exec_into(sandbox: Sequence[str], info_file: Path, keep_fds: Iterable[int]) 
     Stop signals: block them (signal.pthread_sigmask) before the caller's last look at its
     StopSignals queue, then call this: one that comes afterwards stays pending across the
     exec and ends the forwarder (128+N) before the sandbox starts; none is lost. They are
-    blocked here too, and unblocked again if the exec fails."""
-    keep = set(keep_fds)
-    if not keep.isdisjoint((0, 1, 2)):
-        raise ValueError(f"stdin, stdout and stderr are inherited anyway: {sorted(keep)}")
-    if keep.issuperset(range(3, 10)):
-        raise NetfenceError("no descriptor of 3-9 is left for the forwarder's stdin "
-                            f"(the sandbox keeps {sorted(keep)})",
-                            remedy="move some to 10 or above (fcntl F_DUPFD_CLOEXEC)")
-    missing = keep - set(_open_fds())
-    if missing:
-        raise ValueError(f"descriptors to keep are not open: {sorted(missing)}")
-    if info_file.stat().st_size:
-        # An earlier run's child-pid: the forwarder would find it is not bwrap's child, and
-        # could only kill this sandbox, never stop it gracefully.
-        raise NetfenceError(f"{info_file} is not empty", remedy="open it with O_TRUNC")
-    argv = forwarder_argv(sandbox, info_file)
+    blocked here too, and unblocked again if the exec fails.
+
+    In a starter's worker (handoff.py), the run's process is the one that execs: it gets
+    the argv and these descriptors."""
+    keep = sorted(set(keep_fds))
+    argv = _checked(sandbox, info_file, keep)
+    worker = handoff.worker()
+    if worker is not None:
+        worker.hand_over(argv, LAUNCH_ENV, keep)
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     changed: list[tuple[int, bool]] = []
     try:
-        for fd in _open_fds():
-            if fd <= 2:
-                continue
-            with contextlib.suppress(OSError):  # the listing's own descriptor, now closed
-                inheritable = os.get_inheritable(fd)
-                if inheritable != (fd in keep):
-                    os.set_inheritable(fd, fd in keep)
-                    changed.append((fd, inheritable))
+        changed = handoff.inherit_only(keep)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # a closed or broken stream
                 stream.flush()
@@ -112,6 +99,25 @@ def exec_into(sandbox: Sequence[str], info_file: Path, keep_fds: Iterable[int]) 
                 os.set_inheritable(fd, inheritable)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         raise
+
+
+def _checked(sandbox: Sequence[str], info_file: Path, keep: list[int]) -> list[str]:
+    """The forwarder's argv, once the descriptors and the info file are as exec_into
+    needs them."""
+    if not set(keep).isdisjoint((0, 1, 2)):
+        raise ValueError(f"stdin, stdout and stderr are inherited anyway: {keep}")
+    if set(keep).issuperset(range(3, 10)):
+        raise NetfenceError("no descriptor of 3-9 is left for the forwarder's stdin "
+                            f"(the sandbox keeps {keep})",
+                            remedy="move some to 10 or above (fcntl F_DUPFD_CLOEXEC)")
+    missing = set(keep) - set(_open_fds())
+    if missing:
+        raise ValueError(f"descriptors to keep are not open: {sorted(missing)}")
+    if info_file.stat().st_size:
+        # An earlier run's child-pid: the forwarder would find it is not bwrap's child, and
+        # could only kill this sandbox, never stop it gracefully.
+        raise NetfenceError(f"{info_file} is not empty", remedy="open it with O_TRUNC")
+    return forwarder_argv(sandbox, info_file)
 
 
 def _open_fds() -> list[int]:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from netfence import handoff
 from netfence.backends import (
     DNS_PORT,
     Endpoint,
@@ -36,6 +37,7 @@ from netfence.backends import (
 from netfence.backends.dnsmasq import dns_setup
 from netfence.backends.relay import relay_setup
 from netfence.errors import NetfenceError
+from netfence.keyring import leave_session_keyring
 from netfence.policy import compile_policy
 from netfence.runtimes import netns, reload, state
 from netfence.runtimes.base import (
@@ -321,7 +323,7 @@ class NamespaceFence(Fence):
                 spec, self.holder.netns if self.holder else netns.netns_path(ns_name(spec.name)),
                 user, self.workload_env(user), resolv_r, info_w, pinned, self.holder)
             self.signals.check()
-            sandbox.leave_session_keyring()  # this thread's: the one that starts it
+            leave_session_keyring()  # this thread's: the one that starts it
             # A signal that arrives from here on waits in the queue until the forwarder
             # passes it to the workload.
             proc = subprocess.Popen(
@@ -443,6 +445,7 @@ class NamespaceRuntime(SupervisedRuntime):
     teardown_time = processes.FENCE_STOP_GRACE * 3 + 5
 
     def run(self, spec: WorkloadSpec) -> int:
+        why = None
         if spec.gateway:
             from netfence.runtimes.gateway import client
 
@@ -450,6 +453,9 @@ class NamespaceRuntime(SupervisedRuntime):
             if why is None:
                 state.check_name(spec.name)
                 return client.run(self.prepare(spec))
+        if handoff.worker() is not None:
+            raise handoff.Fallback  # a fence of its own: the run's process runs it
+        if why is not None:
             log.warning("%s: the shared gateway %s; this workload gets a fence of its own",
                         spec.name, why)
         return super().run(spec)

@@ -1,0 +1,255 @@
+"""A warm `netfence run --gateway`: handed to the gateway's starter, done by one of its
+workers, ended here.
+
+While a gateway runs, its starter (cli/starter.py: a netfence with every module a run
+needs imported) forks a worker per run. The `netfence run` process, the one an MCP client
+starts and the one that becomes the workload, then imports nothing of netfence but this
+module (stdlib only, and that only when the command line asks for the gateway): it sends
+its arguments, environment, working directory and stdout/stderr, and ends as the worker
+says: exit with the run's status, run the command itself (the worker cannot serve it: a
+fence of its own, --detach), or exec the workload's forwarder with the descriptors the
+worker opened for it. A stop signal meanwhile goes to the worker, which acts on it as a
+run does. Where no starter answers, nothing happens here: the run goes on as usual.
+
+Spared per start: the Python start-up and netfence's imports (about 0.1 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import socket
+
+# Where the starter listens: in the gateway's directory of the root's state root
+# (runtimes/gateway: DIR_NAME; runtimes/state: the root).
+ROOT_STATE_DIR = "/run/netfence"
+GATEWAY_DIR_NAME = ".gateway"
+STARTER_SOCKET = "starter.sock"
+STARTER_LOG = "starter.log"
+# A request carries the whole environment: far below the socket's buffer.
+MAX_MESSAGE = 1 << 20
+MAX_FDS = 64
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+
+
+class Fallback(BaseException):
+    """Raised in a worker: this run is not the starter's to do (its process runs it)."""
+
+
+class HandedOver(BaseException):
+    """Raised in a worker once the run's process has what it needs to exec."""
+
+
+def starter_socket(state_root: str) -> str:
+    return os.path.join(state_root, GATEWAY_DIR_NAME, STARTER_SOCKET)
+
+
+def state_root() -> str:
+    """The root's state root, as runtimes/state decides it."""
+    return os.environ.get("NETFENCE_STATE_DIR") or ROOT_STATE_DIR
+
+
+# -- the wire: one JSON message per packet, descriptors beside it ---------------------------
+
+
+def send(sock: socket.socket, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
+    import json
+    import socket
+
+    socket.send_fds(sock, [json.dumps(message).encode()], list(fds))
+
+
+def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    """The next message and the descriptors that came with it (now this process's), or
+    None once the other side has closed."""
+    import json
+    import socket
+
+    data, fds, flags, _address = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a starter message was cut short")
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError("a starter message is not an object")
+    return message, fds
+
+
+# -- the run's side -----------------------------------------------------------------------
+
+
+def wanted(argv: Sequence[str]) -> bool:
+    """Whether to ask a starter at all: root, `run`, the gateway asked for, no --detach.
+    A rough look (the worker parses the command line and may still hand it back)."""
+    if os.geteuid() != 0 or not argv or argv[0] != "run":
+        return False
+    options = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    if "--detach" in options:
+        return False
+    return "--gateway" in options or os.environ.get("NETFENCE_GATEWAY") == "1"
+
+
+def run_warm(argv: list[str]) -> None:
+    """Have a starter's worker do `netfence ARGV`; returns only when this process is to
+    run it itself (no starter answers, or it hands the run back)."""
+    if wanted(argv):
+        ask_starter(argv, state_root())
+
+
+def ask_starter(argv: list[str], root: str) -> None:
+    """run_warm, with the starter of the state root `root`."""
+    import signal
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(starter_socket(root))
+    except OSError:
+        sock.close()
+        return
+    stops = [signal.Signals[name] for name in _STOP_SIGNALS]
+    caught: list[int] = []
+    worker: list[int] = []  # the worker's pidfd, once it said who it is
+
+    def forward(signum: int, _frame: object) -> None:
+        caught.append(signum)
+        if worker:
+            signal.pidfd_send_signal(worker[0], signum)
+
+    previous = {s: signal.signal(s, forward) for s in stops}
+    umask = os.umask(0o077)
+    os.umask(umask)
+    send(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
+                "root": root}, (1, 2))
+    while True:
+        got = receive(sock)
+        if got is None and worker:
+            _leave(128 + caught[0] if caught else _lost(root))
+        message, fds = got or ({"fallback": True}, [])  # no worker came: nothing was done
+        if "worker" in message:
+            worker.append(os.pidfd_open(int(message["worker"])))
+            for signum in caught:
+                signal.pidfd_send_signal(worker[0], signum)
+        elif "exit" in message:
+            _leave(int(message["exit"]))
+        elif "exec" in message:
+            _exec(message, fds, caught, stops)
+        else:  # fallback: as if no starter had answered (a signal that came meanwhile too)
+            sock.close()
+            for fd in (*fds, *worker):
+                os.close(fd)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            for signum in caught:
+                os.kill(os.getpid(), signum)
+            return
+
+
+def _lost(root: str) -> int:
+    log = os.path.join(root, GATEWAY_DIR_NAME, STARTER_LOG)
+    print(f"netfence: error: the gateway's starter ended this run without an answer "
+          f"(see {log}; `netfence run` without --gateway does not use it)", file=sys.stderr)
+    return 1
+
+
+def _leave(code: int) -> NoReturn:
+    _flush()
+    os._exit(code)
+
+
+def _exec(message: Mapping[str, Any], fds: list[int], caught: list[int],
+          stops: Iterable[int]) -> NoReturn:
+    """Become the workload's forwarder, as forwarder.exec_into does in a worker-less run:
+    the worker's descriptors at the numbers its argv names, only those inherited."""
+    import fcntl
+    import signal
+
+    from netfence.keyring import leave_session_keyring
+
+    targets = [int(fd) for fd in message["keep"]]
+    if len(targets) != len(fds):
+        raise ValueError("the starter sent other descriptors than it named")
+    # Above every number in play first: a received one may sit on another's target.
+    above = max([*targets, *fds]) + 1
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for fd, target in zip(moved, targets, strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
+    inherit_only(targets)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    if caught:  # the workload's fence is up: its daemon removes it once this has exited
+        _leave(128 + caught[0])
+    leave_session_keyring()
+    argv = [str(a) for a in message["exec"]]
+    _flush()
+    os.execve(argv[0], argv, {str(k): str(v) for k, v in message["env"].items()})
+    raise AssertionError("unreachable")
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def inherit_only(keep: Iterable[int]) -> list[tuple[int, bool]]:
+    """Make exactly `keep` (and 0-2) inheritable across an exec, every other descriptor
+    close-on-exec (none is closed): what was changed, (fd, was inheritable), to undo."""
+    keep = set(keep)
+    changed: list[tuple[int, bool]] = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:  # the listing's own descriptor, now closed
+            inheritable = os.get_inheritable(fd)
+            if inheritable != (fd in keep):
+                os.set_inheritable(fd, fd in keep)
+                changed.append((fd, inheritable))
+        except OSError:
+            pass
+    return changed
+
+
+# -- the worker's side --------------------------------------------------------------------
+
+
+class Worker:
+    """In a starter's worker: the run's process (`pid`), reached over `sock`."""
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self.sock = sock
+        self.pid = pid
+
+    def hand_over(self, argv: Sequence[str], env: Mapping[str, str],
+                  keep: Sequence[int]) -> NoReturn:
+        """The run's process execs `argv` with `env`, inheriting these descriptors (at
+        these numbers) and its stdin/stdout/stderr."""
+        _flush()
+        send(self.sock, {"exec": list(argv), "env": dict(env), "keep": list(keep)}, keep)
+        raise HandedOver
+
+
+_current: Worker | None = None
+
+
+def worker() -> Worker | None:
+    """This process's run, when it is a starter's worker."""
+    return _current
+
+
+def become_worker(handle: Worker) -> None:
+    global _current
+    _current = handle
