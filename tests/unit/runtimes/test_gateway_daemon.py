@@ -14,6 +14,7 @@ import pytest
 from netfence.backends import ProcessSpec
 from netfence.errors import NetfenceError, UsageError
 from netfence.runtimes.control import PEER_PID
+from netfence.runtimes.gateway import daemon
 from netfence.runtimes.gateway.daemon import Gateway
 
 
@@ -111,3 +112,27 @@ def test_an_add_for_another_process_is_taken_only_from_the_starters_workers(
         starter.wait()
         starter.stdout.close()
     assert not gateway._from_starter(worker)  # a starter that exited has no workers
+
+
+def test_a_starter_that_died_is_started_again_a_few_times_a_minute(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = Gateway(tmp_path, idle_exit=None)
+    started: list[int] = []
+    log = tmp_path / "starter.log"
+
+    def start() -> None:
+        done = subprocess.Popen(["true"])
+        done.wait()
+        started.append(done.pid)
+        gateway.starter = (ProcessSpec("starter", ("true",), (), log, log), done)
+
+    monkeypatch.setattr(gateway, "_start_starter", start)
+    start()  # the first, which exits at once
+    now = [1000.0]
+    monkeypatch.setattr(daemon.time, "monotonic", lambda: now[0])
+    for _ in range(10):
+        gateway._watch_starter()
+    assert len(started) == 1 + daemon.MAX_RESTARTS_PER_MINUTE
+    now[0] += 61
+    gateway._watch_starter()
+    assert len(started) == 2 + daemon.MAX_RESTARTS_PER_MINUTE

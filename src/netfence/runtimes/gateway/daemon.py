@@ -67,7 +67,7 @@ log = logging.getLogger("netfence")
 # servers one after another finds it warm).
 IDLE_EXIT_S = 30.0
 PUBLISH_TIMEOUT = 30.0
-MAX_ENVOY_RESTARTS_PER_MINUTE = 5
+MAX_RESTARTS_PER_MINUTE = 5
 LOCK_WAIT_S = 5.0
 # How long a stopping daemon gives its workloads to exit (their grace, and some).
 STOP_WAIT_S = 15.0
@@ -90,6 +90,7 @@ class Gateway:
         self.envoy: tuple[ProcessSpec, subprocess.Popen[bytes]] | None = None
         # Warm runs' helper (cli/starter.py): without it, runs only start slower.
         self.starter: tuple[ProcessSpec, subprocess.Popen[bytes]] | None = None
+        self.starter_restarts: list[float] = []
         self.restarts: list[float] = []
         # Publication: what Envoy was last told, and the coalescing of requests for more.
         self.published: dict[str, WorkloadResources] = {}
@@ -164,6 +165,7 @@ class Gateway:
                 if member.pidfd in ready:
                     self.retire(member)
             self._watch_envoy()
+            self._watch_starter()
             for member in members:
                 if member.pidfd not in ready and member.dnsmasq_exited():
                     with contextlib.suppress(NetfenceError):
@@ -272,19 +274,25 @@ class Gateway:
         listeners come back from the files."""
         assert self.envoy is not None
         spec, proc = self.envoy
-        if proc.poll() is None:
+        if proc.poll() is not None and _may_restart(self.restarts):
+            log.warning("gateway: envoy exited (status %s); starting it again: %s",
+                        proc.returncode, tail(spec.stderr) or "no output")
+            try:
+                self._start_envoy()
+            except NetfenceError as exc:
+                log.error("gateway: %s", exc)
+
+    def _watch_starter(self) -> None:
+        """Start the starter again if it died (as seldom as Envoy): runs meanwhile do
+        their own work, only slower."""
+        if self.starter is None:
             return
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < 60]
-        if len(self.restarts) >= MAX_ENVOY_RESTARTS_PER_MINUTE:
-            return
-        self.restarts.append(now)
-        log.warning("gateway: envoy exited (status %s); starting it again: %s",
-                    proc.returncode, tail(spec.stderr) or "no output")
-        try:
-            self._start_envoy()
-        except NetfenceError as exc:
-            log.error("gateway: %s", exc)
+        spec, proc = self.starter
+        if proc.poll() is not None and _may_restart(self.starter_restarts):
+            log.warning("gateway: its starter exited (status %s); starting it again: %s",
+                        proc.returncode, tail(spec.stderr) or "no output")
+            with contextlib.suppress(NetfenceError):
+                self._start_starter()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -503,6 +511,16 @@ class Gateway:
             raise NetfenceError(
                 f"the gateway's Envoy did not take {what} within {PUBLISH_TIMEOUT:.0f} s: "
                 f"{(tail(stderr) if stderr else '') or 'no output'}")
+
+
+def _may_restart(history: list[float]) -> bool:
+    """Whether a process may be started again now (and if so, counted in `history`)."""
+    now = time.monotonic()
+    history[:] = [t for t in history if now - t < 60]
+    if len(history) >= MAX_RESTARTS_PER_MINUTE:
+        return False
+    history.append(now)
+    return True
 
 
 def _inotify_limit() -> int:
