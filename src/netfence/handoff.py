@@ -111,6 +111,11 @@ def ask_starter(argv: list[str], root: str) -> None:
     import signal
     import socket
 
+    try:  # else the socket itself could take the number of a closed one
+        os.fstat(1)
+        os.fstat(2)
+    except OSError:
+        return
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
         sock.connect(starter_socket(root))
@@ -129,10 +134,14 @@ def ask_starter(argv: list[str], root: str) -> None:
     previous = {s: signal.signal(s, forward) for s in stops}
     umask = os.umask(0o077)
     os.umask(umask)
-    send(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
-                "root": root}, (1, 2))
+    try:
+        send(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+                    "umask": umask, "root": root}, (1, 2))
+        sent = True
+    except OSError:  # the working directory is gone, say: the run says what follows
+        sent = False
     while True:
-        got = receive(sock)
+        got = receive(sock) if sent else None
         if got is None and worker:
             _leave(128 + caught[0] if caught else _lost(root))
         message, fds = got or ({"fallback": True}, [])  # no worker came: nothing was done

@@ -114,7 +114,9 @@ def starter(tmp_path: Path) -> Iterator[Callable[[Answer], list[dict[str, Any]]]
             conn, _ = listener.accept()
             with conn:
                 got = handoff.receive(conn)
-                assert got is not None
+                if got is None:
+                    requests.append({})
+                    return
                 request, fds = got
                 requests.append({**request, "fds": len(fds)})
                 answer(conn, request, fds)
@@ -127,6 +129,10 @@ def starter(tmp_path: Path) -> Iterator[Callable[[Answer], list[dict[str, Any]]]
         return requests
 
     yield serve
+    for thread in threads:
+        if thread.is_alive():  # no run came: a connection that says nothing ends it
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as nobody:
+                nobody.connect(str(directory / handoff.STARTER_SOCKET))
     for thread in threads:
         thread.join(RUN_TIMEOUT)
     listener.close()
@@ -234,3 +240,19 @@ def test_a_stop_signal_goes_to_the_worker_which_decides_the_end(
     finally:
         worker.kill()
         worker.wait()
+
+
+@pytest.mark.parametrize("broken", ["os.close(1)", "os.chdir(d); os.rmdir(d)"])
+def test_a_run_that_cannot_be_handed_over_goes_on_here(
+        tmp_path: Path, starter: Callable[[Answer], list[dict[str, Any]]], broken: str) -> None:
+    requests = starter(lambda conn, _r, _f: handoff.send(conn, {"exit": 3}))
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = (f"import os, sys\nd = {str(gone)!r}\n{broken}\n"
+              f"from netfence.handoff import ask_starter\n"
+              f"ask_starter(['run'], {str(tmp_path)!r})\nsys.stderr.write('went on')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)
+    assert done.returncode == 0 and done.stderr == "went on", done.stderr
+    # A closed stdout: it does not even connect; a lost working directory: it sends nothing.
+    assert requests in ([], [{}])
