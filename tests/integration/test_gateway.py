@@ -252,12 +252,11 @@ def test_an_http_workload_is_reached_through_its_own_ingress(
     assert gone("nf-gw-http")
 
 
-def test_signals_status_and_a_killed_run_are_as_with_an_own_fence(
-        fakenet: FakeNet, gateway: Path) -> None:
-    trap = ("trap 'echo got-term; exit 7' TERM; echo ready; "
-            "while :; do sleep 0.1; done")
+def term_reaches_the_workload(name: str) -> None:
+    """SIGTERM to the run's process reaches the workload's handler; its status comes back."""
+    trap = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
     proc = subprocess.Popen(
-        netfence_argv("run", "--gateway", "--name", "nf-gw-sig", "--", "sh", "-c", trap),
+        netfence_argv("run", "--gateway", "--name", name, "--", "sh", "-c", trap),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.readline() == b"ready\n", proc.stderr.read()
@@ -266,6 +265,11 @@ def test_signals_status_and_a_killed_run_are_as_with_an_own_fence(
     assert proc.stdout.read() == b"got-term\n"
     proc.stdout.close()
     proc.stderr.close()
+
+
+def test_signals_status_and_a_killed_run_are_as_with_an_own_fence(
+        fakenet: FakeNet, gateway: Path) -> None:
+    term_reaches_the_workload("nf-gw-sig")  # the first run: it starts the daemon
     assert gone("nf-gw-sig")
 
     # kill -9 of the process the client started (the forwarder): the sandbox dies with it
@@ -321,17 +325,7 @@ def test_a_warm_run_is_the_starters_and_imports_nothing_of_the_cli(
         assert netfence_modules <= {"netfence", "netfence.__main__", "netfence.handoff",
                                     "netfence.errors", "netfence.keyring"}, netfence_modules
         assert "pydantic" not in _imports(warm.stderr)
-        trap = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
-        proc = subprocess.Popen(
-            netfence_argv("run", "--gateway", "--name", "nf-gw-warmsig", "--", "sh", "-c", trap),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline() == b"ready\n", proc.stderr.read()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 7
-        assert proc.stdout.read() == b"got-term\n"
-        proc.stdout.close()
-        proc.stderr.close()
+        term_reaches_the_workload("nf-gw-warmsig")
         # An error is the run's one line and status, as without the starter.
         bad = netfence("run", "--gateway", "--name", "nf-gw-keep", "--", "true")
         assert bad.returncode == 2
