@@ -70,21 +70,21 @@ def by_discovery(listeners: list[Json], filters: dict[str, Json],
     """The listeners with each network filter whose configuration is one of `filters`'
     naming that resource instead, from the file `path(role)`. ValueError for an address
     stage left over (compiled otherwise than here: it must not go unshared unnoticed)."""
-    by_config = {json.dumps(r["typed_config"], sort_keys=True): (role, r["name"])
-                 for role, r in filters.items()}
     prefixes = {r["typed_config"]["stat_prefix"] for r in filters.values()}
 
     def shared(network_filter: Json) -> Json:
         typed = network_filter.get("typed_config")
         if not isinstance(typed, dict) or typed.get("@type") != NET_RBAC_TYPE:
             return network_filter
-        found = by_config.get(json.dumps(typed, sort_keys=True))
-        if found is None:
+        # Compared as they are (equal dicts: the same message), first by what differs.
+        found = [(role, r["name"]) for role, r in filters.items()
+                 if typed["rules"] == r["typed_config"]["rules"] and typed == r["typed_config"]]
+        if not found:
             if typed.get("stat_prefix") in prefixes:
                 raise ValueError(f"an address stage the gateway does not share: "
                                  f"{network_filter['name']} in {typed['stat_prefix']}")
             return network_filter
-        role, name = found
+        ((role, name),) = found
         return {"name": name, "config_discovery": {
             "config_source": config_source(path(role)), "type_urls": [NET_RBAC_TYPE]}}
 
