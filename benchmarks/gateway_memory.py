@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from netfence.backends.base import Endpoint, FileSpec, write_file
 from netfence.backends.envoy import _gateway_paths as paths
 from netfence.backends.envoy import gateway
+from netfence.backends.envoy._admin import admin_get
 from netfence.backends.envoy.gateway import (
     Publication,
     Slot,
@@ -53,6 +55,12 @@ def pss(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no Pss in smaps_rollup")
+
+
+def allocated(directory: Path) -> int:
+    """What Envoy's allocator reports in use (admin /memory): steadier than PSS, which
+    counts pages the allocator keeps after freeing them."""
+    return int(json.loads(admin_get(paths.admin_socket(directory), "/memory"))["allocated"])
 
 
 def inotify_instances(pid: int) -> int:
@@ -160,8 +168,9 @@ def main() -> int:
         gw.start()
         assert gw.proc is not None
         time.sleep(0.5)
-        empty = pss(gw.proc.pid)
-        print(f"Envoy {args.profile}: empty PSS {empty / MiB:.1f} MiB")
+        empty, empty_allocated = pss(gw.proc.pid), allocated(directory)
+        print(f"Envoy {args.profile}: empty PSS {empty / MiB:.1f} MiB, allocated "
+              f"{empty_allocated / MiB:.1f} MiB")
         compiled = 0.0
         for index in range(1, args.workloads + 1):
             ns_name = f"nfgwb-{os.getpid()}-{index}"
@@ -178,13 +187,17 @@ def main() -> int:
             clusters, everything = gw.add(resources)
             if index in marks:
                 time.sleep(0.5)
-                now = pss(gw.proc.pid)
+                now, now_allocated = pss(gw.proc.pid), allocated(directory)
                 size = sum(len(f.content) for f in gw.published.files)
+                listeners = len(gw.published.listeners.content)
                 print(f"{index:3d} workloads: PSS {now / MiB:6.1f} MiB "
-                      f"(+{(now - empty) / index / MiB:.2f} MiB per workload); "
+                      f"(+{(now - empty) / index / MiB:.2f} MiB per workload), allocated "
+                      f"{now_allocated / MiB:.1f} MiB "
+                      f"(+{(now_allocated - empty_allocated) / index / MiB:.2f}); "
                       f"the {index}th applied {everything * 1000:.0f} ms after its files "
                       f"were written (clusters {clusters * 1000:.0f} ms); files "
-                      f"{size / MiB:.1f} MiB; inotify instances "
+                      f"{size / MiB:.1f} MiB (listeners {listeners / index / 1024:.0f} KiB "
+                      f"per workload); inotify instances "
                       f"{inotify_instances(gw.proc.pid)}, fds "
                       f"{len(os.listdir(f'/proc/{gw.proc.pid}/fd'))}")
         print(f"compiling a workload's resources: {compiled / args.workloads * 1000:.0f} ms "

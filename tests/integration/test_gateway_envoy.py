@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,10 +37,12 @@ from netfence.backends.base import (
 )
 from netfence.backends.dnsmasq import dns_setup
 from netfence.backends.envoy import parse_decision
+from netfence.backends.envoy._xds import TYPED_EXTENSION_TYPE, discovery_response
 from netfence.backends.envoy.gateway import (
     Slot,
     WorkloadResources,
     applied,
+    filter_path,
     gateway_process,
     publication,
     rejected,
@@ -136,14 +139,15 @@ class _Gateway:
         for spec in self.published.files:
             write_file(spec)
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         bootstrap, process = gateway_process(self.directory, drain_time_s=DRAIN_S)
         write_file(bootstrap)
         with process.stdout.open("ab") as out, process.stderr.open("ab") as err:
             self.proc = proc = subprocess.Popen(process.argv, stdout=out, stderr=err,
                                                 stdin=subprocess.DEVNULL)
         self.stack.callback(stop, proc)
-        self.wait(self.published.files)
+        if wait:
+            self.wait(self.published.files)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -209,14 +213,14 @@ def _namespace(stack: contextlib.ExitStack, name: str) -> Path:
 
 
 def _workload(stack: contextlib.ExitStack, fakenet: FakeNet, directory: Path, name: str,
-              host: str, limit: int) -> _Workload:
+              host: str, limit: int, policy: Policy | None = None) -> _Workload:
     """A workload's namespace and its own dnsmasq."""
     nsfile = _namespace(stack, name)
     logs = directory / "logs" / name
     logs.mkdir(parents=True, mode=0o700)
     slot = Slot(name, nsfile, Endpoint("127.0.0.1", _free_port()),
                 Endpoint(fakenet.dns, 53), logs, connection_limit=limit)
-    policy = _policy(host, fakenet.cidr, netns.host_addresses())
+    policy = policy or _policy(host, fakenet.cidr, netns.host_addresses())
     state = directory.parent / f"dns-{name}"
     dns = dns_setup(policy, dataclasses.replace(slot_placement(slot)[0], state_dir=state))
     write_setup(dns, state)
@@ -269,6 +273,20 @@ def _tunnel(ns: Path, host: str) -> socket.socket:
         head += chunk
     assert head.startswith(b"HTTP/1.1 200"), head
     return sock
+
+
+def _tls(ns: Path, ip: str, name: str) -> bool:
+    """Whether a TLS handshake with SNI `name`, sent to `ip`:443 (transparent), completes
+    (not verified: the decision is the fence's, the certificate fakenet's)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with _connect(ns, ip, 443) as sock:
+        try:
+            context.wrap_socket(sock, server_hostname=name).close()
+        except (ssl.SSLError, OSError):
+            return False
+    return True
 
 
 def _alive(tunnel: socket.socket, host: str) -> bool:
@@ -427,3 +445,43 @@ def test_one_gateway_serves_two_workloads_apart(fakenet: FakeNet, tmp_path: Path
     gateway.start()
     _reaches_only_its_own(a, (A_HOST, A_IP), (B_HOST, B_IP))
     _reaches_only_its_own(b, (B_HOST, B_IP), (A_HOST, A_IP))
+
+
+def test_transparent_tls_is_decided_by_the_address_stage_named_once(
+        fakenet: FakeNet, tmp_path: Path, stack: contextlib.ExitStack) -> None:
+    """TLS by its SNI: every chain that dials one names the workload's address stage (its
+    filter file, _ecds), which lets the allowed address through and denies another with
+    its reason. An Envoy started while the file holds no configuration for that name
+    closes those connections (never passes them) until the file is right."""
+    directory = tmp_path / "gw"
+    directory.mkdir(mode=0o700)
+    profile = parse_profile({"network": {"outbound": {
+        "allow_host": [A_HOST, B_HOST], "allow_cidr": [f"{A_IP}/32"],
+        "allow_port": [80, 443]}}}, "test")
+    policy = compile_policy(profile, netns.host_addresses())
+    a = _workload(stack, fakenet, directory, "a", A_HOST, 1024, policy=policy)
+    assert a.resources.watched_filters == 1
+    gateway = _Gateway(directory, stack)
+    gateway.start()
+    gateway.put(a.resources)
+    assert _tls(a.nsfile, B_IP, A_HOST)  # dialed by name, to A_IP
+    assert not _tls(a.nsfile, A_IP, B_HOST)  # B_HOST is B_IP: private, not allowed
+    denied = _records(a, lambda r: r.host == B_HOST and r.transparent and not r.allowed)
+    assert {r.reason for r in denied} == {"private_address"}
+
+    path = filter_path(directory, "a", "address")
+    right = path.read_text()
+    resource = a.resources.filters["address"]
+    gateway.kill()
+    write_file(FileSpec(path, discovery_response([{**resource, "name": "a.address_other"}],
+                                                 TYPED_EXTENSION_TYPE)))
+    gateway.start(wait=False)
+    listeners = [f for f in gateway.published.files if f.path.name == "listeners.json"]
+    gateway.wait(listeners)
+    assert not applied(directory, gateway.published.files)
+    assert not _tls(a.nsfile, B_IP, A_HOST)
+    assert _direct(a.nsfile, B_IP, A_HOST)[0] == 200  # its other chains serve
+    write_file(FileSpec(path, right))
+    gateway.wait(gateway.published.files)
+    assert _tls(a.nsfile, B_IP, A_HOST)
+    assert not _tls(a.nsfile, A_IP, B_HOST)

@@ -22,8 +22,8 @@ _process (how Envoy is run), _names (what they share).
 
 `gateway` is the other way to run them: one Envoy per host serving every namespace
 workload, added and removed while it runs: _workload (a workload's resources, under names
-of its own by _rename), _publish (the files Envoy watches, in the places _gateway_paths
-gives).
+of its own by _rename, its transparent TLS chains naming the address stage once by _ecds),
+_publish (the files Envoy watches, in the places _gateway_paths gives).
 """
 
 from __future__ import annotations

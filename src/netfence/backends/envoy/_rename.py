@@ -78,6 +78,12 @@ class Renamer:
         out["name"] = self._known(self.routes, route_config["name"], "route configuration")
         return out
 
+    def filter(self, network_filter: Json) -> Json:
+        """A network filter as it is in the renamed listeners (its stat prefix, the clusters
+        and caches it names): to share it once per workload (_ecds)."""
+        out: Json = self._walk(network_filter, "")
+        return out
+
     def _walk(self, node: Any, key: str) -> Any:
         if isinstance(node, list):
             return [self._walk(item, key) for item in node]

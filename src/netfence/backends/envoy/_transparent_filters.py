@@ -49,6 +49,7 @@ TLS_DEFAULT_PORT = 443
 # What tcp_proxy holds while it waits for the first data before connecting.
 EARLY_DATA_BYTES = 65536
 _SNI_PRESENT = {"requested_server_name": {"safe_regex": {"regex": ".+"}}}
+ADDRESS_STAT_PREFIX = "transparent_address"
 
 
 def refuse() -> list[Json]:
@@ -97,13 +98,20 @@ def dial_sni(policy: Policy, placement: Placement, port: int | None, no_sni: Rea
             "@type": SNI_DFP_TYPE,
             "dns_cache_config": dns_cache_config(placement.upstream_resolver),
             "port_value": port_value, "save_upstream_address": True}},
-        _net_rbac("transparent_address", _address_rules(policy, pass_no_sni)),
+        address_filter(policy, sni_only=pass_no_sni),
         {"name": "netfence.sni_dial_view", "typed_config": {
             "@type": SNI_DFP_TYPE, "dns_cache_config": dial_cache_config(placement),
             "port_value": port_value}},
         _tcp_proxy(DFP_CLUSTER, wait_for_data=True),
     ]
     return filters
+
+
+def address_filter(policy: Policy, *, sni_only: bool) -> Json:
+    """The address stage of a chain that dials the SNI: RBAC on the address the SNI
+    resolved to. The same in every such chain of a policy (one of two, by `sni_only`):
+    the gateway gives it to Envoy once per workload (_ecds)."""
+    return _net_rbac(ADDRESS_STAT_PREFIX, _address_rules(policy, sni_only))
 
 
 def _address_rules(policy: Policy, sni_only: bool) -> dict[str, Json]:

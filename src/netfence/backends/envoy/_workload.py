@@ -1,12 +1,13 @@
 """One workload in the gateway: its slot (where it is), and its resources, the own fence's
 (`live`, with the placement the root namespace runtime gives it) under names of its own
-(_rename), compiled once and kept as they are."""
+(_rename), the address stage of its transparent TLS chains once (_ecds), compiled once and
+kept as they are."""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from netfence.backends.base import DNS_PORT, Endpoint, Forward, Placement
 from netfence.backends.envoy import _gateway_paths as paths
 from netfence.backends.envoy._bootstrap import live
+from netfence.backends.envoy._ecds import TYPED_EXTENSION_TYPE, by_discovery, named, shared_filters
 from netfence.backends.envoy._log import EGRESS_LOG_NAME
 from netfence.backends.envoy._names import DFP_CLUSTER, INGRESS_CLUSTER, Json
 from netfence.backends.envoy._rename import Renamer
@@ -42,7 +44,9 @@ TRANSPARENT_PORT = 15001
 LOOPBACKS = ("127.0.0.1", "::1")
 LIMIT_KEY = "envoy.resource_limits.listener.{}.connection_limit"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-_RESOURCES_FORMAT = 1
+# 2: with filters (_ecds); a record of format 1 has none (its listeners hold the copies).
+_RESOURCES_FORMAT = 2
+_READ_FORMATS = (1, _RESOURCES_FORMAT)
 
 # Suffixes of the workload's resources (_rename): the egress, ingress and transparent
 # listeners and route configurations keep their names.
@@ -93,7 +97,8 @@ class Slot:
 class WorkloadResources:
     """What one workload adds to the gateway, compiled once and published verbatim:
     listeners, clusters, route configurations by name, connection limits by runtime key,
-    and the decision logs its listeners write."""
+    the decision logs its listeners write, and the network filters its listeners name by
+    discovery (_ecds), by role."""
 
     name: str
     listeners: list[Json]
@@ -101,13 +106,14 @@ class WorkloadResources:
     routes: dict[str, Json]
     limits: dict[str, int]
     decision_logs: tuple[Path, ...]
+    filters: dict[str, Json] = field(default_factory=dict)
 
     def dumps(self) -> str:
         """Compact JSON, to keep in the workload's state dir."""
         return json.dumps({
             "format": _RESOURCES_FORMAT, "name": self.name, "listeners": self.listeners,
             "clusters": self.clusters, "routes": self.routes, "limits": self.limits,
-            "decision_logs": [str(p) for p in self.decision_logs],
+            "decision_logs": [str(p) for p in self.decision_logs], "filters": self.filters,
         }, separators=(",", ":"))
 
     @classmethod
@@ -115,15 +121,17 @@ class WorkloadResources:
         """What dumps wrote; ValueError for anything else."""
         try:
             body = json.loads(text)
-            if not isinstance(body, dict) or body.get("format") != _RESOURCES_FORMAT:
+            if not isinstance(body, dict) or body.get("format") not in _READ_FORMATS:
                 raise ValueError("not a gateway workload record of this netfence")
+            filters = body["filters"] if body["format"] != 1 else {}
             found = cls(name=_checked_name(body["name"]),
                         listeners=_list_of_dicts(body["listeners"]),
                         clusters=_list_of_dicts(body["clusters"]),
                         routes=_dict_of(body["routes"], dict),
                         limits=_dict_of(body["limits"], int),
                         decision_logs=tuple(Path(p) for p in _list_of(body["decision_logs"],
-                                                                      str)))
+                                                                      str)),
+                        filters=_dict_of(filters, dict))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"gateway workload resources: {exc}") from None
         return found
@@ -142,6 +150,16 @@ class WorkloadResources:
     def _route_files(self) -> dict[str, str]:
         return {name: discovery_response([route], ROUTE_TYPE)
                 for name, route in sorted(self.routes.items())}
+
+    @cached_property
+    def _filter_files(self) -> dict[str, str]:
+        return {role: discovery_response([resource], TYPED_EXTENSION_TYPE)
+                for role, resource in sorted(self.filters.items())}
+
+    @cached_property
+    def watched_filters(self) -> int:
+        """The filter resources its chains name: one subscription (inotify instance) each."""
+        return len(named(self._listeners_json, self.filters))
 
 
 def _checked_name(name: object) -> str:
@@ -228,11 +246,14 @@ def workload_resources(policy: Policy, slot: Slot, directory: Path) -> WorkloadR
             limits[LIMIT_KEY.format(new["name"])] = min(slot.connection_limit,
                                                         DNS_TCP_CONNECTION_LIMIT)
     routes = {renamer.routes[n]: renamer.route(rc) for n, rc in config.routes.items()}
+    filters = shared_filters(policy, renamer)
     return WorkloadResources(
         name=name,
-        listeners=renamed,
+        listeners=by_discovery(renamed, filters,
+                               lambda role: paths.filter_path(directory, name, role)),
         clusters=[renamer.cluster(c) for c in clusters],
         routes=routes,
         limits=limits,
         decision_logs=(slot.logs / EGRESS_LOG_NAME,),
+        filters=filters,
     )

@@ -36,6 +36,7 @@ LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 RUNTIME_TYPE = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
+TYPED_EXTENSION_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 # The head of every file this module writes: the version comes first.
 _VERSION = re.compile(r'^\{"version_info":"([0-9a-f]+)"')
 
@@ -152,8 +153,9 @@ def resources_of(content: str, type_url: str, where: str) -> list[Json]:
 
 def inline(bootstrap: Json, read: Callable[[Path], str]) -> Json:
     """The whole configuration as one static bootstrap: the bootstrap's listeners, then
-    those of the listener file, each HCM's routes from their file, inline, as Envoy runs
-    them. `read` gives a file's content.
+    those of the listener file, each HCM's routes from their file and each network filter
+    found by discovery from its file, inline, as Envoy runs them. `read` gives a file's
+    content.
     For validation (Envoy's validate mode reads no xDS file) and for reading."""
     whole = {k: v for k, v in bootstrap.items() if k != "dynamic_resources"}
     static = dict(whole.get("static_resources", {}))
@@ -164,12 +166,36 @@ def inline(bootstrap: Json, read: Callable[[Path], str]) -> Json:
         listeners += resources_of(read(path), LISTENER_TYPE, str(path))
     listeners = [_copy_chains(listener) for listener in listeners]
     for listener in listeners:
+        for chain in _chains_of(listener):
+            chain["filters"] = [_discovered(f, read) if "config_discovery" in f else f
+                                for f in chain.get("filters", ())]
         for hcm in hcms(listener):
             if "rds" in hcm:
                 hcm["route_config"] = _route_config(hcm.pop("rds"), read)
     static["listeners"] = listeners
     whole["static_resources"] = static
     return whole
+
+
+def _chains_of(listener: Json) -> list[Json]:
+    chains = list(listener.get("filter_chains", ()))
+    return chains + ([listener["default_filter_chain"]] if "default_filter_chain" in listener
+                     else [])
+
+
+def _discovered(network_filter: Json, read: Callable[[Path], str]) -> Json:
+    """A network filter found by discovery (ECDS), with the configuration of its file."""
+    name = network_filter["name"]
+    discovery = network_filter["config_discovery"]
+    path = Path(discovery["config_source"]["path_config_source"]["path"])
+    found = resources_of(read(path), TYPED_EXTENSION_TYPE, str(path))
+    # Envoy takes exactly one resource, named as the filter, of a type it asks for.
+    if len(found) != 1 or found[0].get("name") != name:
+        raise ValueError(f"{path}: not the one filter configuration {name!r}")
+    typed = found[0].get("typed_config", {})
+    if typed.get("@type") not in discovery.get("type_urls", ()):
+        raise ValueError(f"{path}: {name!r} is not of a type the filter takes")
+    return {"name": name, "typed_config": typed}
 
 
 def _route_config(rds: Json, read: Callable[[Path], str]) -> Json:

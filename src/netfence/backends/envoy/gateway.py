@@ -12,14 +12,17 @@ Envoy takes everything from files it watches (no xDS server: after a restart it 
 every workload alone), each in a directory of its own under `directory/xds`, since a
 file renamed into a watched directory makes every file watched there be read again (the
 listener file of 20 workloads is megabytes): the clusters (CDS), the listeners (LDS), the
-connection limits (RTDS), and each workload's route configurations (RDS, one file each,
-in a directory per workload). Every file's version is a digest of its content, which
+connection limits (RTDS), each workload's route configurations (RDS, one file each, in a
+directory per workload), and each workload's address stage for its transparent TLS
+chains (ECDS, a file per role in a directory per workload: the chains name it instead of
+each holding a copy, _ecds). Every file's version is a digest of its content, which
 `applied` compares with what Envoy reports.
 
-Publishing (the daemon's part): route files and clusters first, then `applied` on the
-clusters file, then listeners and limits, then `applied` on everything; removal the other
-way round. A listener naming a cluster not loaded yet is not retried once rejected, and a
-listener waits (warming) for its route files.
+Publishing (the daemon's part): route and filter files (Publication.routes) and clusters
+first, then `applied` on the clusters file, then listeners and limits, then `applied` on
+everything; removal the other way round. A listener naming a cluster not loaded yet is not
+retried once rejected, one naming a filter file that does not exist is rejected, and a
+listener waits (warming) for its route and filter files.
 
 This module is the whole interface; _workload (a workload's slot and resources), _publish
 (the files) and _gateway_paths (where they are) hold the parts.
@@ -28,6 +31,7 @@ This module is the whole interface; _workload (a workload's slot and resources),
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,6 +42,8 @@ from netfence.backends.envoy._bootstrap import ADMIN_SOCKET_NAME, frame
 from netfence.backends.envoy._gateway_paths import (
     admin_socket,
     clusters_path,
+    filter_path,
+    filters_dir,
     listeners_path,
     route_path,
     routes_dir,
@@ -47,6 +53,7 @@ from netfence.backends.envoy._gateway_paths import (
 from netfence.backends.envoy._names import Json
 from netfence.backends.envoy._process import DRAIN_TIME_S, default_envoy_path, envoy_argv
 from netfence.backends.envoy._publish import (
+    NEW_WORKLOAD_WATCHES,
     RUNTIME_RESOURCE,
     Publication,
     inotify_instances,
@@ -152,6 +159,9 @@ _RTDS_VERSION = "runtime.version_text"
 _CLUSTERS_WARMING = "cluster_manager.warming_clusters"
 _LISTENERS_WARMING = "listener_manager.total_listeners_warming"
 _STATS = r"(version_text|warming_clusters|total_listeners_warming)$"
+_ECDS_VERSION = "extension_config_discovery.network_filter.{}.version_text"
+# The head of a filter file (_xds.discovery_response of one TypedExtensionConfig).
+_FILTER_NAME = re.compile(r'"resources":\[\{"@type":"[^"]*","name":"([^"]+)"')
 
 
 def applied(directory: Path, files: Iterable[FileSpec]) -> bool:
@@ -161,8 +171,11 @@ def applied(directory: Path, files: Iterable[FileSpec]) -> bool:
     file). False when it does not answer. A refused file keeps the version before it:
     this stays False (`rejected` names refused listeners; Envoy's stderr says more).
     A route file's version is reported only while a listener names its route
-    configuration: pass it with or after the listener file that does."""
+    configuration: pass it with or after the listener file that does. So is a filter
+    file's, named by its resource; one that no chain names (_ecds writes each role's file)
+    is reported by none: its version is compared where it is reported."""
     want: dict[str, str | None] = {}
+    named: dict[str, str | None] = {}
     warming: list[str] = []
     for spec in files:
         version = version_of(spec.content)
@@ -179,6 +192,12 @@ def applied(directory: Path, files: Iterable[FileSpec]) -> bool:
             name = spec.path.name.removesuffix(".json")
             want[f"http.{name}.rds.{name}.version_text"] = version
             warming.append(_LISTENERS_WARMING)
+        elif paths.filters_dir(directory) in spec.path.parents:
+            head = _FILTER_NAME.search(spec.content[:512])
+            if head is None:
+                raise ValueError(f"{spec.path}: not a filter file of the gateway")
+            named[_ECDS_VERSION.format(head.group(1))] = version
+            warming.append(_LISTENERS_WARMING)
         else:
             raise ValueError(f"{spec.path}: not a file the gateway in {directory} watches")
     try:
@@ -186,6 +205,7 @@ def applied(directory: Path, files: Iterable[FileSpec]) -> bool:
     except OSError:
         return False
     return (all(found.get(name) == version for name, version in want.items())
+            and all(found.get(name, version) == version for name, version in named.items())
             and all(found.get(name, "0") == "0" for name in warming))
 
 
@@ -219,6 +239,7 @@ __all__ = [
     "EGRESS_PORT",
     "LIMIT_KEY",
     "LOOPBACKS",
+    "NEW_WORKLOAD_WATCHES",
     "TRANSPARENT_PORT",
     "Publication",
     "Slot",
@@ -226,6 +247,8 @@ __all__ = [
     "admin_socket",
     "applied",
     "clusters_path",
+    "filter_path",
+    "filters_dir",
     "gateway_bootstrap",
     "gateway_process",
     "inotify_instances",

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from netfence.backends import Endpoint, FileSpec, ProcessSpec, proxy_env, write_file
 from netfence.backends.envoy.gateway import (
+    NEW_WORKLOAD_WATCHES,
     Publication,
     WorkloadResources,
     applied,
@@ -361,8 +362,8 @@ class Gateway:
         aborts when it cannot watch a file (and would again at every restart)."""
         with self.lock:
             current = [m.resources for m in self.members.values() if m.resources]
-        # The new one's two route files (egress, transparent), and some room for drains.
-        needed = inotify_instances(current) + 2 + INOTIFY_SPARE
+        # What the new one may watch (route files, filter resources), and room for drains.
+        needed = inotify_instances(current) + NEW_WORKLOAD_WATCHES + INOTIFY_SPARE
         if needed > _inotify_limit():
             raise NetfenceError(
                 f"the shared gateway serves {len(current)} workloads, as many as this "
@@ -546,7 +547,7 @@ def _raise_limits() -> None:
                         "%d (%s): it serves fewer workloads", before, exc.strerror or exc)
             return
         log.warning("gateway: raised fs.inotify.max_user_instances from %d to %d "
-                    "(its Envoy watches two files per workload)", before, INOTIFY_INSTANCES)
+                    "(its Envoy watches about three files per workload)", before, INOTIFY_INSTANCES)
 
 
 def _all_files(files: Publication) -> list[FileSpec]:

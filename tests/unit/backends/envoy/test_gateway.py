@@ -31,6 +31,7 @@ from netfence.backends.envoy.gateway import (
     WorkloadResources,
     applied,
     clusters_path,
+    filter_path,
     gateway_bootstrap,
     gateway_process,
     inotify_instances,
@@ -199,10 +200,15 @@ def test_round_trip() -> None:
     again = WorkloadResources.loads(a.dumps())
     assert again == a
     assert publication(GATEWAY, [again]) == publication(GATEWAY, [a])
-    for bad in ("", "[]", '{"format": 1}', a.dumps().replace('"format":1', '"format":2'),
+    for bad in ("", "[]", '{"format": 2}', a.dumps().replace('"format":2', '"format":3'),
                 a.dumps().replace('"name":"a"', '"name":"A"', 1)):
         with pytest.raises(ValueError, match="gateway workload resources"):
             WorkloadResources.loads(bad)
+    # A record of the format before filters: its listeners hold the address stage.
+    record = json.loads(a.dumps())
+    del record["filters"]
+    old = WorkloadResources.loads(json.dumps({**record, "format": 1}))
+    assert old.filters == {} and old.listeners == a.listeners
 
 
 def test_publication_files_and_versions() -> None:
@@ -211,7 +217,9 @@ def test_publication_files_and_versions() -> None:
     assert published == publication(GATEWAY, [a, b])  # the same files in any order
     assert [f.path for f in published.files] == [
         route_path(GATEWAY, "a", "a.egress"), route_path(GATEWAY, "a", "a.transparent"),
+        filter_path(GATEWAY, "a", "address"), filter_path(GATEWAY, "a", "address_sni"),
         route_path(GATEWAY, "b", "b.egress"), route_path(GATEWAY, "b", "b.transparent"),
+        filter_path(GATEWAY, "b", "address"), filter_path(GATEWAY, "b", "address_sni"),
         clusters_path(GATEWAY), listeners_path(GATEWAY), runtime_path(GATEWAY)]
     assert {f.mode for f in published.files} == {0o600}
     # Each file as _xds writes one: its version the digest of its resources.
@@ -225,8 +233,9 @@ def test_publication_files_and_versions() -> None:
     assert runtime == [{"@type": "type.googleapis.com/envoy.service.runtime.v3.Runtime",
                         "name": "netfence_limits", "layer": {**a.limits, **b.limits}}]
     assert route_files_in_use(GATEWAY, [a, b]) == {f.path for f in published.routes}
-    # One inotify instance per file Envoy watches.
-    assert inotify_instances([a, b]) == len(published.files) == 7
+    # One inotify instance per file Envoy watches: a filter file only where a chain names
+    # its resource (TLS without an SNI passes only with every name allowed: address_sni).
+    assert inotify_instances([a, b]) == len(published.files) - 2 == 9
 
     # b's new policy: its route files and the listener file change, nothing of a's.
     b2 = _resources("b", network={"outbound": {"allow_host": ["x.test", "y.test"]}})
@@ -237,7 +246,7 @@ def test_publication_files_and_versions() -> None:
         listeners_path(GATEWAY)}  # its transparent TLS chains: one per allowed name
     # Without b: only a's, and the versions of what did not change stay.
     alone = publication(GATEWAY, [a])
-    assert alone.routes == published.routes[:2]
+    assert alone.routes == published.routes[:4]
     assert version_of(alone.listeners.content) != version_of(published.listeners.content)
     empty = publication(GATEWAY, [])
     assert json.loads(empty.listeners.content)["resources"] == []
@@ -313,6 +322,7 @@ def test_applied_compares_each_files_version(tmp_path: Path, admin: _Admin) -> N
     version = {f.path: f'"{version_of(f.content)}"' for f in published.files}
     rds = {f"http.{n}.rds.{n}.version_text": version[route_path(tmp_path, "a", n)]
            for n in a.routes}
+    ecds = f"extension_config_discovery.network_filter.{a.filters['address']['name']}"
     admin.stats = {"cluster_manager.cds.version_text": version[clusters_path(tmp_path)],
                    "cluster_manager.warming_clusters": "1",
                    "listener_manager.lds.version_text": '"old"',
@@ -327,6 +337,11 @@ def test_applied_compares_each_files_version(tmp_path: Path, admin: _Admin) -> N
                         "runtime.version_text": version[runtime_path(tmp_path)]})
     assert not applied(tmp_path, published.files)  # no route configuration loaded yet
     admin.stats.update(rds)
+    assert applied(tmp_path, published.files)
+    # A filter's version where Envoy reports it (a chain names it), and only that.
+    admin.stats[f"{ecds}.version_text"] = '"old"'
+    assert not applied(tmp_path, published.files)
+    admin.stats[f"{ecds}.version_text"] = version[filter_path(tmp_path, "a", "address")]
     assert applied(tmp_path, published.files)
     admin.stats["listener_manager.total_listeners_warming"] = "2"
     assert not applied(tmp_path, published.files)
