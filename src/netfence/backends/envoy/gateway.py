@@ -4,9 +4,9 @@ its own listeners in its own network namespace, its own policy and its own decis
 A workload's resources are the own fence's (`live`, with the placement the root namespace
 runtime gives it: egress and transparent listeners in its namespace, its DNS relayed to
 its own dnsmasq on the host's loopback), renamed to be its own (_rename): compiled once,
-at run or update, kept in its state dir (WorkloadResources.dumps) and published verbatim
-(the host's addresses are part of a policy: compiling again later could change another
-workload's listeners and drain its connections).
+at run or update, held by the daemon and published verbatim (the host's addresses are
+part of a policy: compiling again later could change another workload's listeners and
+drain its connections).
 
 Envoy takes everything from files it watches (no xDS server: after a restart it restores
 every workload alone), each in a directory of its own under `directory/xds`, since a

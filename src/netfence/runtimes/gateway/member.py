@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("netfence")
 
-RESOURCES_NAME = "gateway-resources.json"
 MEMBER_NAME = "gateway-member.json"
 
 
@@ -134,7 +133,6 @@ class Member:
         self.undo.callback(self._stop_dnsmasq)
         self._start_dnsmasq(spec)
         self.resources = resources
-        self._keep(resources)
 
     def _compile(self, profile: Profile) -> tuple[ProxySetup, WorkloadResources]:
         assert self.dns is not None
@@ -175,10 +173,6 @@ class Member:
             "upstream": [self.upstream_resolver.host, self.upstream_resolver.port],
             "ingress": dataclasses.astuple(self.ingress) if self.ingress else None})))
 
-    def _keep(self, resources: WorkloadResources) -> None:
-        """The compiled resources, in the state dir (what the gateway runs, to read)."""
-        write_file(FileSpec(self.state_dir / RESOURCES_NAME, resources.dumps()))
-
     def _start_dnsmasq(self, spec: ProcessSpec) -> None:
         proc = processes.start(spec)
         self.dnsmasq = (spec, proc)
@@ -209,7 +203,6 @@ class Member:
             log.info("%s: restarting dnsmasq", self.name)
             self._start_dnsmasq(spec)
         self.resources = resources
-        self._keep(resources)
         self.publish()
 
     def dnsmasq_exited(self) -> bool:
