@@ -340,7 +340,8 @@ class Gateway:
                 with self.lock:
                     self.members[name] = member
                 self._wake()  # watch its pidfd from now on
-                self.publish()
+                self.publish()  # while its dnsmasq starts
+                member.ready()  # then the workload may start: both are up
             except BaseException:
                 self._drop(member)
                 raise

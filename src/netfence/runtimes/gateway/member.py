@@ -57,8 +57,9 @@ class Ingress:
 
 
 class Member:
-    """Built by `start`, removed by `close` (also after a failed start); `update` swaps
-    the policy, and `publish` (the daemon's) makes Envoy apply what `resources` holds."""
+    """Built by `start` and `ready` (between them, the daemon publishes its resources),
+    removed by `close` (also after a failed start); `update` swaps the policy, and
+    `publish` (the daemon's) makes Envoy apply what `resources` holds."""
 
     def __init__(self, directory: Path, record: state.WorkloadState, pidfd: int, logs: Path,
                  upstream_resolver: Endpoint, learn: bool,
@@ -77,6 +78,9 @@ class Member:
         self.host_addresses: tuple[IPAddress | IPNetwork, ...] = ()
         self.dns: Endpoint | None = None
         self.dnsmasq: tuple[ProcessSpec, subprocess.Popen[bytes]] | None = None
+        # Started by `start`, not yet seen listening (`ready`): not the main loop's to
+        # start again (a failure fails the start, which removes it all).
+        self.dnsmasq_starting = False
         self.written: dict[Path, str] = {}
         self.resources: WorkloadResources | None = None
         # Its control socket, for `netfence update` (the daemon's: set once it is up).
@@ -96,6 +100,8 @@ class Member:
         return netns.netns_path(self.ns_name)
 
     def start(self, profile: Profile, ingress: Ingress | None = None) -> None:
+        """Its namespace, redirect and resources, and its dnsmasq started: `ready` waits
+        for that (the daemon publishes the resources meanwhile: both take milliseconds)."""
         name = self.ns_name
         nsfile = netns.create(name)
         self.undo.callback(netns.remove, name)
@@ -103,7 +109,14 @@ class Member:
         state.save(self.record)
         redirect.install(nsfile, DNS_PORT, TRANSPARENT_PORT)
         self.ingress = ingress
-        self._fence(profile, free_port())
+        self._fence(profile, free_port(), wait=False)
+
+    def ready(self) -> None:
+        """Until the dnsmasq `start` started listens; NetfenceError if it exited (`close`
+        then removes everything `start` made)."""
+        assert self.dnsmasq is not None
+        processes.wait_ready(*self.dnsmasq)
+        self.dnsmasq_starting = False
 
     def adopt(self) -> None:
         """Take over a running workload's fence after a daemon restart: its namespace
@@ -120,7 +133,7 @@ class Member:
             self.ingress = Ingress(*saved["ingress"])
         self._fence(profile, int(saved["dns_port"]))
 
-    def _fence(self, profile: Profile, dns_port: int) -> None:
+    def _fence(self, profile: Profile, dns_port: int, wait: bool = True) -> None:
         self.host_addresses = netns.host_addresses()
         self.dns = Endpoint(LOOPBACK, dns_port)
         if self.ingress is not None:
@@ -131,7 +144,7 @@ class Member:
         self.written.update(reload.digests(dns))
         (spec,) = dns.processes
         self.undo.callback(self._stop_dnsmasq)
-        self._start_dnsmasq(spec)
+        self._start_dnsmasq(spec, wait)
         self.resources = resources
 
     def _compile(self, profile: Profile) -> tuple[ProxySetup, WorkloadResources]:
@@ -173,13 +186,15 @@ class Member:
             "upstream": [self.upstream_resolver.host, self.upstream_resolver.port],
             "ingress": dataclasses.astuple(self.ingress) if self.ingress else None})))
 
-    def _start_dnsmasq(self, spec: ProcessSpec) -> None:
+    def _start_dnsmasq(self, spec: ProcessSpec, wait: bool = True) -> None:
         proc = processes.start(spec)
         self.dnsmasq = (spec, proc)
+        self.dnsmasq_starting = not wait
         self.record.own(proc.pid)
         self.record.leftovers += spec.leaves
         state.save(self.record)
-        processes.wait_ready(spec, proc)
+        if wait:
+            processes.wait_ready(spec, proc)
 
     def _stop_dnsmasq(self) -> None:
         if self.dnsmasq is not None:
@@ -206,7 +221,9 @@ class Member:
         self.publish()
 
     def dnsmasq_exited(self) -> bool:
-        return self.dnsmasq is not None and self.dnsmasq[1].poll() is not None
+        """Whether its dnsmasq has exited (not while `start` has it starting)."""
+        return (self.dnsmasq is not None and not self.dnsmasq_starting
+                and self.dnsmasq[1].poll() is not None)
 
     def revive_dnsmasq(self) -> None:
         assert self.dnsmasq is not None
