@@ -1,7 +1,8 @@
 """The daemon's add, with the host's parts replaced (namespace, nftables, dnsmasq, Envoy):
 the member's dnsmasq is started before the publication and waited for after it, and a
-failure of either fails the add and removes all of it (tests/integration/test_gateway.py
-runs the real ones)."""
+failure of either fails the add and removes all of it; a publication that only adds is
+one round, one that removes anything goes in stages (tests/integration/test_gateway*.py
+run the real ones)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from netfence.backends.base import Endpoint, ProcessSpec
+from netfence.backends.base import Endpoint, FileSpec, ProcessSpec
+from netfence.backends.envoy.gateway import (
+    Slot,
+    WorkloadResources,
+    clusters_path,
+    listeners_path,
+    route_files_in_use,
+    runtime_path,
+    workload_resources,
+)
 from netfence.errors import NetfenceError
+from netfence.policy import compile_policy
 from netfence.profile.loader import parse_profile
 from netfence.runtimes import state
 from netfence.runtimes.control import PEER_PID
-from netfence.runtimes.gateway import member
+from netfence.runtimes.gateway import daemon, member
 from netfence.runtimes.gateway.daemon import Gateway
 
 LISTENS = ("import socket, sys, time\n"
@@ -152,3 +163,89 @@ def test_the_main_loop_leaves_a_starting_dnsmasq_to_its_add(
         workload.ready()
     workload.close()
     assert host.removed == host.made
+
+
+# --- what each publication writes and waits for ----------------------------------------
+
+
+class Publishing(Gateway):
+    """The real publication, Envoy's part recorded: each write and each wait, by file."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, idle_exit=None)
+        self.now: dict[str, WorkloadResources] = {}
+        self.steps: list[tuple[str, set[Path]]] = []
+
+    def _current(self) -> dict[str, WorkloadResources]:
+        return dict(self.now)
+
+    def _write(self, files: list[FileSpec]) -> None:
+        changed = {f.path for f in files if self.written.get(f.path) != _digest(f)}
+        super()._write(files)
+        if changed:
+            self.steps.append(("write", changed))
+
+    def _until_applied(self, files: list[FileSpec], what: str) -> None:
+        self.steps.append(("wait", {f.path for f in files}))
+
+    def take(self) -> list[tuple[str, set[Path]]]:
+        self.steps, taken = [], self.steps
+        return taken
+
+
+def _digest(spec: FileSpec) -> str:
+    return daemon.reload.digest(spec.content)
+
+
+def _resources(directory: Path, name: str, host: str = "example.com") -> WorkloadResources:
+    policy = compile_policy(parse_profile(
+        {"network": {"outbound": {"allow_host": [host]}}}, "test"), ())
+    slot = Slot(name, Path(f"/run/netns/netfence-{name}"), Endpoint("127.0.0.1", 5300),
+                Endpoint("192.0.2.53", 53), directory / "logs" / name)
+    return workload_resources(policy, slot, directory)
+
+
+def _named(directory: Path, *workloads: WorkloadResources) -> set[Path]:
+    """Their route and filter files: what their listeners name."""
+    return route_files_in_use(directory, workloads)
+
+
+def test_a_publication_that_only_adds_is_one_round(tmp_path: Path) -> None:
+    gateway = Publishing(tmp_path)
+    fixed = {clusters_path(tmp_path), listeners_path(tmp_path), runtime_path(tmp_path)}
+    a, b = _resources(tmp_path, "a"), _resources(tmp_path, "b")
+    gateway.now = {"a": a}
+    gateway._publish_now()
+    everything = fixed | _named(tmp_path, a)
+    assert gateway.take() == [("write", everything), ("wait", everything)]
+    gateway.now = {"a": a, "b": b}
+    gateway._publish_now()
+    assert gateway.take() == [("write", fixed | _named(tmp_path, b)),
+                              ("wait", fixed | _named(tmp_path, a, b))]
+    # A new policy for a running workload: the same names, one round too.
+    changed = _resources(tmp_path, "a", host="other.example")
+    gateway.now = {"a": changed, "b": b}
+    gateway._publish_now()
+    (write, wait) = gateway.take()
+    assert write[0] == "write" and listeners_path(tmp_path) in write[1]
+    assert wait == ("wait", fixed | _named(tmp_path, a, b))
+
+
+def test_a_publication_that_removes_goes_in_stages(tmp_path: Path) -> None:
+    gateway = Publishing(tmp_path)
+    a, b, c = (_resources(tmp_path, n) for n in "abc")
+    gateway.now = {"a": a, "b": b}
+    gateway._publish_now()
+    gateway.take()
+    # b goes and c comes: c's clusters first, then the listeners, then b's clusters go.
+    gateway.now = {"a": a, "c": c}
+    gateway._publish_now()
+    clusters, listeners, runtime = (clusters_path(tmp_path), listeners_path(tmp_path),
+                                    runtime_path(tmp_path))
+    assert gateway.take() == [
+        ("write", _named(tmp_path, c) | {clusters}), ("wait", {clusters}),
+        ("write", {listeners, runtime}),
+        ("wait", {listeners, runtime} | _named(tmp_path, a, c)),
+        ("write", {clusters}), ("wait", {clusters})]
+    assert not any(p.exists() for p in _named(tmp_path, b))
+    assert all(p.exists() for p in _named(tmp_path, a, c))

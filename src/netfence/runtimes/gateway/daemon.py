@@ -7,9 +7,10 @@ name (checked: SO_PEERCRED); the daemon keeps a pidfd of that process, which the
 into the workload's signal forwarder (same PID), and tears the member down the moment it
 exits, whoever killed it. Each member's resources are published through the files Envoy
 watches (files, not an xDS server: Envoy restores every listener alone when it restarts,
-and no gRPC stack is needed): clusters first, then listeners, then what no listener
-names any more, so that no listener ever names a cluster Envoy has not loaded. Starts
-that arrive together are published together.
+and no gRPC stack is needed). A publication that only adds goes at once, with one wait
+for Envoy; one that removes anything goes in stages: clusters first, then listeners,
+then what no listener names any more, so that no listener ever names a cluster Envoy has
+dropped. Starts that arrive together are published together.
 
 If Envoy dies, every workload fails closed (nothing else listens in their namespaces)
 and the daemon starts it again from the same files. If the daemon dies, Envoy dies with
@@ -461,6 +462,19 @@ class Gateway:
 
     def _publish_now(self) -> None:
         current = self._current()
+        if _only_adds(self.published, current):
+            # Nothing goes that a listener names: every file at once (route and filter
+            # files first: a listener naming a missing filter file is rejected), one
+            # wait. Whichever Envoy reads first, no listener names a cluster, route or
+            # filter file it drops; one naming a cluster it has not loaded yet is taken
+            # (its connections fail until the cluster comes: seen with 1.40), and
+            # `applied` holds only once every file's version is reported, with nothing
+            # warming.
+            files = _all_files(publication(self.directory, list(current.values())))
+            self._write(files)
+            self._until_applied(files, "the new resources")
+            self.published = current
+            return
         both = {**self.published, **current}
         during = publication(self.directory, list(both.values()))
         final = publication(self.directory, list(current.values()))
@@ -553,6 +567,22 @@ def _raise_limits() -> None:
 
 def _all_files(files: Publication) -> list[FileSpec]:
     return [*files.routes, files.clusters, files.listeners, files.runtime]
+
+
+def _only_adds(before: dict[str, WorkloadResources],
+               after: dict[str, WorkloadResources]) -> bool:
+    """Whether going from `before` to `after` removes nothing a listener may name: every
+    workload stays, each with (at least) its clusters, route configurations and filter
+    resources (an update's are mostly the same names: _workload's suffixes)."""
+    for name, old in before.items():
+        new = after.get(name)
+        if new is None or not set(old.routes) <= set(new.routes):
+            return False
+        if not set(old.filters) <= set(new.filters):
+            return False
+        if not {c["name"] for c in old.clusters} <= {c["name"] for c in new.clusters}:
+            return False
+    return True
 
 
 def _try_lock(fd: int) -> bool:
