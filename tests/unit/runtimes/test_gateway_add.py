@@ -249,3 +249,17 @@ def test_a_publication_that_removes_goes_in_stages(tmp_path: Path) -> None:
         ("write", {clusters}), ("wait", {clusters})]
     assert not any(p.exists() for p in _named(tmp_path, b))
     assert all(p.exists() for p in _named(tmp_path, a, c))
+    # A new policy that drops one of a workload's clusters, route configurations and
+    # filter resources (not one of today's: their names are fixed) is a removal too: they
+    # stay until the listeners that name them are replaced.
+    fewer = dataclasses.replace(a, clusters=a.clusters[1:], routes=dict([*a.routes.items()][:1]),
+                                filters=dict([*a.filters.items()][:1]))
+    dropped = _named(tmp_path, a) - _named(tmp_path, fewer)
+    assert len(dropped) == 2
+    gateway.now = {"a": fewer, "c": c}
+    gateway._publish_now()
+    assert gateway.take() == [
+        ("wait", {clusters}),
+        ("wait", {listeners, runtime} | _named(tmp_path, fewer, c)),
+        ("write", {clusters}), ("wait", {clusters})]
+    assert not any(p.exists() for p in dropped)

@@ -21,6 +21,7 @@ starts a daemon; `netfence gateway` under a service manager restarts it at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -475,8 +476,7 @@ class Gateway:
             self._until_applied(files, "the new resources")
             self.published = current
             return
-        both = {**self.published, **current}
-        during = publication(self.directory, list(both.values()))
+        during = publication(self.directory, _both(self.published, current))
         final = publication(self.directory, list(current.values()))
         # Every route file and every cluster, old and new, before the listeners name them.
         self._write([*during.routes, during.clusters])
@@ -484,8 +484,8 @@ class Gateway:
         self._write([final.listeners, final.runtime])
         self._until_applied([final.listeners, final.runtime, *final.routes],
                             "the new listeners")
-        # Then what no listener names any more (nothing when only workloads came: those
-        # clusters are the ones applied above, and asking Envoy again costs a start time).
+        # Then what no listener names any more (nothing when only route configurations
+        # went: asking Envoy again for the clusters applied above costs a round trip).
         if final.clusters.content != during.clusters.content:
             self._write([final.clusters])
             self._until_applied([final.clusters], "the clusters")
@@ -567,6 +567,29 @@ def _raise_limits() -> None:
 
 def _all_files(files: Publication) -> list[FileSpec]:
     return [*files.routes, files.clusters, files.listeners, files.runtime]
+
+
+def _both(before: dict[str, WorkloadResources],
+          after: dict[str, WorkloadResources]) -> list[WorkloadResources]:
+    """Every workload of either, each updated one with its clusters, route configurations
+    and filter resources old and new: its listeners name the old ones until the new
+    listeners are applied."""
+    out = {**before, **after}
+    for name, new in after.items():
+        old = before.get(name)
+        if old is None or old is new:
+            continue
+        renewed = {c["name"]: c for c in new.clusters}
+        dropped = {c["name"] for c in old.clusters} - renewed.keys()
+        if (not dropped and old.routes.keys() <= new.routes.keys()
+                and old.filters.keys() <= new.filters.keys()):
+            continue
+        # In the old order (the file unchanged but for what changed), new ones last.
+        clusters = [renewed.pop(c["name"], c) for c in old.clusters]
+        out[name] = dataclasses.replace(new, clusters=[*clusters, *renewed.values()],
+                                        routes={**old.routes, **new.routes},
+                                        filters={**old.filters, **new.filters})
+    return list(out.values())
 
 
 def _only_adds(before: dict[str, WorkloadResources],
