@@ -45,13 +45,21 @@ class Host:
     dnsmasq, a stand-in that listens on its port or exits at once."""
 
     dnsmasq_fails: bool = False
+    broken: str = ""  # "create" or "redirect": that step fails
     made: list[str] = dataclasses.field(default_factory=list)
     removed: list[str] = dataclasses.field(default_factory=list)
     started: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
 
     def create(self, name: str) -> Path:
+        if self.broken == "create":
+            raise NetfenceError("ip netns add: no")
         self.made.append(name)
         return Path("/run/netns") / name
+
+    def redirect(self, nsfile: Path, *ports: int) -> None:
+        assert nsfile.name in self.made
+        if self.broken == "redirect":
+            raise NetfenceError("nft: no")
 
     def start(self, spec: ProcessSpec) -> subprocess.Popen[bytes]:
         (listen,) = spec.ready
@@ -86,7 +94,7 @@ def host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Host]:
     monkeypatch.setattr(member.netns, "create", found.create)
     monkeypatch.setattr(member.netns, "remove", found.removed.append)
     monkeypatch.setattr(member.netns, "host_addresses", lambda: ())
-    monkeypatch.setattr(member.redirect, "install", lambda *args, **kwargs: None)
+    monkeypatch.setattr(member.redirect, "install", found.redirect)
     monkeypatch.setattr(member.processes, "start", found.start)
     yield found
     for proc in found.started:
@@ -145,6 +153,19 @@ def test_a_failed_publication_fails_the_add_and_leaves_nothing(
     assert host.removed == host.made and len(host.made) == 1
     (proc,) = host.started
     assert proc.poll() is not None  # stopped, not left starting
+
+
+@pytest.mark.parametrize("broken", ["create", "redirect"])
+def test_a_namespace_that_cannot_be_made_fails_the_add_and_leaves_nothing(
+        host: Host, tmp_path: Path, broken: str) -> None:
+    # Made in a thread beside the compilation and dnsmasq's start: those are undone too.
+    host.broken = broken
+    gateway = Recording(tmp_path / "gw")
+    with pytest.raises(NetfenceError, match="no"):
+        gateway._add(_request())
+    assert gateway.members == {} and gateway.pending == 0 and gateway.seen == [{}]
+    assert host.removed == host.made  # none made, or the one made
+    assert [p.poll() is not None for p in host.started] == [True]
 
 
 def test_the_main_loop_leaves_a_starting_dnsmasq_to_its_add(

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,6 +88,7 @@ class Member:
         self.control: ControlServer | None = None
         self.ingress: Ingress | None = None
         self.ingress_upstream: Endpoint | None = None
+        self.namespace_made = False
 
     @property
     def ns_name(self) -> str:
@@ -101,15 +103,30 @@ class Member:
 
     def start(self, profile: Profile, ingress: Ingress | None = None) -> None:
         """Its namespace, redirect and resources, and its dnsmasq started: `ready` waits
-        for that (the daemon publishes the resources meanwhile: both take milliseconds)."""
-        name = self.ns_name
-        nsfile = netns.create(name)
-        self.undo.callback(netns.remove, name)
-        self.record.netns = name
+        for that (the daemon publishes the resources meanwhile: both take milliseconds).
+        The namespace and its redirect are made in a thread of their own, mostly waiting
+        for `ip` and `nft`, while this one compiles the policy (which only names the
+        namespace's path)."""
+        self.record.netns = self.ns_name
         state.save(self.record)
+        self.undo.callback(self._remove_namespace)
+        made = _Aside(self._make_namespace)
+        try:
+            self.ingress = ingress
+            self._fence(profile, free_port(), wait=False)
+        except BaseException:
+            made.join()  # its error, if any, is not the one to report
+            raise
+        made.result()
+
+    def _make_namespace(self) -> None:
+        nsfile = netns.create(self.ns_name)
+        self.namespace_made = True
         redirect.install(nsfile, DNS_PORT, TRANSPARENT_PORT)
-        self.ingress = ingress
-        self._fence(profile, free_port(), wait=False)
+
+    def _remove_namespace(self) -> None:
+        if self.namespace_made:
+            netns.remove(self.ns_name)
 
     def ready(self) -> None:
         """Until the dnsmasq `start` started listens; NetfenceError if it exited (`close`
@@ -123,7 +140,8 @@ class Member:
         (and redirect) as they are, its dnsmasq started again on its port, its policy
         compiled again (the Envoy that served it died with the old daemon)."""
         saved = json.loads((self.state_dir / MEMBER_NAME).read_text())
-        self.undo.callback(netns.remove, self.ns_name)
+        self.namespace_made = True  # by the run the old daemon started
+        self.undo.callback(self._remove_namespace)
         if not self.nsfile.exists():
             raise NetfenceError(f"{self.name}: its network namespace is gone")
         from netfence.profile.loader import parse_profile
@@ -238,3 +256,27 @@ class Member:
             self.undo.close()
         except NetfenceError as exc:
             log.warning("%s: teardown incomplete (%s)", self.name, exc)
+
+
+class _Aside:
+    """A call in a thread of its own: `result` waits for it and raises its error."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(call,),
+                                       name="netfence-member", daemon=True)
+        self.thread.start()
+
+    def _run(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self.thread.join()
+
+    def result(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
