@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from netfence.backends.envoy._admin import admin_get
+from netfence.backends.envoy.gateway import ADMIN_SOCKET_NAME
 from tests.integration.test_update import PROBE, Probe, _allow, update
 from tests.support.fakenet import FakeNet
 from tests.support.fence import netfence, netfence_argv, state_root
@@ -341,6 +343,30 @@ def test_a_warm_run_is_the_starters_and_imports_nothing_of_the_cli(
     finally:
         netfence("stop", "nf-gw-keep")
     assert gone("nf-gw-warm") and gone("nf-gw-warmsig") and gone("nf-gw-keep")
+
+
+def test_a_dnsmasq_that_fails_to_start_fails_the_run_and_leaves_nothing(
+        gateway: Path, tmp_path: Path) -> None:
+    # The daemon this run starts finds dnsmasq on the run's PATH: a stand-in that fails
+    # once the workload's listeners are published (the daemon waits for dnsmasq only
+    # then), which must fail the run and take them out again.
+    stand_in = tmp_path / "bin" / "dnsmasq"
+    stand_in.parent.mkdir()
+    stand_in.write_text("#!/bin/sh\nsleep 0.3\necho 'stand-in: no' >&2\nexit 3\n")
+    stand_in.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stand_in.parent}:{os.environ.get('PATH', '')}"}
+    done = subprocess.run(netfence_argv("run", "--gateway", "--name", "nf-gw-nodns", "--",
+                                        "true"), env=env, capture_output=True, timeout=60)
+    assert done.returncode != 0
+    assert b"exited with status 3 while starting: stand-in: no" in done.stderr, done.stderr
+    assert gone("nf-gw-nodns")
+    # Its listeners were taken, then removed: draining at most, none active or warming.
+    dump = json.loads(admin_get(gateway / ADMIN_SOCKET_NAME,
+                                "/config_dump?resource=dynamic_listeners"))
+    states = {key for listener in dump["configs"]
+              if listener["name"].startswith("nf-gw-nodns.")
+              for key in listener if key.endswith("_state")}
+    assert states == {"draining_state"}, states
 
 
 def _cmdline(proc: Path) -> str:

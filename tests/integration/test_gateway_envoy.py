@@ -3,7 +3,8 @@ network namespace of its own with its own policy, dnsmasq and decision log, publ
 through the files Envoy watches while it runs: each reaches only what its policy allows
 (by its proxy, transparently, by DNS); adding, updating, removing and adding again a
 workload leaves the other's tunnel up; a connection limit holds; a workload Envoy refuses
-is named; killed, it fails closed, and a new Envoy from the same files restores both.
+is named; killed, it fails closed, and a new Envoy from the same files restores both. A
+listener file read before the clusters it names is taken and serves once they come.
 
 Traffic goes only to the simulated internet (fakenet) and to loopback, from namespaces
 made here (with the namespace runtime's routes and nftables rules, so that the transparent
@@ -20,6 +21,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -59,6 +61,7 @@ from netfence.runtimes import netns
 from netfence.runtimes.namespace import redirect
 from tests.integration.test_envoy_validate import read_response
 from tests.support.fakenet import FakeNet
+from tests.support.ingress import echo_server, get, get_when_up
 from tests.support.processes import stop
 
 pytestmark = pytest.mark.integration
@@ -172,12 +175,11 @@ class _Gateway:
                 write_file(spec)
 
     def put(self, workload: WorkloadResources) -> None:
-        """Add a workload, or replace its resources (a new policy)."""
+        """Add a workload, or replace its resources (a new policy): nothing goes, so every
+        file at once, and one wait."""
         others = [w for w in self.workloads.values() if w.name != workload.name]
         new = publication(self.directory, [*others, workload])
-        self._write([*new.routes, new.clusters])
-        self.wait([new.clusters])
-        self._write([new.listeners, new.runtime])
+        self._write(new.files)
         self.wait(new.files)
         self.workloads[workload.name] = workload
         self.published = new
@@ -230,6 +232,21 @@ def _workload(stack: contextlib.ExitStack, fakenet: FakeNet, directory: Path, na
     stack.callback(stop, proc)
     _wait(lambda: netns.accepts(slot.dns, None), f"{name}'s dnsmasq listens")
     return _Workload(name, nsfile, slot, workload_resources(policy, slot, directory))
+
+
+def _serving(stack: contextlib.ExitStack, fakenet: FakeNet, workload: _Workload,
+             host: str, directory: Path) -> tuple[WorkloadResources, str]:
+    """The workload's resources as an HTTP workload's (an ingress listener on the host,
+    its route naming a cluster of its own), an echo server behind it, and its URL."""
+    upstream, port = _free_port(), _free_port()
+    server = subprocess.Popen([sys.executable, "-c", echo_server("127.0.0.1", upstream)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    stack.callback(stop, server)
+    slot = dataclasses.replace(workload.slot, ingress_listen=Endpoint("127.0.0.1", port),
+                               ingress_upstream=Endpoint("127.0.0.1", upstream))
+    policy = _policy(host, fakenet.cidr, netns.host_addresses())
+    return workload_resources(policy, slot, directory), f"http://127.0.0.1:{port}/page"
 
 
 # --- from inside a workload's namespace ---------------------------------------------------
@@ -485,3 +502,35 @@ def test_transparent_tls_is_decided_by_the_address_stage_named_once(
     gateway.wait(gateway.published.files)
     assert _tls(a.nsfile, B_IP, A_HOST)
     assert not _tls(a.nsfile, A_IP, B_HOST)
+
+
+def test_listeners_read_before_their_clusters_serve_once_those_come(
+        fakenet: FakeNet, tmp_path: Path, stack: contextlib.ExitStack) -> None:
+    """What lets the daemon publish what only adds in one round: whichever file Envoy
+    reads first, a listener naming clusters it has not loaded yet is taken, not refused
+    (refused, it would never be tried again), `applied` on every file holds only once the
+    clusters are there too, and then the workload is served by every path: proxy,
+    transparent, DNS, and an HTTP workload's ingress."""
+    directory = tmp_path / "gw"
+    directory.mkdir(mode=0o700)
+    a = _workload(stack, fakenet, directory, "a", A_HOST, 1024)
+    b = _workload(stack, fakenet, directory, "b", B_HOST, 1024)
+    gateway = _Gateway(directory, stack)
+    gateway.start()
+    gateway.put(a.resources)
+    tunnel = stack.enter_context(_tunnel(a.nsfile, A_HOST))
+    served, url = _serving(stack, fakenet, b, B_HOST, directory)
+    b = dataclasses.replace(b, resources=served)
+    new = publication(directory, [a.resources, b.resources])
+    for spec in (*new.routes, new.listeners, new.runtime):  # not the clusters
+        write_file(spec)
+    gateway.wait([*new.routes, new.listeners, new.runtime])
+    assert rejected(directory) == {}
+    assert not applied(directory, new.files)  # not ready: its clusters are missing
+    assert get(url)[0] == 503  # its ingress, with no cluster yet
+    write_file(new.clusters)
+    gateway.wait(new.files)
+    assert get_when_up(url, WAIT_S) == (200, b"inside the fence /page\n")
+    _reaches_only_its_own(b, (B_HOST, B_IP), (A_HOST, A_IP))
+    _reaches_only_its_own(a, (A_HOST, A_IP), (B_HOST, B_IP))
+    assert _alive(tunnel, A_HOST)

@@ -5,12 +5,10 @@ kept as they are."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from netfence.backends.base import DNS_PORT, Endpoint, Forward, Placement
 from netfence.backends.envoy import _gateway_paths as paths
@@ -44,9 +42,6 @@ TRANSPARENT_PORT = 15001
 LOOPBACKS = ("127.0.0.1", "::1")
 LIMIT_KEY = "envoy.resource_limits.listener.{}.connection_limit"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-# 2: with filters (_ecds); a record of format 1 has none (its listeners hold the copies).
-_RESOURCES_FORMAT = 2
-_READ_FORMATS = (1, _RESOURCES_FORMAT)
 
 # Suffixes of the workload's resources (_rename): the egress, ingress and transparent
 # listeners and route configurations keep their names.
@@ -108,34 +103,6 @@ class WorkloadResources:
     decision_logs: tuple[Path, ...]
     filters: dict[str, Json] = field(default_factory=dict)
 
-    def dumps(self) -> str:
-        """Compact JSON, to keep in the workload's state dir."""
-        return json.dumps({
-            "format": _RESOURCES_FORMAT, "name": self.name, "listeners": self.listeners,
-            "clusters": self.clusters, "routes": self.routes, "limits": self.limits,
-            "decision_logs": [str(p) for p in self.decision_logs], "filters": self.filters,
-        }, separators=(",", ":"))
-
-    @classmethod
-    def loads(cls, text: str) -> WorkloadResources:
-        """What dumps wrote; ValueError for anything else."""
-        try:
-            body = json.loads(text)
-            if not isinstance(body, dict) or body.get("format") not in _READ_FORMATS:
-                raise ValueError("not a gateway workload record of this netfence")
-            filters = body["filters"] if body["format"] != 1 else {}
-            found = cls(name=_checked_name(body["name"]),
-                        listeners=_list_of_dicts(body["listeners"]),
-                        clusters=_list_of_dicts(body["clusters"]),
-                        routes=_dict_of(body["routes"], dict),
-                        limits=_dict_of(body["limits"], int),
-                        decision_logs=tuple(Path(p) for p in _list_of(body["decision_logs"],
-                                                                      str)),
-                        filters=_dict_of(filters, dict))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"gateway workload resources: {exc}") from None
-        return found
-
     # Encoded once (cached on the instance): publication joins them for every file it writes.
 
     @cached_property
@@ -166,24 +133,6 @@ def _checked_name(name: object) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"not a workload name: {name!r}")
     return name
-
-
-def _list_of(value: object, kind: type) -> list[Any]:
-    if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
-        raise TypeError(f"not a list of {kind.__name__}")
-    return value
-
-
-def _list_of_dicts(value: object) -> list[Json]:
-    return _list_of(value, dict)
-
-
-def _dict_of(value: object, kind: type) -> dict[str, Any]:
-    if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, kind) and not isinstance(v, bool)
-            for k, v in value.items()):
-        raise TypeError(f"not a map of {kind.__name__}")
-    return value
 
 
 def slot_placement(slot: Slot) -> tuple[Placement, dict[str, str]]:

@@ -4,9 +4,9 @@ its own listeners in its own network namespace, its own policy and its own decis
 A workload's resources are the own fence's (`live`, with the placement the root namespace
 runtime gives it: egress and transparent listeners in its namespace, its DNS relayed to
 its own dnsmasq on the host's loopback), renamed to be its own (_rename): compiled once,
-at run or update, kept in its state dir (WorkloadResources.dumps) and published verbatim
-(the host's addresses are part of a policy: compiling again later could change another
-workload's listeners and drain its connections).
+at run or update, held by the daemon and published verbatim (the host's addresses are
+part of a policy: compiling again later could change another workload's listeners and
+drain its connections).
 
 Envoy takes everything from files it watches (no xDS server: after a restart it restores
 every workload alone), each in a directory of its own under `directory/xds`, since a
@@ -18,11 +18,16 @@ chains (ECDS, a file per role in a directory per workload: the chains name it in
 each holding a copy, _ecds). Every file's version is a digest of its content, which
 `applied` compares with what Envoy reports.
 
-Publishing (the daemon's part): route and filter files (Publication.routes) and clusters
-first, then `applied` on the clusters file, then listeners and limits, then `applied` on
-everything; removal the other way round. A listener naming a cluster not loaded yet is not
-retried once rejected, one naming a filter file that does not exist is rejected, and a
-listener waits (warming) for its route and filter files.
+Publishing (the daemon's part): route and filter files (Publication.routes) always
+before the listener file that names them (a listener waits, warming, for its route and
+filter files, and one naming a filter file that does not exist is rejected). What only
+adds is written at once (route and filter files, clusters, listeners, limits), then
+`applied` on everything: Envoy (1.40) takes a listener naming a cluster it has not
+loaded yet, in whichever order it reads the files, and its connections fail until the
+cluster comes. A publication that removes anything goes in stages: route and filter
+files and the clusters old and new, `applied` on the clusters file; then listeners and
+limits, `applied` on everything; then the clusters without what went, `applied`; then
+the route and filter files no listener names are deleted.
 
 This module is the whole interface; _workload (a workload's slot and resources), _publish
 (the files) and _gateway_paths (where they are) hold the parts.

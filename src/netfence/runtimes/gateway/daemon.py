@@ -7,9 +7,10 @@ name (checked: SO_PEERCRED); the daemon keeps a pidfd of that process, which the
 into the workload's signal forwarder (same PID), and tears the member down the moment it
 exits, whoever killed it. Each member's resources are published through the files Envoy
 watches (files, not an xDS server: Envoy restores every listener alone when it restarts,
-and no gRPC stack is needed): clusters first, then listeners, then what no listener
-names any more, so that no listener ever names a cluster Envoy has not loaded. Starts
-that arrive together are published together.
+and no gRPC stack is needed). A publication that only adds goes at once, with one wait
+for Envoy; one that removes anything goes in stages: clusters first, then listeners,
+then what no listener names any more, so that no listener ever names a cluster Envoy has
+dropped. Starts that arrive together are published together.
 
 If Envoy dies, every workload fails closed (nothing else listens in their namespaces)
 and the daemon starts it again from the same files. If the daemon dies, Envoy dies with
@@ -20,6 +21,7 @@ starts a daemon; `netfence gateway` under a service manager restarts it at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -340,7 +342,8 @@ class Gateway:
                 with self.lock:
                     self.members[name] = member
                 self._wake()  # watch its pidfd from now on
-                self.publish()
+                self.publish()  # while its dnsmasq starts
+                member.ready()  # then the workload may start: both are up
             except BaseException:
                 self._drop(member)
                 raise
@@ -460,8 +463,20 @@ class Gateway:
 
     def _publish_now(self) -> None:
         current = self._current()
-        both = {**self.published, **current}
-        during = publication(self.directory, list(both.values()))
+        if _only_adds(self.published, current):
+            # Nothing goes that a listener names: every file at once (route and filter
+            # files first: a listener naming a missing filter file is rejected), one
+            # wait. Whichever Envoy reads first, no listener names a cluster, route or
+            # filter file it drops; one naming a cluster it has not loaded yet is taken
+            # (its connections fail until the cluster comes: seen with 1.40), and
+            # `applied` holds only once every file's version is reported, with nothing
+            # warming.
+            files = _all_files(publication(self.directory, list(current.values())))
+            self._write(files)
+            self._until_applied(files, "the new resources")
+            self.published = current
+            return
+        during = publication(self.directory, _both(self.published, current))
         final = publication(self.directory, list(current.values()))
         # Every route file and every cluster, old and new, before the listeners name them.
         self._write([*during.routes, during.clusters])
@@ -469,8 +484,8 @@ class Gateway:
         self._write([final.listeners, final.runtime])
         self._until_applied([final.listeners, final.runtime, *final.routes],
                             "the new listeners")
-        # Then what no listener names any more (nothing when only workloads came: those
-        # clusters are the ones applied above, and asking Envoy again costs a start time).
+        # Then what no listener names any more (nothing when only route configurations
+        # went: asking Envoy again for the clusters applied above costs a round trip).
         if final.clusters.content != during.clusters.content:
             self._write([final.clusters])
             self._until_applied([final.clusters], "the clusters")
@@ -552,6 +567,45 @@ def _raise_limits() -> None:
 
 def _all_files(files: Publication) -> list[FileSpec]:
     return [*files.routes, files.clusters, files.listeners, files.runtime]
+
+
+def _both(before: dict[str, WorkloadResources],
+          after: dict[str, WorkloadResources]) -> list[WorkloadResources]:
+    """Every workload of either, each updated one with its clusters, route configurations
+    and filter resources old and new: its listeners name the old ones until the new
+    listeners are applied."""
+    out = {**before, **after}
+    for name, new in after.items():
+        old = before.get(name)
+        if old is None or old is new:
+            continue
+        renewed = {c["name"]: c for c in new.clusters}
+        dropped = {c["name"] for c in old.clusters} - renewed.keys()
+        if (not dropped and old.routes.keys() <= new.routes.keys()
+                and old.filters.keys() <= new.filters.keys()):
+            continue
+        # In the old order (the file unchanged but for what changed), new ones last.
+        clusters = [renewed.pop(c["name"], c) for c in old.clusters]
+        out[name] = dataclasses.replace(new, clusters=[*clusters, *renewed.values()],
+                                        routes={**old.routes, **new.routes},
+                                        filters={**old.filters, **new.filters})
+    return list(out.values())
+
+
+def _only_adds(before: dict[str, WorkloadResources],
+               after: dict[str, WorkloadResources]) -> bool:
+    """Whether going from `before` to `after` removes nothing a listener may name: every
+    workload stays, each with (at least) its clusters, route configurations and filter
+    resources (an update's are mostly the same names: _workload's suffixes)."""
+    for name, old in before.items():
+        new = after.get(name)
+        if new is None or not set(old.routes) <= set(new.routes):
+            return False
+        if not set(old.filters) <= set(new.filters):
+            return False
+        if not {c["name"] for c in old.clusters} <= {c["name"] for c in new.clusters}:
+            return False
+    return True
 
 
 def _try_lock(fd: int) -> bool:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("netfence")
 
-RESOURCES_NAME = "gateway-resources.json"
 MEMBER_NAME = "gateway-member.json"
 
 
@@ -58,8 +58,9 @@ class Ingress:
 
 
 class Member:
-    """Built by `start`, removed by `close` (also after a failed start); `update` swaps
-    the policy, and `publish` (the daemon's) makes Envoy apply what `resources` holds."""
+    """Built by `start` and `ready` (between them, the daemon publishes its resources),
+    removed by `close` (also after a failed start); `update` swaps the policy, and
+    `publish` (the daemon's) makes Envoy apply what `resources` holds."""
 
     def __init__(self, directory: Path, record: state.WorkloadState, pidfd: int, logs: Path,
                  upstream_resolver: Endpoint, learn: bool,
@@ -78,12 +79,16 @@ class Member:
         self.host_addresses: tuple[IPAddress | IPNetwork, ...] = ()
         self.dns: Endpoint | None = None
         self.dnsmasq: tuple[ProcessSpec, subprocess.Popen[bytes]] | None = None
+        # Started by `start`, not yet seen listening (`ready`): not the main loop's to
+        # start again (a failure fails the start, which removes it all).
+        self.dnsmasq_starting = False
         self.written: dict[Path, str] = {}
         self.resources: WorkloadResources | None = None
         # Its control socket, for `netfence update` (the daemon's: set once it is up).
         self.control: ControlServer | None = None
         self.ingress: Ingress | None = None
         self.ingress_upstream: Endpoint | None = None
+        self.namespace_made = False
 
     @property
     def ns_name(self) -> str:
@@ -97,21 +102,46 @@ class Member:
         return netns.netns_path(self.ns_name)
 
     def start(self, profile: Profile, ingress: Ingress | None = None) -> None:
-        name = self.ns_name
-        nsfile = netns.create(name)
-        self.undo.callback(netns.remove, name)
-        self.record.netns = name
+        """Its namespace, redirect and resources, and its dnsmasq started: `ready` waits
+        for that (the daemon publishes the resources meanwhile: both take milliseconds).
+        The namespace and its redirect are made in a thread of their own, mostly waiting
+        for `ip` and `nft`, while this one compiles the policy (which only names the
+        namespace's path)."""
+        self.record.netns = self.ns_name
         state.save(self.record)
+        self.undo.callback(self._remove_namespace)
+        made = _Aside(self._make_namespace)
+        try:
+            self.ingress = ingress
+            self._fence(profile, free_port(), wait=False)
+        except BaseException:
+            made.join()  # its error, if any, is not the one to report
+            raise
+        made.result()
+
+    def _make_namespace(self) -> None:
+        nsfile = netns.create(self.ns_name)
+        self.namespace_made = True
         redirect.install(nsfile, DNS_PORT, TRANSPARENT_PORT)
-        self.ingress = ingress
-        self._fence(profile, free_port())
+
+    def _remove_namespace(self) -> None:
+        if self.namespace_made:
+            netns.remove(self.ns_name)
+
+    def ready(self) -> None:
+        """Until the dnsmasq `start` started listens; NetfenceError if it exited (`close`
+        then removes everything `start` made)."""
+        assert self.dnsmasq is not None
+        processes.wait_ready(*self.dnsmasq)
+        self.dnsmasq_starting = False
 
     def adopt(self) -> None:
         """Take over a running workload's fence after a daemon restart: its namespace
         (and redirect) as they are, its dnsmasq started again on its port, its policy
         compiled again (the Envoy that served it died with the old daemon)."""
         saved = json.loads((self.state_dir / MEMBER_NAME).read_text())
-        self.undo.callback(netns.remove, self.ns_name)
+        self.namespace_made = True  # by the run the old daemon started
+        self.undo.callback(self._remove_namespace)
         if not self.nsfile.exists():
             raise NetfenceError(f"{self.name}: its network namespace is gone")
         from netfence.profile.loader import parse_profile
@@ -121,7 +151,7 @@ class Member:
             self.ingress = Ingress(*saved["ingress"])
         self._fence(profile, int(saved["dns_port"]))
 
-    def _fence(self, profile: Profile, dns_port: int) -> None:
+    def _fence(self, profile: Profile, dns_port: int, wait: bool = True) -> None:
         self.host_addresses = netns.host_addresses()
         self.dns = Endpoint(LOOPBACK, dns_port)
         if self.ingress is not None:
@@ -132,9 +162,8 @@ class Member:
         self.written.update(reload.digests(dns))
         (spec,) = dns.processes
         self.undo.callback(self._stop_dnsmasq)
-        self._start_dnsmasq(spec)
+        self._start_dnsmasq(spec, wait)
         self.resources = resources
-        self._keep(resources)
 
     def _compile(self, profile: Profile) -> tuple[ProxySetup, WorkloadResources]:
         assert self.dns is not None
@@ -175,17 +204,15 @@ class Member:
             "upstream": [self.upstream_resolver.host, self.upstream_resolver.port],
             "ingress": dataclasses.astuple(self.ingress) if self.ingress else None})))
 
-    def _keep(self, resources: WorkloadResources) -> None:
-        """The compiled resources, in the state dir (what the gateway runs, to read)."""
-        write_file(FileSpec(self.state_dir / RESOURCES_NAME, resources.dumps()))
-
-    def _start_dnsmasq(self, spec: ProcessSpec) -> None:
+    def _start_dnsmasq(self, spec: ProcessSpec, wait: bool = True) -> None:
         proc = processes.start(spec)
         self.dnsmasq = (spec, proc)
+        self.dnsmasq_starting = not wait
         self.record.own(proc.pid)
         self.record.leftovers += spec.leaves
         state.save(self.record)
-        processes.wait_ready(spec, proc)
+        if wait:
+            processes.wait_ready(spec, proc)
 
     def _stop_dnsmasq(self) -> None:
         if self.dnsmasq is not None:
@@ -209,11 +236,12 @@ class Member:
             log.info("%s: restarting dnsmasq", self.name)
             self._start_dnsmasq(spec)
         self.resources = resources
-        self._keep(resources)
         self.publish()
 
     def dnsmasq_exited(self) -> bool:
-        return self.dnsmasq is not None and self.dnsmasq[1].poll() is not None
+        """Whether its dnsmasq has exited (not while `start` has it starting)."""
+        return (self.dnsmasq is not None and not self.dnsmasq_starting
+                and self.dnsmasq[1].poll() is not None)
 
     def revive_dnsmasq(self) -> None:
         assert self.dnsmasq is not None
@@ -228,3 +256,27 @@ class Member:
             self.undo.close()
         except NetfenceError as exc:
             log.warning("%s: teardown incomplete (%s)", self.name, exc)
+
+
+class _Aside:
+    """A call in a thread of its own: `result` waits for it and raises its error."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(call,),
+                                       name="netfence-member", daemon=True)
+        self.thread.start()
+
+    def _run(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self.thread.join()
+
+    def result(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
