@@ -126,10 +126,14 @@ def ask_starter(argv: list[str], root: str) -> None:
     caught: list[int] = []
     worker: list[int] = []  # the worker's pidfd, once it said who it is
 
+    def to_worker(signum: int) -> None:
+        for pidfd in worker:
+            with contextlib.suppress(ProcessLookupError):  # it has answered and gone
+                signal.pidfd_send_signal(pidfd, signum)
+
     def forward(signum: int, _frame: object) -> None:
         caught.append(signum)
-        if worker:
-            signal.pidfd_send_signal(worker[0], signum)
+        to_worker(signum)
 
     previous = {s: signal.signal(s, forward) for s in stops}
     umask = os.umask(0o077)
@@ -140,15 +144,18 @@ def ask_starter(argv: list[str], root: str) -> None:
         sent = True
     except OSError:  # the working directory is gone, say: the run says what follows
         sent = False
+    came = False
     while True:
         got = receive(sock) if sent else None
-        if got is None and worker:
+        if got is None and came:
             _leave(128 + caught[0] if caught else _lost(root))
         message, fds = got or ({"fallback": True}, [])  # no worker came: nothing was done
         if "worker" in message:
-            worker.append(os.pidfd_open(int(message["worker"])))
+            came = True
+            with contextlib.suppress(ProcessLookupError):  # gone already: its answer is sent
+                worker.append(os.pidfd_open(int(message["worker"])))
             for signum in caught:
-                signal.pidfd_send_signal(worker[0], signum)
+                to_worker(signum)
         elif "exit" in message:
             _leave(int(message["exit"]))
         elif "exec" in message:

@@ -218,11 +218,16 @@ def test_the_run_execs_with_the_workers_descriptors_at_their_numbers_and_no_othe
     assert sorted(int(n) for n in lines[2:]) == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("before_the_worker", [False, True])
 def test_a_stop_signal_goes_to_the_worker_which_decides_the_end(
-        tmp_path: Path, starter: Callable[[Answer], list[dict[str, Any]]]) -> None:
+        tmp_path: Path, starter: Callable[[Answer], list[dict[str, Any]]],
+        before_the_worker: bool) -> None:
     worker = subprocess.Popen(["sleep", "30"])  # stands for the worker: the signal's target
+    signalled = threading.Event()
 
     def answer(conn: socket.socket, _request: dict[str, Any], _fds: list[int]) -> None:
+        if before_the_worker:  # the run holds the signal until it knows the worker
+            signalled.wait(RUN_TIMEOUT)
         handoff.send(conn, {"worker": worker.pid})
         worker.wait(RUN_TIMEOUT)
         handoff.send(conn, {"exit": 99})
@@ -235,6 +240,7 @@ def test_a_stop_signal_goes_to_the_worker_which_decides_the_end(
         while not requests and time.monotonic() < deadline:  # its handlers are set by then
             time.sleep(0.01)
         run.send_signal(signal.SIGTERM)
+        signalled.set()
         assert run.wait(RUN_TIMEOUT) == 99
         assert worker.wait(RUN_TIMEOUT) == -signal.SIGTERM
     finally:
