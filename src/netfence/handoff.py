@@ -190,28 +190,34 @@ def _exec(message: Mapping[str, Any], fds: list[int], caught: list[int],
     import fcntl
     import signal
 
+    from netfence.errors import NetfenceError
     from netfence.keyring import leave_session_keyring
 
     targets = [int(fd) for fd in message["keep"]]
-    if len(targets) != len(fds):
-        raise ValueError("the starter sent other descriptors than it named")
-    # Above every number in play first: a received one may sit on another's target.
-    above = max([*targets, *fds]) + 1
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in fds]
-    for fd in fds:
-        os.close(fd)
-    for fd, target in zip(moved, targets, strict=True):
-        os.dup2(fd, target)
-        os.close(fd)
-    inherit_only(targets)
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-    if caught:  # the workload's fence is up: its daemon removes it once this has exited
-        _leave(128 + caught[0])
-    leave_session_keyring()
     argv = [str(a) for a in message["exec"]]
-    _flush()
-    os.execve(argv[0], argv, {str(k): str(v) for k, v in message["env"].items()})
-    raise AssertionError("unreachable")
+    try:
+        if not targets or len(targets) != len(fds):
+            raise ValueError("the starter sent other descriptors than it named")
+        # Above every number in play first: a received one may sit on another's target.
+        above = max([*targets, *fds]) + 1
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        for fd, target in zip(moved, targets, strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+        inherit_only(targets)
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        if caught:  # the workload's fence is up: its daemon removes it once this has exited
+            _leave(128 + caught[0])
+        leave_session_keyring()
+        _flush()
+        os.execve(argv[0], argv, {str(k): str(v) for k, v in message["env"].items()})
+    except (OSError, ValueError, NetfenceError) as exc:
+        # Its fence goes once this process has exited, as after any failed start.
+        print(f"netfence: error: cannot start the workload's forwarder ({argv[0]}): {exc}",
+              file=sys.stderr)
+        _leave(1)
 
 
 def _flush() -> None:

@@ -329,7 +329,6 @@ def test_exec_into_becomes_the_forwarder_with_only_the_kept_descriptors(
 _EXEC_INTO_RUNTIME = """
 import os, sys
 from pathlib import Path
-from netfence.keyring import leave_session_keyring
 from netfence.runtimes import netns
 from netfence.runtimes.namespace import sandbox
 from netfence.runtimes.namespace.forwarder import exec_into
@@ -342,7 +341,6 @@ os.close(resolv_w)
 fd = os.open(info, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 argv = sandbox.sandbox_argv(netns.netns_path(netns_name), user, ("/bin/sh", "-c", script, token),
                             {"PATH": "/usr/bin:/bin"}, resolv_r, fd, hidden=())
-leave_session_keyring()
 exec_into(argv, Path(info), [resolv_r, fd])
 """
 

@@ -22,6 +22,7 @@ import pytest
 
 from netfence.backends.envoy._admin import admin_get
 from netfence.backends.envoy.gateway import ADMIN_SOCKET_NAME
+from tests.integration.test_namespace_run import keys_the_workload_finds
 from tests.integration.test_update import PROBE, Probe, _allow, update
 from tests.support.fakenet import FakeNet
 from tests.support.fence import netfence, netfence_argv, state_root
@@ -271,7 +272,9 @@ def term_reaches_the_workload(name: str) -> None:
 
 def test_signals_status_and_a_killed_run_are_as_with_an_own_fence(
         fakenet: FakeNet, gateway: Path) -> None:
-    term_reaches_the_workload("nf-gw-sig")  # the first run: it starts the daemon
+    # The first run starts the daemon: no starter yet, the run's own exec.
+    assert keys_the_workload_finds("--gateway", "--name", "nf-gw-keys0") == 0
+    term_reaches_the_workload("nf-gw-sig")
     assert gone("nf-gw-sig")
 
     # kill -9 of the process the client started (the forwarder): the sandbox dies with it
@@ -328,6 +331,8 @@ def test_a_warm_run_is_the_starters_and_imports_nothing_of_the_cli(
                                     "netfence.errors", "netfence.keyring"}, netfence_modules
         assert "pydantic" not in _imports(warm.stderr)
         term_reaches_the_workload("nf-gw-warmsig")
+        # The run's process leaves its caller's session keyring before its exec.
+        assert keys_the_workload_finds("--gateway", "--name", "nf-gw-keys") == 0
         # An error is the run's one line and status, as without the starter.
         bad = netfence("run", "--gateway", "--name", "nf-gw-keep", "--", "true")
         assert bad.returncode == 2

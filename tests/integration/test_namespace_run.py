@@ -234,21 +234,27 @@ class TestContainment:
         """Whoever holds a session keyring may read and write it, across users and user
         namespaces: the caller's (an ssh passphrase, a Kerberos ticket) must not be the
         workload's."""
-        # A session keyring of the test's own with one key, then netfence in it.
-        wrap = ("import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                "assert libc.syscall(250, 1, None) > 0\n"  # KEYCTL_JOIN_SESSION_KEYRING
-                "key = libc.syscall(248, b'user', b'nf-secret', b'hunter2', 7, -3)\n"  # add_key
-                "assert key > 0, ctypes.get_errno()\n"
-                "os.execvp(sys.argv[1], sys.argv[1:])\n")
-        # What the workload finds in its session keyring (KEYCTL_READ: 4 bytes a key).
-        look = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                "buf = ctypes.create_string_buffer(4096)\n"
-                "print('keys', libc.syscall(250, 11, -3, buf, 4096) // 4)\n")
-        argv = netfence_argv("run", "--proxy", proxy, *net_args, "--", "python3", "-c", look)
-        done = subprocess.run([sys.executable, "-c", wrap, *argv], capture_output=True,
-                              timeout=60)
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.decode().split() == ["keys", "0"], done.stdout + done.stderr
+        assert keys_the_workload_finds("--proxy", proxy, *net_args) == 0
+
+
+def keys_the_workload_finds(*run_options: str) -> int:
+    """How many keys a workload run with these options finds in its session keyring, when
+    the `netfence run` starts in a session keyring of the test's own holding one key."""
+    wrap = ("import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "assert libc.syscall(250, 1, None) > 0\n"  # KEYCTL_JOIN_SESSION_KEYRING
+            "key = libc.syscall(248, b'user', b'nf-secret', b'hunter2', 7, -3)\n"  # add_key
+            "assert key > 0, ctypes.get_errno()\n"
+            "os.execvp(sys.argv[1], sys.argv[1:])\n")
+    # KEYCTL_READ of the session keyring: 4 bytes a key.
+    look = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "buf = ctypes.create_string_buffer(4096)\n"
+            "print('keys', libc.syscall(250, 11, -3, buf, 4096) // 4)\n")
+    argv = netfence_argv("run", *run_options, "--", "python3", "-c", look)
+    done = subprocess.run([sys.executable, "-c", wrap, *argv], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    word, count = done.stdout.decode().split()
+    assert word == "keys", done.stdout + done.stderr
+    return int(count)
 
 
 class TestProcessContract:

@@ -262,3 +262,21 @@ def test_a_run_that_cannot_be_handed_over_goes_on_here(
     assert done.returncode == 0 and done.stderr == "went on", done.stderr
     # A closed stdout: it does not even connect; a lost working directory: it sends nothing.
     assert requests in ([], [{}])
+
+
+def test_a_forwarder_that_cannot_be_executed_is_one_line_and_status_1(
+        tmp_path: Path, starter: Callable[[Answer], list[dict[str, Any]]]) -> None:
+    given = tmp_path / "given"
+    given.write_text("x")
+
+    def answer(conn: socket.socket, _request: dict[str, Any], _fds: list[int]) -> None:
+        handoff.send(conn, {"worker": os.getpid()})
+        fd = os.open(given, os.O_RDONLY)
+        handoff.send(conn, {"exec": [str(tmp_path / "missing")], "env": {}, "keep": [10]}, [fd])
+        os.close(fd)
+
+    starter(answer)
+    done = _run_warm(tmp_path, "print('not reached')")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert "cannot start the workload's forwarder" in done.stderr, done.stderr

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from netfence import handoff
 from netfence.errors import NetfenceError, UsageError
-from netfence.keyring import leave_session_keyring
 from netfence.runtimes import control, state
 from netfence.runtimes.base import WorkloadSpec
 from netfence.runtimes.control import Message
@@ -133,8 +132,6 @@ def _become_workload(spec: WorkloadSpec, state_dir: Path, reply: Message, ready:
     # forwarder before the sandbox starts; one that came before is ours to act on.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     signals.check()
-    if handoff.worker() is None:  # else the run's process does it, before its exec
-        leave_session_keyring()
     forwarder.exec_into(argv, info_path, (resolv_r, info_fd, *pinned.values()))
 
 

@@ -577,13 +577,9 @@ def _both(before: dict[str, WorkloadResources],
     out = {**before, **after}
     for name, new in after.items():
         old = before.get(name)
-        if old is None or old is new:
+        if old is None or old is new or _keeps_names(old, new):
             continue
         renewed = {c["name"]: c for c in new.clusters}
-        dropped = {c["name"] for c in old.clusters} - renewed.keys()
-        if (not dropped and old.routes.keys() <= new.routes.keys()
-                and old.filters.keys() <= new.filters.keys()):
-            continue
         # In the old order (the file unchanged but for what changed), new ones last.
         clusters = [renewed.pop(c["name"], c) for c in old.clusters]
         out[name] = dataclasses.replace(new, clusters=[*clusters, *renewed.values()],
@@ -595,17 +591,18 @@ def _both(before: dict[str, WorkloadResources],
 def _only_adds(before: dict[str, WorkloadResources],
                after: dict[str, WorkloadResources]) -> bool:
     """Whether going from `before` to `after` removes nothing a listener may name: every
-    workload stays, each with (at least) its clusters, route configurations and filter
-    resources (an update's are mostly the same names: _workload's suffixes)."""
-    for name, old in before.items():
-        new = after.get(name)
-        if new is None or not set(old.routes) <= set(new.routes):
-            return False
-        if not set(old.filters) <= set(new.filters):
-            return False
-        if not {c["name"] for c in old.clusters} <= {c["name"] for c in new.clusters}:
-            return False
-    return True
+    workload stays, each keeping its names (an update's are mostly the same: _workload's
+    suffixes)."""
+    return all(name in after and _keeps_names(old, after[name])
+               for name, old in before.items())
+
+
+def _keeps_names(old: WorkloadResources, new: WorkloadResources) -> bool:
+    """Whether a workload's new resources have every cluster, route configuration and
+    filter resource its old listeners name."""
+    return (old.routes.keys() <= new.routes.keys()
+            and old.filters.keys() <= new.filters.keys()
+            and {c["name"] for c in old.clusters} <= {c["name"] for c in new.clusters})
 
 
 def _try_lock(fd: int) -> bool:

@@ -14,8 +14,8 @@ import dataclasses
 import json
 import logging
 import subprocess
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,13 +110,12 @@ class Member:
         self.record.netns = self.ns_name
         state.save(self.record)
         self.undo.callback(self._remove_namespace)
-        made = _Aside(self._make_namespace)
-        try:
+        # Leaving the block waits for the namespace (also when the compilation failed: its
+        # error is then the one reported, and the undo stack removes what was made).
+        with ThreadPoolExecutor(1, thread_name_prefix="netfence-member") as aside:
+            made = aside.submit(self._make_namespace)
             self.ingress = ingress
             self._fence(profile, free_port(), wait=False)
-        except BaseException:
-            made.join()  # its error, if any, is not the one to report
-            raise
         made.result()
 
     def _make_namespace(self) -> None:
@@ -257,26 +256,3 @@ class Member:
         except NetfenceError as exc:
             log.warning("%s: teardown incomplete (%s)", self.name, exc)
 
-
-class _Aside:
-    """A call in a thread of its own: `result` waits for it and raises its error."""
-
-    def __init__(self, call: Callable[[], None]) -> None:
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(call,),
-                                       name="netfence-member", daemon=True)
-        self.thread.start()
-
-    def _run(self, call: Callable[[], None]) -> None:
-        try:
-            call()
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self) -> None:
-        self.thread.join()
-
-    def result(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error

@@ -20,6 +20,7 @@ from typing import NoReturn
 
 from netfence import handoff
 from netfence.errors import NetfenceError
+from netfence.keyring import leave_session_keyring
 from netfence.runtimes.base import WORKLOAD_STOP_GRACE
 from netfence.runtimes.namespace.sandbox import LAUNCH_ENV
 from netfence.runtimes.netfilter import SYSTEM_PATH
@@ -65,7 +66,8 @@ def forwarder_argv(sandbox: Sequence[str], info_file: Path,
 
 
 def exec_into(sandbox: Sequence[str], info_file: Path, keep_fds: Iterable[int]) -> NoReturn:
-    """Become the forwarder of `sandbox` (this PID, stdin/stdout/stderr as they are).
+    """Become the forwarder of `sandbox` (this PID, stdin/stdout/stderr as they are), with
+    a session keyring of its own (keyring.py).
 
     Exactly `keep_fds` (and 0-2) are inherited: every other descriptor is made
     close-on-exec, none is closed here. The caller opened `info_file` (0600, new and empty,
@@ -78,13 +80,14 @@ def exec_into(sandbox: Sequence[str], info_file: Path, keep_fds: Iterable[int]) 
     exec and ends the forwarder (128+N) before the sandbox starts; none is lost. They are
     blocked here too, and unblocked again if the exec fails.
 
-    In a starter's worker (handoff.py), the run's process is the one that execs: it gets
-    the argv and these descriptors."""
+    In a starter's worker (handoff.py), the run's process is the one that execs (and
+    leaves its keyring): it gets the argv and these descriptors."""
     keep = sorted(set(keep_fds))
     argv = _checked(sandbox, info_file, keep)
     worker = handoff.worker()
     if worker is not None:
         worker.hand_over(argv, LAUNCH_ENV, keep)
+    leave_session_keyring()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     changed: list[tuple[int, bool]] = []
     try:
