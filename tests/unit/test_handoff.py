@@ -280,3 +280,34 @@ def test_a_forwarder_that_cannot_be_executed_is_one_line_and_status_1(
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1
     assert "cannot start the workload's forwarder" in done.stderr, done.stderr
+
+
+# A worker's whole run up to its hand-over, after the starter's warm-up, in a process of
+# its own: the daemon answers as it would, the exec prints what the run imported.
+WORKER_RUN = """
+import os, sys
+from netfence.cli import main as cli
+cli._warm_up()
+before = set(sys.modules)
+from netfence.runtimes.gateway import client
+from netfence.runtimes.namespace import forwarder
+client.unsupported = lambda spec: None  # root or not: the gateway's path
+client.ask = lambda request: {"env": {}, "netns": "/run/netns/nf-none", "url": None}
+
+def exec_into(argv, info, keep):
+    print(" ".join(sorted(set(sys.modules) - before)))
+    sys.stdout.flush()
+    os._exit(0)
+
+forwarder.exec_into = exec_into
+sys.argv = ["netfence", "run", "--gateway", "--name", "nf-warm-up", "--", "true"]
+cli.main("netfence")
+"""
+
+
+def test_a_warm_run_imports_nothing_the_starter_did_not(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    done = subprocess.run([sys.executable, "-c", WORKER_RUN], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "NETFENCE_STATE_DIR": str(state)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [], "imported at each warm start: " + done.stdout

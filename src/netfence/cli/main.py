@@ -503,8 +503,20 @@ def gateway_starter() -> None:
     from netfence.cli.starter import serve
     from netfence.runtimes.gateway import gateway_dir
 
-    # What every run does first: pydantic builds its validators at the first profile.
-    serve(gateway_dir(), main, lambda: _load("none", ("example.com",), (443,), ()))
+    serve(gateway_dir(), main, _warm_up)
+
+
+def _warm_up() -> None:
+    """What every gateway run does first, done once in the starter: the modules a run
+    imports (a worker importing one pays for it at each start: 10 ms for the backend's),
+    and pydantic's validators, built at the first profile."""
+    from netfence.runtimes.gateway import client
+    from netfence.runtimes.namespace import forwarder, launch, sandbox
+
+    del client, forwarder, launch, sandbox
+    _load("none", ("example.com",), (443,), ())
+    get_backend("envoy")
+    get_runtime("namespace")
 
 
 def main(prog_name: str | None = None) -> None:

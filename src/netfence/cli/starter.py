@@ -36,11 +36,7 @@ BACKLOG = 64
 def serve(directory: Path, cli_main: Callable[[str], None],
           warm_up: Callable[[], object]) -> NoReturn:
     """Serve warm runs: each worker calls `cli_main(prog_name)` with the run's sys.argv;
-    `warm_up` first does what every run does (imports, a profile read)."""
-    from netfence.runtimes.gateway import client
-    from netfence.runtimes.namespace import forwarder, launch, sandbox
-
-    del client, forwarder, launch, sandbox  # imported once, for every worker
+    `warm_up` first does what every run does (imports, a profile read), once."""
     warm_up()
     path = directory / handoff.STARTER_SOCKET
     with contextlib.suppress(FileNotFoundError):
