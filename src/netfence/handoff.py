@@ -144,6 +144,10 @@ def ask_starter(argv: list[str], root: str) -> None:
         sent = True
     except OSError:  # the working directory is gone, say: the run says what follows
         sent = False
+    if sent:  # what an exec needs, imported while the worker works (ctypes: a few ms)
+        import fcntl  # noqa: F401
+
+        import netfence.keyring  # noqa: F401
     came = False
     while True:
         got = receive(sock) if sent else None

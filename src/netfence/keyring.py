@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 from netfence.errors import NetfenceError
 
@@ -18,10 +17,11 @@ def leave_session_keyring() -> None:
     keyring. Whoever holds a session keyring has every right on it, across users and
     user namespaces, and bubblewrap keeps the one it was started with: the caller's (an
     ssh passphrase, a Kerberos ticket) would be the workload's to read and write."""
-    number = _SYS_KEYCTL.get(platform.machine())
+    machine = os.uname().machine  # not platform's: a warm run would import it for this
+    number = _SYS_KEYCTL.get(machine)
     if number is None:
-        raise NetfenceError(f"cannot give the workload a keyring of its own on "
-                            f"{platform.machine()} (keyctl's system call is unknown here)")
+        raise NetfenceError(f"cannot give the workload a keyring of its own on {machine} "
+                            "(keyctl's system call is unknown here)")
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
         err = ctypes.get_errno()
