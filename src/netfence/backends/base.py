@@ -149,6 +149,9 @@ class ProcessSpec:
     # Files it leaves behind when it is killed rather than let finish (glob patterns in
     # the host's file system), which the runtime removes once it has stopped.
     leaves: tuple[str, ...] = ()
+    # Started as root, it gives root up at once (dnsmasq: to nobody), which clears a
+    # parent-death signal (prctl(2)): arming one then only costs its start a full fork.
+    drops_root: bool = False
 
 
 @dataclass(frozen=True)

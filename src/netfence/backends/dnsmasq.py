@@ -160,6 +160,7 @@ def dns_setup(policy: Policy, placement: Placement) -> ProxySetup:
         capabilities=("NET_BIND_SERVICE", "SETUID", "SETGID"),
         reads=(conf, servers),
         reload=reload,
+        drops_root=True,
     )
     return ProxySetup(
         files=(FileSpec(conf, render_config(policy, placement)),

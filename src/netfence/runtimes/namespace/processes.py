@@ -37,15 +37,17 @@ def start(spec: ProcessSpec) -> subprocess.Popen[bytes]:
     search = program_path()  # for a wrapper's programs too (Squid's runs `squid`)
     program = shutil.which(spec.argv[0], path=search) or spec.argv[0]
     with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
+        # The hook makes each start a full fork of the supervisor (about 2.5 ms, where
+        # Python uses vfork without one; 10 ms of the gateway daemon's), and is kept: the
+        # death signal is armed before Popen returns (setpriv would arm it after, leaving a
+        # killed supervisor's proxy running and not yet recorded). Not for a process
+        # whose drop of root would clear it (its owner's record lists it: kill_orphans).
+        hook = None if spec.drops_root and os.geteuid() == 0 else _die_with_supervisor
         try:
-            # The hook makes each start a full fork of the supervisor (about 2.5 ms, where
-            # Python uses vfork without one), and is kept: the death signal is armed before
-            # Popen returns (setpriv would arm it after, leaving a killed supervisor's
-            # proxy running and not yet recorded).
             return subprocess.Popen(
                 (program, *spec.argv[1:]), env={**os.environ, "PATH": search},
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, preexec_fn=_die_with_supervisor, close_fds=True,
+                start_new_session=True, preexec_fn=hook, close_fds=True,
             )
         except FileNotFoundError:
             raise NetfenceError(f"{spec.name}: {spec.argv[0]} is not installed",

@@ -106,6 +106,25 @@ def test_a_missing_program_is_one_line(tmp_path: Path) -> None:
         processes.start(spec)
 
 
+PDEATHSIG = ("import ctypes, signal\n"
+             "got = ctypes.c_int()\n"
+             "ctypes.CDLL(None).prctl(2, ctypes.byref(got))\n"  # PR_GET_PDEATHSIG
+             "print(got.value)")
+
+
+@pytest.mark.parametrize("drops_root", [False, True])
+def test_a_process_dies_with_its_starter_unless_it_drops_root_as_root(
+        tmp_path: Path, drops_root: bool) -> None:
+    spec = dataclasses.replace(_spec(tmp_path, PDEATHSIG, 0), ready=(), drops_root=drops_root)
+    proc = processes.start(spec)
+    assert proc.wait(10) == 0
+    armed = int(spec.stdout.read_text())
+    # As root, a process that gives root up would lose the signal anyway: its start is a
+    # vfork then (the gateway daemon's dnsmasq: about 10 ms).
+    skipped = drops_root and os.geteuid() == 0
+    assert armed == (0 if skipped else signal.SIGKILL)
+
+
 SLOW_EXIT = ("import signal, sys, time\n"
              "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(0)))\n"
              "print('ready', flush=True)\ntime.sleep(60)")
