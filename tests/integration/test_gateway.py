@@ -116,15 +116,31 @@ def comes_back(probe: Probe, command: str, timeout: float = 20) -> bool:
     return True
 
 
+def namespaces_of(name: str) -> list[Path]:
+    """The workload's network namespaces: one per run (gateway/member.py: ns_name)."""
+    return [p for p in Path("/run/netns").glob(f"netfence-{name}-*")
+            if p.name.removeprefix(f"netfence-{name}-").isalnum()]
+
+
 def gone(name: str, timeout: float = 20) -> bool:
     """Whether the workload's namespace and state are removed within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not Path(f"/run/netns/netfence-{name}").exists() and \
-                not (state_root() / name).exists():
+        if not namespaces_of(name) and not (state_root() / name).exists():
             return True
         time.sleep(0.05)
     return False
+
+
+def spare_namespace(timeout: float = 10) -> Path | None:
+    """The namespace the gateway made ahead (gateway/spares.py), once it is there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(Path("/run/netns").glob("netfence_spare-*"))
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    return None
 
 
 def test_two_workloads_share_one_envoy_each_with_its_own_policy(
@@ -209,6 +225,9 @@ def test_a_killed_daemon_is_started_again_and_takes_its_workloads_over(
         assert probe.status("get http://allowed.test/") == 200
         found = _pid_of(gateway / "gateway.pid")
         assert found is not None
+        # Its namespace made ahead is left too: the next daemon removes it (at the end,
+        # nothing_left_behind).
+        assert spare_namespace() is not None
         os.kill(found[0], signal.SIGKILL)  # the daemon this test's run started
         deadline = time.monotonic() + 10
         while _start_time(found[0]) == found[1] and time.monotonic() < deadline:
@@ -348,6 +367,36 @@ def test_a_warm_run_is_the_starters_and_imports_nothing_of_the_cli(
     finally:
         netfence("stop", "nf-gw-keep")
     assert gone("nf-gw-warm") and gone("nf-gw-warmsig") and gone("nf-gw-keep")
+
+
+def test_a_start_takes_the_namespace_made_ahead_and_the_checks_run_beside_the_add(
+        gateway: Path) -> None:
+    first = netfence("run", "--gateway", "--detach", "--name", "nf-gw-ahead1", "--",
+                     "sleep", "60")
+    try:
+        assert first.returncode == 0, first.stderr
+        spare = spare_namespace()
+        assert spare is not None, "the gateway made no namespace ahead"
+        made = spare.stat().st_ino
+        second = netfence("run", "--gateway", "--detach", "--name", "nf-gw-ahead2", "--",
+                          "sleep", "60")
+        assert second.returncode == 0, second.stderr
+        (taken,) = namespaces_of("nf-gw-ahead2")
+        assert taken.stat().st_ino == made and not spare.exists()
+        following = spare_namespace()  # and the next one is made
+        assert following is not None and following.stat().st_ino != made
+        # A check that fails while the daemon builds the fence fails the run as before
+        # (one line, its status) and leaves nothing: the daemon removes the fence.
+        bad = netfence("run", "--gateway", "--name", "nf-gw-ahead3", "--", "no-such-program")
+        assert bad.returncode == 2
+        assert bad.stderr.decode().splitlines() == [
+            "netfence: error: no-such-program: command not found (give its full path, or "
+            "install it)"], bad.stderr
+        assert gone("nf-gw-ahead3")
+    finally:
+        for name in ("nf-gw-ahead1", "nf-gw-ahead2"):
+            netfence("stop", name)
+    assert gone("nf-gw-ahead1") and gone("nf-gw-ahead2")
 
 
 def test_a_dnsmasq_that_fails_to_start_fails_the_run_and_leaves_nothing(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from netfence.errors import NetfenceError
 from netfence.runtimes import netns
 
 NAME = "netfence-nf-netns-test"
@@ -49,6 +50,27 @@ def test_a_namespace_has_only_loopback_up_and_is_removed_whole() -> None:
     assert NAME not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                       check=True).stdout
     netns.remove(NAME)  # nothing left: a no-op
+
+
+def test_a_rename_keeps_the_namespace_under_the_new_name_only() -> None:
+    new = f"{NAME}-b"
+    for each in (NAME, new):
+        netns.remove(each)
+    path = netns.create(NAME)
+    try:
+        before = path.stat().st_ino  # the namespace's own inode (nsfs), not the file's
+        moved = netns.rename(NAME, new)
+        assert moved == netns.netns_path(new) and moved.stat().st_ino == before
+        assert not path.exists() and not _mounted(path) and _mounted(moved)
+        # A name that is taken is not taken over.
+        netns.create(NAME)
+        with pytest.raises(NetfenceError, match=f"cannot name a network namespace {new}"):
+            netns.rename(NAME, new)
+        assert moved.stat().st_ino == before and path.exists()
+    finally:
+        for each in (NAME, new):
+            netns.remove(each)
+    assert not path.exists() and not netns.netns_path(new).exists()
 
 
 def _ip_locals(*netns: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:

@@ -104,7 +104,9 @@ def leftovers() -> list[str]:
     """Namespaces, state dirs and fence processes that a finished run must have removed."""
     found: list[str] = []
     if NETNS_DIR.is_dir():
-        found += [f"netns {p.name}" for p in NETNS_DIR.iterdir() if p.name.startswith("netfence-")]
+        # A workload's, or a gateway's namespace made ahead (gateway/spares.py).
+        found += [f"netns {p.name}" for p in NETNS_DIR.iterdir()
+                  if p.name.startswith(("netfence-", "netfence_spare-"))]
     if STATE_ROOT.is_dir():
         found += [f"state {p}" for p in STATE_ROOT.iterdir()]
     # Squid's shared memory, named after its service (squid.service_name: nf + role).

@@ -30,6 +30,7 @@ NETNS_DIR = Path("/run/netns")
 # Whether the kernel has IPv6 (then a namespace's loopback has ::1 too).
 HAS_IPV6 = Path("/proc/sys/net/ipv6").is_dir()
 CLONE_NEWNET = 0x40000000
+_MS_BIND = 0x1000
 _MNT_DETACH = 2
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -91,6 +92,24 @@ def remove(name: str) -> None:
     except OSError as exc:
         raise NetfenceError(f"cannot remove network namespace {name}: "
                             f"{exc.strerror or exc}") from None
+
+
+def rename(old: str, new: str) -> Path:
+    """The namespace named `old` under the name `new` (a mount point cannot be renamed: its
+    file is bind-mounted at the new path, as `ip netns add` mounts a new one, then the
+    old name is removed). NetfenceError when `new` exists or the mount fails."""
+    source, target = netns_path(old), netns_path(new)
+    try:
+        os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except OSError as exc:
+        raise NetfenceError(f"cannot name a network namespace {new}: "
+                            f"{exc.strerror or exc}") from None
+    if _libc.mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        target.unlink()
+        raise NetfenceError(f"cannot name network namespace {old} {new}: {os.strerror(err)}")
+    remove(old)
+    return target
 
 
 def exists(name: str) -> bool:

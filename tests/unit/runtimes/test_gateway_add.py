@@ -31,7 +31,7 @@ from netfence.policy import compile_policy
 from netfence.profile.loader import parse_profile
 from netfence.runtimes import state
 from netfence.runtimes.control import PEER_PID
-from netfence.runtimes.gateway import daemon, member
+from netfence.runtimes.gateway import daemon, member, spares
 from netfence.runtimes.gateway.daemon import Gateway
 
 LISTENS = ("import socket, sys, time\n"
@@ -94,7 +94,7 @@ def host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Host]:
     monkeypatch.setattr(member.netns, "create", found.create)
     monkeypatch.setattr(member.netns, "remove", found.removed.append)
     monkeypatch.setattr(member.netns, "host_addresses", lambda: ())
-    monkeypatch.setattr(member.redirect, "install", found.redirect)
+    monkeypatch.setattr(spares.redirect, "install", found.redirect)
     monkeypatch.setattr(member.processes, "start", found.start)
     yield found
     for proc in found.started:

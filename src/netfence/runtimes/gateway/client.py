@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from netfence import handoff
@@ -54,9 +56,12 @@ def unsupported_for(proxy: str, learn: bool) -> str | None:
     return None
 
 
-def run(spec: WorkloadSpec) -> int:
+def run(spec: WorkloadSpec, prepare: Callable[[WorkloadSpec], WorkloadSpec]) -> int:
     """Claim the name, then (detached or not) join the gateway and become the workload:
-    this process, or in a starter's worker (handoff.py) the run's process it serves."""
+    this process, or in a starter's worker (handoff.py) the run's process it serves.
+    `prepare` gives the spec with its checks done and its file-system view decided: it
+    runs while the daemon builds the fence (a failed check then ends the run, and the
+    daemon removes the fence once its process has exited)."""
     os.umask(0o077)
     worker = handoff.worker()
     if worker is not None and spec.detach:
@@ -64,13 +69,14 @@ def run(spec: WorkloadSpec) -> int:
     with StopSignals() as signals:
         state_dir = state.claim(spec.name, worker.pid if worker else None)
         if spec.detach:
-            return detach(spec.name, lambda ready: _join(spec, state_dir, ready, signals),
+            return detach(spec.name,
+                          lambda ready: _join(spec, prepare, state_dir, ready, signals),
                           in_parent=signals.restore)
-        return _join(spec, state_dir, ReadyPipe(), signals)
+        return _join(spec, prepare, state_dir, ReadyPipe(), signals)
 
 
-def _join(spec: WorkloadSpec, state_dir: Path, ready: ReadyPipe,
-          signals: StopSignals) -> int:
+def _join(spec: WorkloadSpec, prepare: Callable[[WorkloadSpec], WorkloadSpec],
+          state_dir: Path, ready: ReadyPipe, signals: StopSignals) -> int:
     from netfence.profile.loader import profile_data
 
     worker = handoff.worker()
@@ -86,12 +92,20 @@ def _join(spec: WorkloadSpec, state_dir: Path, ready: ReadyPipe,
     joined = False
     try:
         signals.check()
-        reply = ask({"op": "add", "name": spec.name, "pid": me, "source": spec.policy_source,
-                     "profile": profile_data(spec.profile),
-                     "dns_upstream": str(spec.dns_upstream) if spec.dns_upstream else None,
-                     "transport": spec.transport, "target_port": spec.target_port,
-                     "port": spec.port})
-        joined = True
+        request = {"op": "add", "name": spec.name, "pid": me, "source": spec.policy_source,
+                   "profile": profile_data(spec.profile),
+                   "dns_upstream": str(spec.dns_upstream) if spec.dns_upstream else None,
+                   "transport": spec.transport, "target_port": spec.target_port,
+                   "port": spec.port}
+        # The checks (one forks a process as the workload's user) in a thread while the
+        # daemon works: about 7 ms of a warm start. Their error is raised once the daemon
+        # has answered (leaving the block waits for them), so that the daemon never works
+        # on a state directory removed meanwhile.
+        with ThreadPoolExecutor(1, thread_name_prefix="netfence-prepare") as aside:
+            prepared = aside.submit(prepare, spec)
+            reply = ask(request)
+            joined = True
+        spec = prepared.result()
         signals.check()
         _become_workload(spec, state_dir, reply, ready, signals)
     except BaseException as exc:

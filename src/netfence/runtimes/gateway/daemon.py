@@ -55,7 +55,7 @@ from netfence.handoff import STARTER_LOG
 from netfence.runtimes import netns, reload, state
 from netfence.runtimes.base import WORKLOAD_PROXY_PORT, WorkloadSpec
 from netfence.runtimes.control import PEER_PID, ControlServer, Message
-from netfence.runtimes.gateway import LOCK_NAME, PID_NAME, SOCKET_NAME, gateway_dir
+from netfence.runtimes.gateway import LOCK_NAME, PID_NAME, SOCKET_NAME, gateway_dir, spares
 from netfence.runtimes.gateway.member import MEMBER_NAME, Ingress, Member
 from netfence.runtimes.logs import tail
 from netfence.runtimes.namespace import processes
@@ -95,6 +95,7 @@ class Gateway:
         self.starter: tuple[ProcessSpec, subprocess.Popen[bytes]] | None = None
         self.starter_restarts: list[float] = []
         self.restarts: list[float] = []
+        self.spares = spares.Spares()
         # Publication: what Envoy was last told, and the coalescing of requests for more.
         self.published: dict[str, WorkloadResources] = {}
         self.written: dict[Path, str] = {}
@@ -110,6 +111,7 @@ class Gateway:
     def serve(self) -> int:
         with StopSignals() as signals, self._only_one():
             _raise_limits()
+            spares.remove_stale()
             self._adopt()
             self._start_envoy()
             pid_file = self.directory / PID_NAME
@@ -126,6 +128,7 @@ class Gateway:
                 if self.starter is not None:
                     processes.stop_all([self.starter])
                 self._stop_all()
+                self.spares.close()
                 if self.envoy is not None:
                     processes.stop_all([self.envoy])
                 # Nothing of it stays (its log goes too: a daemon that is killed keeps it).
@@ -152,8 +155,12 @@ class Gateway:
             watched = [m.pidfd for m in members] + [self.wake_r, signals.fileno()]
             if envoy_fd is not None:
                 watched.append(envoy_fd)
+            # Awake for the spare namespace when it is due (not more often than 20 times a
+            # second while a start keeps it from being made).
+            refill = self.spares.due_in()
+            timeout = 1.0 if refill is None else min(1.0, max(refill, 0.05))
             try:
-                ready, _, _ = select.select(watched, [], [], 1.0)
+                ready, _, _ = select.select(watched, [], [], timeout)
             finally:
                 if envoy_fd is not None:
                     os.close(envoy_fd)
@@ -173,6 +180,9 @@ class Gateway:
                 if member.pidfd not in ready and member.dnsmasq_exited():
                     with contextlib.suppress(NetfenceError):
                         member.revive_dnsmasq()
+            with self.lock:
+                quiet = not self.pending
+            self.spares.refill(quiet)
             if self._idle_out():
                 log.warning("gateway: no workload for %.0f s; exiting", self.idle_exit)
                 return
@@ -334,7 +344,8 @@ class Gateway:
             self._check_room()
             pidfd = os.pidfd_open(peer)
             member = Member(self.directory, record, pidfd, self._logs_for(name), resolver,
-                            learn=bool(request.get("learn")), publish=self.publish)
+                            learn=bool(request.get("learn")), publish=self.publish,
+                            made=self.spares)
             try:
                 if not state.is_running(peer, record.supervisor_start):
                     raise NetfenceError(f"{name}: the asking process has exited")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netfence.backends import (
-    DNS_PORT,
     Endpoint,
     FileSpec,
     Placement,
@@ -34,9 +33,10 @@ from netfence.backends.envoy.gateway import Slot, WorkloadResources, workload_re
 from netfence.errors import NetfenceError
 from netfence.policy import compile_policy
 from netfence.runtimes import netns, reload, state
-from netfence.runtimes.base import TRANSPARENT_PORT, WORKLOAD_PROXY_PORT
+from netfence.runtimes.base import WORKLOAD_PROXY_PORT
 from netfence.runtimes.control import ControlServer
-from netfence.runtimes.namespace import processes, redirect
+from netfence.runtimes.gateway import spares
+from netfence.runtimes.namespace import processes
 from netfence.runtimes.namespace.launch import LOOPBACK, free_port, ns_name
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Member:
 
     def __init__(self, directory: Path, record: state.WorkloadState, pidfd: int, logs: Path,
                  upstream_resolver: Endpoint, learn: bool,
-                 publish: Callable[[], None]) -> None:
+                 publish: Callable[[], None], made: spares.Spares | None = None) -> None:
         self.directory = directory  # the gateway's
         self.record = record
         self.name = record.name
@@ -75,6 +75,7 @@ class Member:
         self.upstream_resolver = upstream_resolver
         self.learn = learn
         self.publish = publish
+        self.made = made  # namespaces made ahead (none for a workload taken over)
         self.undo = contextlib.ExitStack()
         self.host_addresses: tuple[IPAddress | IPNetwork, ...] = ()
         self.dns: Endpoint | None = None
@@ -104,9 +105,9 @@ class Member:
     def start(self, profile: Profile, ingress: Ingress | None = None) -> None:
         """Its namespace, redirect and resources, and its dnsmasq started: `ready` waits
         for that (the daemon publishes the resources meanwhile: both take milliseconds).
-        The namespace and its redirect are made in a thread of their own, mostly waiting
-        for `ip` and `nft`, while this one compiles the policy (which only names the
-        namespace's path)."""
+        The namespace is one made ahead (spares.py), or made with its redirect in a thread
+        of its own, mostly waiting for `ip` and `nft`, while this one compiles the policy
+        (which only names the namespace's path)."""
         self.record.netns = self.ns_name
         state.save(self.record)
         self.undo.callback(self._remove_namespace)
@@ -119,9 +120,9 @@ class Member:
         made.result()
 
     def _make_namespace(self) -> None:
-        nsfile = netns.create(self.ns_name)
+        if self.made is None or not self.made.take(self.ns_name):
+            spares.make(self.ns_name)
         self.namespace_made = True
-        redirect.install(nsfile, DNS_PORT, TRANSPARENT_PORT)
 
     def _remove_namespace(self) -> None:
         if self.namespace_made:

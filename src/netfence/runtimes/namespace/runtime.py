@@ -452,7 +452,7 @@ class NamespaceRuntime(SupervisedRuntime):
             why = client.unsupported(spec)
             if why is None:
                 state.check_name(spec.name)
-                return client.run(self.prepare(spec))
+                return client.run(spec, self.prepare)
         if handoff.worker() is not None:
             raise handoff.Fallback  # a fence of its own: the run's process runs it
         if why is not None:
