@@ -7,6 +7,7 @@ address that is actually dialed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,12 @@ class Policy:
         CIDRs cut out of the liftable ones. A backend that checks the rules in this order
         reports the reason Policy.decide (and decide_answers) reports.
         """
+        return self._address_rules
+
+    @functools.cached_property
+    def _address_rules(self) -> tuple[AddressRule, ...]:
+        # Computed once: Envoy's configuration asks for them at every chain that checks
+        # addresses (five times per compilation, 2 ms of a gateway start's).
         rules = [AddressRule(Reason.HOST_ADDRESS, ipaddress.ip_network(a),
                              with_embedded_forms(ipaddress.ip_network(a)))
                  for a in self.host_addresses]

@@ -98,6 +98,8 @@ class Gateway:
         self.spares = spares.Spares()
         # Publication: what Envoy was last told, and the coalescing of requests for more.
         self.published: dict[str, WorkloadResources] = {}
+        # Each file's content as last written: compared, not hashed (a workload's route
+        # files are the very strings compiled for it: the same object at each publication).
         self.written: dict[Path, str] = {}
         self.turn = threading.Condition()
         self.asked = 0
@@ -510,10 +512,9 @@ class Gateway:
 
     def _write(self, files: list[FileSpec]) -> None:
         for spec in files:
-            digest = reload.digest(spec.content)
-            if self.written.get(spec.path) != digest:
+            if self.written.get(spec.path) != spec.content:
                 write_file(spec)
-                self.written[spec.path] = digest
+                self.written[spec.path] = spec.content
 
     def _until_applied(self, files: list[FileSpec], what: str) -> None:
         def taken() -> bool:
