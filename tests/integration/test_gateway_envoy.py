@@ -477,7 +477,7 @@ def test_transparent_tls_is_decided_by_the_address_stage_named_once(
         "allow_port": [80, 443]}}}, "test")
     policy = compile_policy(profile, netns.host_addresses())
     a = _workload(stack, fakenet, directory, "a", A_HOST, 1024, policy=policy)
-    assert a.resources.watched_filters == 1
+    assert a.resources.watched_filters == 1 + 2  # its address stage, its two HTTP managers
     gateway = _Gateway(directory, stack)
     gateway.start()
     gateway.put(a.resources)

@@ -1,12 +1,21 @@
-"""The address stage of the transparent TLS chains once per gateway workload: each chain that
-dials an SNI names its network RBAC by extension config discovery (ECDS), from a file of
-the workload's, instead of holding a copy of its own.
+"""The big network filters of a gateway workload's listeners, each in a file of the
+workload's, named by extension config discovery (ECDS) instead of held inline: the address
+stage of the transparent TLS chains (once per workload, where each chain held a copy), and
+each HTTP connection manager (the egress listener's, the transparent listener's, the
+ingress's).
 
 Why: that RBAC (every address rule as an upstream_ip_port matcher, about 19 KB of JSON) is
 the same in every chain that dials an SNI, and there is one such chain per allowed port and
 allowlist entry (or bucket: _transparent.sni_groups), up to 64: it was 36 KB of a
 workload's 81 KB of listeners with one allowed name, 576 KB of 699 KB with 50. Envoy parses
 the whole listener file, every workload's, at each add, update or removal.
+
+Why the HTTP connection managers: each is about 13 KB (the host check's regex, the local
+replies that explain denials): two thirds of a workload's listeners. Envoy parses the whole
+listener file again at each add (measured with 1.40: about 3.6 ms per live workload's
+listeners, most of an add with 19 live), and a file it watches only when that file
+changes. Their routes stay RDS (a route change reaches established connections, as a
+policy change must; an HCM's new configuration would reach new connections only).
 
 What the chains name is exactly what was compiled: the filters found in the compiled
 listeners are replaced only where they equal one of the two configurations compiled here
@@ -43,50 +52,69 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from netfence.backends.envoy._names import NET_RBAC_TYPE, Json
+from netfence.backends.envoy._names import HCM_TYPE, NET_RBAC_TYPE, Json
 from netfence.backends.envoy._rename import Renamer
 from netfence.backends.envoy._transparent_filters import address_filter
-from netfence.backends.envoy._xds import TYPED_EXTENSION_TYPE, config_source
+from netfence.backends.envoy._xds import TYPED_EXTENSION_TYPE, config_source, hcms
 from netfence.policy import Policy
 
 # Each role's configuration: the address rules, and the same each only with an SNI (for a
 # chain that also passes TLS without one: _transparent_filters.dial_sni).
 ROLES = {"address": False, "address_sni": True}
+# The listeners whose HTTP connection manager has a role (`<listener>_http`) and a file.
+HTTP_LISTENERS = ("egress", "transparent", "ingress")
 
 
-def shared_filters(policy: Policy, renamer: Renamer) -> dict[str, Json]:
-    """The workload's filter resources by role, each named `<workload>.<role>_<digest>`."""
-    out: dict[str, Json] = {}
+def shared_filters(policy: Policy, renamer: Renamer, listeners: list[Json]) -> dict[str, Json]:
+    """The workload's filter resources by role, each named `<workload>.<role>_<digest>`:
+    the address stages, and the HTTP connection managers of its (renamed) listeners.
+    ValueError for a listener with two different ones, or one the gateway has no role for."""
+    out = {}
     for role, sni_only in ROLES.items():
-        typed = renamer.filter(address_filter(policy, sni_only=sni_only))["typed_config"]
-        digest = hashlib.sha256(json.dumps(typed, sort_keys=True, separators=(",", ":"))
-                                .encode()).hexdigest()[:16]
-        out[role] = {"name": f"{renamer.prefix}{role}_{digest}", "typed_config": typed}
+        stage = renamer.filter(address_filter(policy, sni_only=sni_only))
+        out[role] = _resource(renamer.prefix, role, stage["typed_config"])
+    for listener in listeners:
+        for hcm in hcms(listener):
+            suffix = listener["name"].removeprefix(renamer.prefix)
+            if suffix not in HTTP_LISTENERS:
+                raise ValueError(f"an HTTP connection manager the gateway does not share: "
+                                 f"in {listener['name']}")
+            role = f"{suffix}_http"
+            if out.setdefault(role, _resource(renamer.prefix, role, hcm))["typed_config"] != hcm:
+                raise ValueError(f"two HTTP connection managers in {listener['name']}")
     return out
+
+
+def _resource(prefix: str, role: str, typed: Json) -> Json:
+    digest = hashlib.sha256(json.dumps(typed, sort_keys=True, separators=(",", ":"))
+                            .encode()).hexdigest()[:16]
+    return {"name": f"{prefix}{role}_{digest}", "typed_config": typed}
 
 
 def by_discovery(listeners: list[Json], filters: dict[str, Json],
                  path: Callable[[str], Path]) -> list[Json]:
     """The listeners with each network filter whose configuration is one of `filters`'
     naming that resource instead, from the file `path(role)`. ValueError for an address
-    stage left over (compiled otherwise than here: it must not go unshared unnoticed)."""
+    stage or an HTTP connection manager left over (compiled otherwise than here: it must
+    not go unshared unnoticed)."""
     prefixes = {r["typed_config"]["stat_prefix"] for r in filters.values()}
 
     def shared(network_filter: Json) -> Json:
         typed = network_filter.get("typed_config")
-        if not isinstance(typed, dict) or typed.get("@type") != NET_RBAC_TYPE:
+        if not isinstance(typed, dict) or typed.get("@type") not in _SHARED_TYPES:
             return network_filter
         # Compared as they are (equal dicts: the same message), first by what differs.
         found = [(role, r["name"]) for role, r in filters.items()
-                 if typed["rules"] == r["typed_config"]["rules"] and typed == r["typed_config"]]
+                 if typed.get("rules") == r["typed_config"].get("rules")
+                 and typed == r["typed_config"]]
         if not found:
-            if typed.get("stat_prefix") in prefixes:
-                raise ValueError(f"an address stage the gateway does not share: "
+            if typed.get("stat_prefix") in prefixes or typed["@type"] == HCM_TYPE:
+                raise ValueError(f"a network filter the gateway does not share: "
                                  f"{network_filter['name']} in {typed['stat_prefix']}")
             return network_filter
         ((role, name),) = found
         return {"name": name, "config_discovery": {
-            "config_source": config_source(path(role)), "type_urls": [NET_RBAC_TYPE]}}
+            "config_source": config_source(path(role)), "type_urls": [typed["@type"]]}}
 
     def swapped(chain: Json) -> Json:
         if "filters" not in chain:
@@ -110,4 +138,7 @@ def named(listeners_json: str, filters: dict[str, Json]) -> list[str]:
     return [role for role, r in filters.items() if f'"{r["name"]}"' in listeners_json]
 
 
-__all__ = ["ROLES", "TYPED_EXTENSION_TYPE", "by_discovery", "named", "shared_filters"]
+_SHARED_TYPES = (NET_RBAC_TYPE, HCM_TYPE)
+
+__all__ = ["HTTP_LISTENERS", "ROLES", "TYPED_EXTENSION_TYPE", "by_discovery", "named",
+           "shared_filters"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from netfence.backends.base import FileSpec
 from netfence.backends.envoy import _gateway_paths as paths
-from netfence.backends.envoy._ecds import ROLES
+from netfence.backends.envoy._ecds import HTTP_LISTENERS, ROLES
 from netfence.backends.envoy._workload import WorkloadResources
 from netfence.backends.envoy._xds import RUNTIME_TYPE, discovery_response, versioned
 
@@ -109,5 +109,5 @@ def inotify_instances(workloads: Iterable[WorkloadResources]) -> int:
 
 
 # What one more workload may add to inotify_instances: its route files (egress,
-# transparent, ingress) and its filter resources.
-NEW_WORKLOAD_WATCHES = 3 + len(ROLES)
+# transparent, ingress) and its filter resources (address stages, HTTP managers).
+NEW_WORKLOAD_WATCHES = 3 + len(ROLES) + len(HTTP_LISTENERS)

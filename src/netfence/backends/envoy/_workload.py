@@ -195,7 +195,7 @@ def workload_resources(policy: Policy, slot: Slot, directory: Path) -> WorkloadR
             limits[LIMIT_KEY.format(new["name"])] = min(slot.connection_limit,
                                                         DNS_TCP_CONNECTION_LIMIT)
     routes = {renamer.routes[n]: renamer.route(rc) for n, rc in config.routes.items()}
-    filters = shared_filters(policy, renamer)
+    filters = shared_filters(policy, renamer, renamed)
     return WorkloadResources(
         name=name,
         listeners=by_discovery(renamed, filters,

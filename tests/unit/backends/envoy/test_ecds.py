@@ -1,6 +1,7 @@
 """backends/envoy/_ecds.py: a gateway workload's transparent TLS chains name the address
-stage once (ECDS) instead of each holding a copy, and what Envoy then runs, the filter files
-put back in, is exactly what the chains held: the same decisions."""
+stage once (ECDS) instead of each holding a copy, its listeners name their HTTP connection
+managers, and what Envoy then runs, the filter files put back in, is exactly what the
+listeners held: the same decisions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from netfence.backends.base import Endpoint
 from netfence.backends.envoy import _workload
-from netfence.backends.envoy._ecds import by_discovery
+from netfence.backends.envoy._ecds import ROLES, by_discovery
+from netfence.backends.envoy._names import HCM_TYPE, NET_RBAC_TYPE
 from netfence.backends.envoy._xds import TYPED_EXTENSION_TYPE, discovery_response, inline
 from netfence.backends.envoy.gateway import (
     Slot,
@@ -25,6 +27,8 @@ from tests.support.envoy_config import Json, policy_for, walk
 
 GATEWAY = Path("/run/netfence/gateway")
 NET_RBAC = "envoy.filters.network.rbac"
+# The names the filters found by discovery had inline, by type.
+INLINE_NAMES = {NET_RBAC_TYPE: NET_RBAC, HCM_TYPE: "envoy.filters.network.http_connection_manager"}
 POLICIES = {
     "one name": {"outbound": {"allow_host": ["example.com"], "allow_port": [443, 80]}},
     "50 names": {"outbound": {"allow_host": [f"h{i}.example.org" for i in range(50)],
@@ -80,7 +84,7 @@ def test_envoy_runs_exactly_the_chains_compiled(network: Json,
     # factory's: Envoy finds the factory by the configuration's type either way).
     for network_filter in _filters(run):
         if network_filter["name"] in names:
-            network_filter["name"] = NET_RBAC
+            network_filter["name"] = INLINE_NAMES[network_filter["typed_config"]["@type"]]
     assert run == _as_run(copies)
     assert shared.routes == copies.routes and shared.clusters == copies.clusters
 
@@ -101,11 +105,16 @@ def test_no_chain_holds_a_copy(network: Json) -> None:
         assert source["path"] == str(filter_path(GATEWAY, "a", role))
         # Without a default: closed, never open, while Envoy has no configuration for it.
         assert set(found["config_discovery"]) == {"config_source", "type_urls"}
-    assert bool(dialing) == (shared.watched_filters > 0)
+    # And every HTTP connection manager is a resource of its listener's.
+    assert HCM_TYPE not in {f.get("typed_config", {}).get("@type") for f in _filters(
+        shared.listeners)}
+    managers = {role for role in shared.filters if role.endswith("_http")}
+    assert managers == {"egress_http", "transparent_http"}
+    assert bool(dialing) == (shared.watched_filters > len(managers))
 
 
 def test_fewer_bytes_per_workload(monkeypatch: pytest.MonkeyPatch) -> None:
-    for label, most in (("one name", 50_000), ("50 names", 150_000)):
+    for label, most in (("one name", 25_000), ("50 names", 120_000)):
         shared, copies = _resources(POLICIES[label]), _unshared(POLICIES[label], monkeypatch)
         assert len(shared._listeners_json) < most < len(copies._listeners_json)
 
@@ -120,7 +129,9 @@ def test_the_resource_name_changes_with_the_rules_only() -> None:
     # Other address rules: another name in the same file, and every chain naming it
     # changes with it (they drain, as with the rules inline): no listener ever runs with
     # rules it was not compiled with.
-    assert all(other_rules.filters[r]["name"] != one.filters[r]["name"] for r in one.filters)
+    assert all(other_rules.filters[r]["name"] != one.filters[r]["name"] for r in ROLES)
+    # (the HTTP connection managers hold no address rule: theirs stay)
+    assert all(other_rules.filters[r] == one.filters[r] for r in one.filters if r not in ROLES)
     chains = {c["name"]: c for c in _transparent(one)["filter_chains"]}
     changed = {c["name"] for c in _transparent(other_rules)["filter_chains"]
                if chains.get(c["name"]) != c}

@@ -142,7 +142,7 @@ def test_stats_are_per_workload() -> None:
     a = _resources("a")
     for listener in a.listeners:
         assert listener["stat_prefix"] == listener["name"]
-    hcms = [n for n in walk(a.listeners) if "rds" in n]
+    hcms = [n for n in walk([*a.listeners, *a.filters.values()]) if "rds" in n]
     assert hcms
     for hcm in hcms:
         # applied() finds a route file's RDS stats by this.
@@ -202,8 +202,10 @@ def test_publication_files_and_versions() -> None:
     assert [f.path for f in published.files] == [
         route_path(GATEWAY, "a", "a.egress"), route_path(GATEWAY, "a", "a.transparent"),
         filter_path(GATEWAY, "a", "address"), filter_path(GATEWAY, "a", "address_sni"),
+        filter_path(GATEWAY, "a", "egress_http"), filter_path(GATEWAY, "a", "transparent_http"),
         route_path(GATEWAY, "b", "b.egress"), route_path(GATEWAY, "b", "b.transparent"),
         filter_path(GATEWAY, "b", "address"), filter_path(GATEWAY, "b", "address_sni"),
+        filter_path(GATEWAY, "b", "egress_http"), filter_path(GATEWAY, "b", "transparent_http"),
         clusters_path(GATEWAY), listeners_path(GATEWAY), runtime_path(GATEWAY)]
     assert {f.mode for f in published.files} == {0o600}
     # Each file as _xds writes one: its version the digest of its resources.
@@ -219,7 +221,7 @@ def test_publication_files_and_versions() -> None:
     assert route_files_in_use(GATEWAY, [a, b]) == {f.path for f in published.routes}
     # One inotify instance per file Envoy watches: a filter file only where a chain names
     # its resource (TLS without an SNI passes only with every name allowed: address_sni).
-    assert inotify_instances([a, b]) == len(published.files) - 2 == 9
+    assert inotify_instances([a, b]) == len(published.files) - 2 == 13
 
     # b's new policy: its route files and the listener file change, nothing of a's.
     b2 = _resources("b", network={"outbound": {"allow_host": ["x.test", "y.test"]}})
@@ -230,7 +232,7 @@ def test_publication_files_and_versions() -> None:
         listeners_path(GATEWAY)}  # its transparent TLS chains: one per allowed name
     # Without b: only a's, and the versions of what did not change stay.
     alone = publication(GATEWAY, [a])
-    assert alone.routes == published.routes[:4]
+    assert alone.routes == published.routes[:6]
     assert version_of(alone.listeners.content) != version_of(published.listeners.content)
     empty = publication(GATEWAY, [])
     assert json.loads(empty.listeners.content)["resources"] == []
