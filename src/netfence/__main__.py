@@ -6,8 +6,12 @@ import atexit
 import gc
 import os
 import sys
-import threading
-from typing import NoReturn
+
+# Not typing, nor threading (until `leave` needs it): a warm run's process imports this
+# module and netfence/handoff.py only (handoff.py says why).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def main() -> NoReturn:
@@ -36,6 +40,8 @@ def leave(code: object) -> NoReturn:
     (logging's flush, weakref finalizers, coverage's data), then stdout and stderr
     flushed. Where it cannot be done the same way, the normal exit: a code that is a
     message, a thread still running (a normal exit waits for it), a flush that fails."""
+    import threading
+
     if not (code is None or isinstance(code, int)) or threading.active_count() > 1:
         raise SystemExit(code)
     atexit._run_exitfuncs()  # run once: they are unregistered as they run
