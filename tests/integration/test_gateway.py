@@ -301,8 +301,9 @@ def test_signals_status_and_a_killed_run_are_as_with_an_own_fence(
     code = netfence("run", "--gateway", "--name", "nf-gw-exit", "--", "sh", "-c", "exit 42")
     assert code.returncode == 42, code.stderr
     proc = subprocess.Popen(
+        # A duration no other test sleeps: the containers lane's run meanwhile (sleep 60).
         netfence_argv("run", "--gateway", "--name", "nf-gw-nine", "--", "sh", "-c",
-                      "echo ready; sleep 60"),
+                      "echo ready; sleep 60.7"),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.readline() == b"ready\n", proc.stderr.read()
@@ -312,7 +313,7 @@ def test_signals_status_and_a_killed_run_are_as_with_an_own_fence(
     proc.stderr.close()
     assert gone("nf-gw-nine")
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit()
-                and _cmdline(p).startswith("sleep 60")]
+                and _cmdline(p).startswith("sleep 60.7")]
 
 
 def _imports(stderr: bytes) -> set[str]:
