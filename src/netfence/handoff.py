@@ -16,15 +16,15 @@ Spared per start: the Python start-up and netfence's imports (about 0.1 s).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
-# Neither typing nor collections.abc at run time: a warm run's process imports this
-# module, and typing (which imports re and more) was a third of its imports' time.
+# Nothing but os and sys at the top, and C modules where a stdlib module is only a wrapper
+# (_socket, _signal): a warm run's process imports this module, and every import is part
+# of its start (typing, which pulls re and more in, was a third of it).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket
     from collections.abc import Iterable, Mapping, Sequence
     from typing import Any, NoReturn
 
@@ -57,34 +57,57 @@ def state_root() -> str:
     return os.environ.get("NETFENCE_STATE_DIR") or ROOT_STATE_DIR
 
 
-# -- the wire: one JSON message per packet, descriptors beside it ---------------------------
+# -- the wire: one message per packet, descriptors beside it ------------------------------
+#
+# A warm run's process imports nothing it can do without: the C modules _socket and
+# marshal (builtin) rather than socket.py (selectors, array) and json (re): together about
+# 6 ms of its start. marshal's format 4 holds what a message is (dicts, lists, strings,
+# integers, booleans) alike from Python 3.4 on, whichever Python the starter runs; only
+# root reaches either end (the socket is in the gateway's 0700 directory, the starter
+# checks its peer), and a message that does not decode is an error, never code.
+
+_FORMAT = 4
+_INT = 4  # a descriptor's size in SCM_RIGHTS (a C int)
 
 
-def send(sock: socket.socket, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
-    import json
-    import socket
+def send(sock: _socket.socket, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
+    import _socket
+    import marshal
 
-    socket.send_fds(sock, [json.dumps(message).encode()], list(fds))
+    rights = b"".join(fd.to_bytes(_INT, sys.byteorder, signed=True) for fd in fds)
+    sock.sendmsg([marshal.dumps(dict(message), _FORMAT)],
+                 [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)] if fds else [])
 
 
-def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+def receive(sock: _socket.socket) -> tuple[dict[str, Any], list[int]] | None:
     """The next message and the descriptors that came with it (now this process's), or
     None once the other side has closed."""
-    import json
-    import socket
+    import _socket
+    import marshal
 
-    data, fds, flags, _address = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+    data, ancillary, flags, _address = sock.recvmsg(MAX_MESSAGE,
+                                                    _socket.CMSG_SPACE(MAX_FDS * _INT))
+    fds = [int.from_bytes(payload[i:i + _INT], sys.byteorder, signed=True)
+           for level, kind, payload in ancillary
+           if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS
+           for i in range(0, len(payload) - len(payload) % _INT, _INT)]
+    try:
+        if flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
+            raise ValueError("a starter message was cut short")
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return None
+        try:
+            message = marshal.loads(data)
+        except (EOFError, ValueError, TypeError):
+            message = None
+        if not isinstance(message, dict):
+            raise ValueError("a starter message is not an object")
+    except ValueError:
         for fd in fds:
             os.close(fd)
-        raise ValueError("a starter message was cut short")
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None
-    message = json.loads(data)
-    if not isinstance(message, dict):
-        raise ValueError("a starter message is not an object")
+        raise
     return message, fds
 
 
@@ -111,28 +134,31 @@ def run_warm(argv: list[str]) -> None:
 
 def ask_starter(argv: list[str], root: str) -> None:
     """run_warm, with the starter of the state root `root`."""
-    import signal
-    import socket
+    # (signal.py would import enum; _signal has no type stub)
+    import _signal as signal  # type: ignore[import-not-found]
+    import _socket
 
     try:  # else the socket itself could take the number of a closed one
         os.fstat(1)
         os.fstat(2)
     except OSError:
         return
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
         sock.connect(starter_socket(root))
     except OSError:
         sock.close()
         return
-    stops = [signal.Signals[name] for name in _STOP_SIGNALS]
+    stops: list[int] = [getattr(signal, name) for name in _STOP_SIGNALS]
     caught: list[int] = []
     worker: list[int] = []  # the worker's pidfd, once it said who it is
 
     def to_worker(signum: int) -> None:
         for pidfd in worker:
-            with contextlib.suppress(ProcessLookupError):  # it has answered and gone
+            try:  # noqa: SIM105 (contextlib: imports this process does without)
                 signal.pidfd_send_signal(pidfd, signum)
+            except ProcessLookupError:  # it has answered and gone
+                pass
 
     def forward(signum: int, _frame: object) -> None:
         caught.append(signum)
@@ -149,6 +175,7 @@ def ask_starter(argv: list[str], root: str) -> None:
         sent = False
     if sent:  # what an exec needs, imported while the worker works (ctypes: a few ms)
         import fcntl  # noqa: F401
+        import signal as _  # noqa: F401
 
         import netfence.keyring  # noqa: F401
     came = False
@@ -159,8 +186,10 @@ def ask_starter(argv: list[str], root: str) -> None:
         message, fds = got or ({"fallback": True}, [])  # no worker came: nothing was done
         if "worker" in message:
             came = True
-            with contextlib.suppress(ProcessLookupError):  # gone already: its answer is sent
+            try:  # noqa: SIM105 (as above)
                 worker.append(os.pidfd_open(int(message["worker"])))
+            except ProcessLookupError:  # gone already: its answer is sent
+                pass
             for signum in caught:
                 to_worker(signum)
         elif "exit" in message:
@@ -229,8 +258,10 @@ def _exec(message: Mapping[str, Any], fds: list[int], caught: list[int],
 
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
+        try:  # noqa: SIM105 (as above)
             stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def inherit_only(keep: Iterable[int]) -> list[tuple[int, bool]]:
@@ -258,7 +289,7 @@ def inherit_only(keep: Iterable[int]) -> list[tuple[int, bool]]:
 class Worker:
     """In a starter's worker: the run's process (`pid`), reached over `sock`."""
 
-    def __init__(self, sock: socket.socket, pid: int) -> None:
+    def __init__(self, sock: _socket.socket, pid: int) -> None:
         self.sock = sock
         self.pid = pid
 

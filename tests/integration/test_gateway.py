@@ -350,6 +350,8 @@ def test_a_warm_run_is_the_starters_and_imports_nothing_of_the_cli(
         assert netfence_modules <= {"netfence", "netfence.__main__", "netfence.handoff",
                                     "netfence.errors", "netfence.keyring"}, netfence_modules
         assert "pydantic" not in _imports(warm.stderr)
+        # Nor the stdlib's wrappers that cost a warm start's time (its C modules instead).
+        assert not {"json", "socket", "typing", "re", "threading"} & _imports(warm.stderr)
         term_reaches_the_workload("nf-gw-warmsig")
         # The run's process leaves its caller's session keyring before its exec.
         assert keys_the_workload_finds("--gateway", "--name", "nf-gw-keys") == 0

@@ -63,6 +63,17 @@ def test_messages_carry_descriptors_and_the_end_is_none(tmp_path: Path) -> None:
         assert handoff.receive(right) is None
 
 
+def test_a_message_keeps_what_the_environment_may_hold() -> None:
+    # Undecodable bytes in a variable (os.environ holds them as lone surrogates) and
+    # every kind of value a message has come back as they went.
+    message = {"env": {"A": "caf\udce9", "B": ""}, "argv": ["run", "--", "\u00e9"],
+               "umask": 0o22, "fallback": True, "keep": [10, 11]}
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with left, right:
+        handoff.send(left, message)
+        assert handoff.receive(right) == (message, [])
+
+
 def test_a_message_that_is_not_an_object_is_refused() -> None:
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with left, right:
