@@ -68,3 +68,44 @@ def test_descriptors_for_the_sandbox_move_above_nine() -> None:
     finally:
         os.close(write_fd)
         os.close(moved)
+
+
+def _daemon_says(monkeypatch: pytest.MonkeyPatch, *answers: object) -> list[str]:
+    """client.ask against a daemon that gives `answers` in turn (a reply, or an error to
+    raise); the calls it made, in order."""
+    calls: list[str] = []
+    pending = list(answers)
+
+    def ask(*_args: object, **_kwargs: object) -> dict[str, object]:
+        calls.append("ask")
+        answer = pending.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, dict)
+        return answer
+
+    monkeypatch.setattr(client.control, "ask", ask)
+    monkeypatch.setattr(client, "ensure_daemon", lambda _directory: calls.append("start"))
+    return calls
+
+
+def test_a_running_daemon_is_asked_at_once_and_one_that_is_not_is_started(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _daemon_says(monkeypatch, {"netns": "n"})
+    assert client.ask({"op": "add"}) == {"netns": "n"}
+    assert calls == ["ask"]  # warm: one connection
+    none = NetfenceError("the netfence gateway takes no requests (still starting)")
+    calls = _daemon_says(monkeypatch, none, {"retry": True}, {"netns": "n"})
+    assert client.ask({"op": "add"}) == {"netns": "n"}
+    assert calls == ["ask", "start", "ask", "start", "ask"]
+    calls = _daemon_says(monkeypatch, none, none, {"retry": True}, {"retry": True})
+    with pytest.raises(NetfenceError, match="keeps exiting"):
+        client.ask({"op": "add"})
+    assert calls.count("ask") == 4
+
+
+def test_an_error_of_the_daemon_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _daemon_says(monkeypatch, NetfenceError("w: its namespace is gone"))
+    with pytest.raises(NetfenceError, match="namespace is gone"):
+        client.ask({"op": "add"})
+    assert calls == ["ask"]

@@ -159,10 +159,11 @@ def _high(fd: int) -> int:
 
 def ask(request: Message) -> Message:
     """A request to the gateway daemon, started first if none answers (or the one that
-    answers is exiting)."""
+    answers is exiting). Asked at once: a warm start need not connect twice."""
     directory = gateway_dir()
-    for _attempt in range(3):
-        ensure_daemon(directory)
+    for attempt in range(4):
+        if attempt:
+            ensure_daemon(directory)
         try:
             reply = control.ask(directory, "the netfence gateway", request,
                                 socket_name=SOCKET_NAME, timeout=ADD_TIMEOUT)
@@ -171,7 +172,7 @@ def ask(request: Message) -> Message:
         except NetfenceError as exc:
             if "takes no requests" not in exc.message:
                 raise
-            continue  # it exited in between
+            continue  # none runs, or it exited in between
         if not reply.get("retry"):
             return reply
     raise NetfenceError("the netfence gateway keeps exiting",

@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netfence.backends import Endpoint, FileSpec, ProcessSpec, proxy_env, write_file
 from netfence.backends.envoy.gateway import (
@@ -63,6 +64,9 @@ from netfence.runtimes.namespace.launch import LOOPBACK, free_port
 from netfence.runtimes.signals import StopSignals
 from netfence.runtimes.supervisor import Updates
 from netfence.runtimes.waiting import wait_for
+
+if TYPE_CHECKING:
+    from netfence.profile.model import Profile
 
 log = logging.getLogger("netfence")
 
@@ -254,11 +258,15 @@ class Gateway:
             self._serve_updates(member, record)
             log.warning("gateway: took %s over", record.name)
 
-    def _serve_updates(self, member: Member, record: state.WorkloadState) -> None:
+    def _serve_updates(self, member: Member, record: state.WorkloadState,
+                       profile: Profile | None = None) -> None:
+        """Its control socket, for `netfence update`; the profile it runs (read from what
+        `Member` saved when not given: a daemon taking it over)."""
         from netfence.profile.loader import parse_profile
 
-        saved = json.loads((member.state_dir / MEMBER_NAME).read_text())
-        profile = parse_profile(saved["profile"], record.policy or "netfence run")
+        if profile is None:
+            saved = json.loads((member.state_dir / MEMBER_NAME).read_text())
+            profile = parse_profile(saved["profile"], record.policy or "netfence run")
         spec = WorkloadSpec(name=record.name, command=tuple(record.command), profile=profile,
                             proxy="envoy", policy_source=record.policy)
         member.control = ControlServer(member.state_dir, Updates(spec, member, record).handle)
@@ -366,7 +374,7 @@ class Gateway:
             if member.ingress is not None:
                 record.url = _url(str(request.get("transport")), member.ingress.port)
             state.save(record)
-            self._serve_updates(member, record)
+            self._serve_updates(member, record, profile)
             return {"env": proxy_env(f"{LOOPBACK}:{WORKLOAD_PROXY_PORT}"),
                     "netns": str(member.nsfile), "url": record.url}
         finally:
