@@ -12,7 +12,8 @@ issue 12 section 4, in one run:
   clock read just before `netfence run` is spawned), over the same command run directly;
   beside it the whole run, which for a fence of its own includes its teardown (the
   gateway's comes after the run). Interleaved rounds: a warm gateway (its daemon runs,
-  one idle workload kept), a cold one (no daemon: the run starts it; the daemon is
+  one idle workload kept; its starter answers and its namespace made ahead is there,
+  within a second of a daemon's start), a cold one (no daemon: the run starts it; the daemon is
   stopped before each such run) and a fence of its own; then the warm gateway again,
   with 19 idle workloads live, beside a fence of its own;
 - data: wrk's latency at 1 connection (p50, p99) to the simulated internet's origin
@@ -48,6 +49,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -78,8 +80,10 @@ from benchmarks.run import (  # noqa: E402 (after the path is set)
     wrk_latency,
     wrk_scripts,
 )
+from netfence.handoff import STARTER_SOCKET  # noqa: E402
 from netfence.runtimes import state  # noqa: E402
 from netfence.runtimes.gateway import PID_NAME, gateway_dir  # noqa: E402
+from netfence.runtimes.gateway.spares import PREFIX as SPARE_PREFIX  # noqa: E402
 from tests.support.fakenet import fakenet  # noqa: E402
 
 # Issue 12's targets: PSS per extra shared workload; the warm gateway's start cost (to the
@@ -92,6 +96,7 @@ IDLE = ("sleep", "900")  # bounded: a workload that outlives a killed benchmark 
 ALLOW = ("--allow-host", NAME, "--allow-port", str(GET_PORT))
 QUIET_DNS = ("--dns-upstream", "127.0.0.1")  # never asked: the workloads resolve nothing
 STOP_TIMEOUT = 30.0
+WARM_TIMEOUT = 10.0
 PARALLEL = 4  # workloads started or stopped at once
 CLOCK = ("date", "+%s.%N")  # the start cases' workload: the first thing it does is read it
 
@@ -122,6 +127,17 @@ def _end(pid: int, started: str, what: str) -> None:
         state.kill(pid, started)
         if not state.wait_gone(pid, started, 5):
             raise SystemExit(f"{what} (PID {pid}) does not stop")
+
+
+def _ready() -> bool:
+    """Whether the daemon's starter answers and a namespace made ahead is there."""
+    spares = list(Path("/run/netns").glob(f"{SPARE_PREFIX}*"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        try:
+            sock.connect(str(gateway_dir() / STARTER_SOCKET))
+        except OSError:
+            return False
+    return bool(spares)
 
 
 def stop_daemon() -> None:
@@ -222,9 +238,14 @@ class Bench:
     # -- start ---------------------------------------------------------------------------
 
     def warm(self) -> None:
-        """A daemon that runs, serving one idle workload."""
+        """A daemon that runs, serving one idle workload, and is ready for the next: its
+        starter answers and its namespace made ahead is there (a cold round has just
+        stopped the daemon: the next one starts them within a second)."""
         if self.kept is None or not state.is_running(self.kept.pid, self.kept.started):
             self.kept = self.workloads.start(True)
+        deadline = time.monotonic() + WARM_TIMEOUT
+        while not _ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def cold(self) -> None:
         """No daemon: stopping it stops the kept workload too."""
@@ -255,7 +276,7 @@ class Bench:
         time.sleep(self.args.settle / 2)  # their publications are over
         busy: dict[str, Callable[[], Figures]] = {
             "direct": cases["direct"], "own": cases["own"],
-            "gateway_warm": lambda: clocked(shared)}
+            "gateway_warm": after(self.warm, shared)}
         self.results["start_19_live"] = _over_direct(interleaved(busy, _same, self.args.runs))
         self.workloads.stop_many(others)
         self.cold()
