@@ -296,10 +296,16 @@ class Worker:
     def hand_over(self, argv: Sequence[str], env: Mapping[str, str],
                   keep: Sequence[int]) -> NoReturn:
         """The run's process execs `argv` with `env`, inheriting these descriptors (at
-        these numbers) and its stdin/stdout/stderr."""
+        these numbers) and its stdin/stdout/stderr; this worker's run ends."""
+        self.send_exec(argv, env, keep)
+        raise HandedOver
+
+    def send_exec(self, argv: Sequence[str], env: Mapping[str, str],
+                  keep: Sequence[int]) -> None:
+        """As hand_over, with this worker going on (it has more to do for the run: raise
+        HandedOver when done)."""
         _flush()
         send(self.sock, {"exec": list(argv), "env": dict(env), "keep": list(keep)}, keep)
-        raise HandedOver
 
 
 _current: Worker | None = None

@@ -133,9 +133,11 @@ def runs() -> Iterator[list[Run]]:
 
 def _start(runs: list[Run], tmp_path: Path, script: str, *, grace: float = 5.0,
            die_with_parent: bool = True, announce: bool = True,
-           stdin: int | None = subprocess.DEVNULL, **popen: object) -> Run:
+           stdin: int | None = subprocess.DEVNULL, gate: int | None = None,
+           **popen: object) -> Run:
     """A forwarder around `bwrap ... -- sh -c SCRIPT TOKEN`. `announce=False`: bwrap
-    writes its info into another file than the forwarder reads (the init stays unknown)."""
+    writes its info into another file than the forwarder reads (the init stays unknown).
+    `gate`: a descriptor bwrap waits on before the workload runs (--block-fd)."""
     token = "nf-fwd-" + secrets.token_hex(4)
     info = tmp_path / f"{token}.info"
     written = info if announce else tmp_path / f"{token}.elsewhere"
@@ -145,9 +147,12 @@ def _start(runs: list[Run], tmp_path: Path, script: str, *, grace: float = 5.0,
     assert bwrap is not None
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--unshare-pid", *(["--die-with-parent"] if die_with_parent else []),
-            "--new-session", "--info-fd", str(fd), "--", "/bin/sh", "-c", script, token]
+            "--new-session", "--info-fd", str(fd),
+            *(["--block-fd", str(gate)] if gate is not None else []),
+            "--", "/bin/sh", "-c", script, token]
     try:
-        proc = subprocess.Popen(forwarder_argv(argv, info, grace), pass_fds=(fd,), env={},
+        proc = subprocess.Popen(forwarder_argv(argv, info, grace),
+                                pass_fds=(fd, *([gate] if gate is not None else [])), env={},
                                 stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
     finally:
@@ -242,6 +247,33 @@ def test_killing_the_forwarder_ends_the_sandbox(runs: list[Run], tmp_path: Path)
     assert run.proc.stdout is not None
     ready, _, _ = select.select([run.proc.stdout], [], [], 2.0)
     assert ready and os.read(run.proc.stdout.fileno(), 100) == b""
+
+
+def test_a_sandbox_held_at_its_gate_runs_on_a_byte_and_usr1_ends_it_unrun(
+        runs: list[Run], tmp_path: Path) -> None:
+    # The gateway's warm start (gateway/client.py): bwrap holds the workload until the
+    # fence is up; if it does not come up, SIGUSR1 ends the sandbox, status 1.
+    for fence_up in (True, False):
+        read, write = os.pipe()
+        try:
+            run = _start(runs, tmp_path, "echo ran", gate=read)
+            os.close(read)
+            deadline = time.monotonic() + 10
+            while len(run.sandbox()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)  # bwrap and its init, held
+            time.sleep(0.2)
+            assert run.proc.poll() is None
+            if fence_up:
+                os.write(write, b"\0")
+                assert run.finish() == 0 and run.out == b"ran\n"
+            else:
+                sandbox = run.sandbox()
+                run.proc.send_signal(signal.SIGUSR1)
+                assert run.finish() == 1
+                assert run.out == b"" and run.err == b""
+                assert _gone(sandbox)
+        finally:
+            os.close(write)
 
 
 def test_a_signal_before_the_init_is_known_kills_the_sandbox(

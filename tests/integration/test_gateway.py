@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -343,8 +344,10 @@ def test_a_warm_run_is_the_starters_and_imports_nothing_of_the_cli(
         timed = [sys.executable, "-X", "importtime", "-m", "netfence", "run", "--gateway"]
         # The run's process imports only netfence's handoff; a worker did the rest, the
         # workload is that process (the exit status, signals: the forwarder it became).
+        # (Not measured by coverage, whose start-up in the process imports json and more.)
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS")}
         warm = subprocess.run([*timed, "--name", "nf-gw-warm", "--", "sh", "-c", "exit 5"],
-                              capture_output=True, timeout=60)
+                              capture_output=True, timeout=60, env=bare)
         assert warm.returncode == 5, warm.stderr[-2000:]
         netfence_modules = {m for m in _imports(warm.stderr) if m.startswith("netfence")}
         assert netfence_modules <= {"netfence", "netfence.__main__", "netfence.handoff",
@@ -424,6 +427,39 @@ def test_a_dnsmasq_that_fails_to_start_fails_the_run_and_leaves_nothing(
               if listener["name"].startswith("nf-gw-nodns.")
               for key in listener if key.endswith("_state")}
     assert states == {"draining_state"}, states
+
+
+def test_a_warm_start_whose_fence_fails_never_runs_the_workload(
+        gateway: Path, tmp_path: Path) -> None:
+    # A warm run's sandbox is made while the daemon publishes its fence, held before the
+    # workload runs: a fence that then fails (dnsmasq, a stand-in failing for this name
+    # only, once the listeners are published) must end it unrun, with the run's error.
+    stand_in = tmp_path / "bin" / "dnsmasq"
+    stand_in.parent.mkdir()
+    real = shutil.which("dnsmasq")
+    stand_in.write_text(f"#!/bin/sh\ncase \"$*\" in *nf-gw-held*)\n"
+                        "  sleep 0.3; echo 'stand-in: no' >&2; exit 3 ;;\nesac\n"
+                        f"exec {real} \"$@\"\n")
+    stand_in.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stand_in.parent}:{os.environ.get('PATH', '')}"}
+    first = subprocess.run(netfence_argv("run", "--gateway", "--detach", "--name",
+                                         "nf-gw-keep2", "--", "sleep", "60"),
+                           env=env, capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    try:
+        assert _starter_answers(gateway), "the gateway's starter does not answer"
+        done = subprocess.run(netfence_argv("run", "--gateway", "--name", "nf-gw-held", "--",
+                                            "sh", "-c", "echo RAN"),
+                              env=env, capture_output=True, timeout=60)
+        assert done.stdout == b"", done.stdout  # the workload never ran
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.decode().splitlines() == [
+            "netfence: error: dns exited with status 3 while starting: stand-in: no"], \
+            done.stderr
+        assert gone("nf-gw-held")
+    finally:
+        netfence("stop", "nf-gw-keep2")
+    assert gone("nf-gw-keep2")
 
 
 def _cmdline(proc: Path) -> str:

@@ -303,7 +303,7 @@ before = set(sys.modules)
 from netfence.runtimes.gateway import client
 from netfence.runtimes.namespace import forwarder
 client.unsupported = lambda spec: None  # root or not: the gateway's path
-client.ask = lambda request: {"env": {}, "netns": "/run/netns/nf-none", "url": None}
+client.ask = lambda request, placed=None: {"env": {}, "netns": "/run/netns/nf-none", "url": None}
 
 def exec_into(argv, info, keep):
     print(" ".join(sorted(set(sys.modules) - before)))

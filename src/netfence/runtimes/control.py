@@ -3,7 +3,9 @@ holds the fence (the supervisor), which alone knows where everything was placed.
 
 One Unix socket in the workload's 0700 state directory, so only the fence's owner (root,
 or the user of a rootless fence) can connect; the peer's credentials are checked as well.
-One JSON request per connection, one JSON reply; requests are handled one at a time.
+One JSON request per connection, one JSON reply; requests are handled one at a time. A
+handler may say something before its reply (PROGRESS): each such message is a line of
+its own ahead of the reply.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ def _read_all(conn: socket.socket, limit: int) -> bytes:
 
 
 # Set by the server in every request it hands on: the asking process, from the socket's
-# credentials (SO_PEERCRED), whatever the request said.
+# credentials (SO_PEERCRED), whatever the request said; and a function that sends the
+# asker a message ahead of the reply (`ask`'s `progress` gets it).
 PEER_PID = "peer_pid"
+PROGRESS = "progress"
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:
@@ -108,6 +112,8 @@ class ControlServer:
             if not isinstance(request, dict):
                 raise ValueError("not a JSON object")
             request[PEER_PID] = pid
+            request[PROGRESS] = lambda message: conn.sendall(
+                json.dumps(message).encode() + b"\n")
         except (OSError, ValueError) as exc:
             log.warning("control socket: bad request (%s)", exc)
             return
@@ -131,6 +137,25 @@ class ControlServer:
             self.path.unlink()
 
 
+def _read_reply(sock: socket.socket, progress: Callable[[Message], None]) -> bytes:
+    """The reply's bytes, each line ahead of it given to `progress` (a JSON object: a
+    message said ahead of the reply; json.dumps writes no line break)."""
+    pending = bytearray()
+    while chunk := sock.recv(1 << 16):
+        pending += chunk
+        if len(pending) > MAX_REQUEST:
+            break  # not a reply: "gave no answer"
+        while (end := pending.find(b"\n")) >= 0:
+            try:
+                said = json.loads(pending[:end])
+            except ValueError:
+                said = None
+            del pending[:end + 1]
+            if isinstance(said, dict):
+                progress(said)
+    return bytes(pending)
+
+
 def _connect(sock: socket.socket, path: Path, attempts: int = 100) -> None:
     """Connect, again while the listener's backlog is full (EAGAIN on a Unix socket)."""
     for _ in range(attempts - 1):
@@ -143,9 +168,11 @@ def _connect(sock: socket.socket, path: Path, attempts: int = 100) -> None:
 
 
 def ask(state_dir: Path, name: str, request: Message, *, socket_name: str = SOCKET_NAME,
-        timeout: float = REPLY_TIMEOUT) -> Message:
+        timeout: float = REPLY_TIMEOUT,
+        progress: Callable[[Message], None] | None = None) -> Message:
     """Send a request to a workload's supervisor and return its reply; one-line errors
-    when there is nobody to ask."""
+    when there is nobody to ask. `progress` gets each message said ahead of the reply, as
+    it comes (what it raises ends the asking)."""
     path = state_dir / socket_name
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
@@ -159,7 +186,7 @@ def ask(state_dir: Path, name: str, request: Message, *, socket_name: str = SOCK
         sock.sendall(json.dumps(request).encode())
         sock.shutdown(socket.SHUT_WR)
         try:
-            data = _read_all(sock, MAX_REQUEST)
+            data = _read_reply(sock, progress or (lambda _message: None))
         except TimeoutError:
             raise NetfenceError(f"{name}'s supervisor did not answer within "
                                 f"{timeout:.0f} s") from None

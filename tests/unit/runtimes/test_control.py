@@ -108,3 +108,33 @@ def test_a_concurrent_server_answers_a_request_while_another_waits(tmp_path: Pat
         waiter.join(10)
         server.close()
     assert slow == [{"n": 1}]
+
+
+def test_what_the_handler_says_ahead_reaches_the_asker_before_the_reply(
+        tmp_path: Path) -> None:
+    import threading
+
+    heard = threading.Event()
+    said: list[Message] = []
+
+    def handle(request: Message) -> Message:
+        request[control.PROGRESS]({"step": 1})
+        request[control.PROGRESS]({"step": 2})
+        heard.wait(10)  # the reply only once the asker has what was said
+        return {"done": True}
+
+    def progress(message: Message) -> None:
+        said.append(message)
+        if len(said) == 2:
+            heard.set()
+
+    server = ControlServer(tmp_path, handle)
+    try:
+        assert control.ask(tmp_path, "w", {}, progress=progress, timeout=5) == {"done": True}
+        assert said == [{"step": 1}, {"step": 2}]
+        # An asker that listens to none of it gets the reply alike.
+        heard.clear()
+        threading.Timer(0.1, heard.set).start()
+        assert control.ask(tmp_path, "w", {}, timeout=5) == {"done": True}
+    finally:
+        server.close()

@@ -30,7 +30,7 @@ from netfence.errors import NetfenceError
 from netfence.policy import compile_policy
 from netfence.profile.loader import parse_profile
 from netfence.runtimes import state
-from netfence.runtimes.control import PEER_PID
+from netfence.runtimes.control import PEER_PID, PROGRESS
 from netfence.runtimes.gateway import member, spares
 from netfence.runtimes.gateway.daemon import Gateway
 
@@ -118,8 +118,14 @@ def _request(name: str = "w") -> dict[str, object]:
 
 def test_dnsmasq_starts_while_the_add_is_published(host: Host, tmp_path: Path) -> None:
     gateway = Recording(tmp_path / "gw")
-    reply = gateway._add(_request())
+    request = _request()
+    said: list[tuple[dict[str, object], int]] = []
+    request[PROGRESS] = lambda message: said.append((message, len(gateway.seen)))
+    reply = gateway._add(request)
     assert reply["netns"] == str(Path("/run/netns") / host.made[0])
+    # Its namespace said to be there before anything was published (a warm run's sandbox
+    # is made meanwhile), as the reply says it.
+    assert said == [(reply, 0)]
     # Published with its dnsmasq still starting; answered once that listens.
     assert gateway.seen == [{"w": True}]
     added = gateway.members["w"]

@@ -5,13 +5,22 @@ for the fence (starting a daemon when none answers), then execs into the signal
 forwarder that runs the sandbox: the same PID, so the MCP client that started it keeps
 its child, its stdio (passed straight through) and gets the workload's exit status,
 and the daemon, which holds a pidfd of this process, removes the fence when it exits.
+
+Warm (a starter's worker does the run, handoff.py), the exec comes as soon as the daemon
+says the workload's namespace is there, and bwrap makes the sandbox while the daemon
+publishes the fence: bwrap holds the workload at a gate (--block-fd) that the worker
+opens with the daemon's reply. A reply that is an error ends the held sandbox instead
+(the forwarder's SIGUSR1) before the gate is ever closed: no workload runs without its
+fence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -20,6 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 
 from netfence import handoff
 from netfence.errors import NetfenceError, UsageError
@@ -38,6 +48,9 @@ START_TIMEOUT = 20.0
 # The daemon compiles the policy and waits for Envoy (and for starts that arrive with it).
 ADD_TIMEOUT = 120.0
 START_LOCK = "start.lock"
+# How long a refused early run's forwarder gets to end its held sandbox, and then again
+# once it has been killed.
+REFUSE_WAIT_S = 5.0
 INFO_NAME = "sandbox-info.json"
 
 
@@ -90,6 +103,8 @@ def _join(spec: WorkloadSpec, prepare: Callable[[WorkloadSpec], WorkloadSpec],
         record.workload_log = str(state_dir / "workload.log")
     state.save(record)
     joined = False
+    gate = _Gate()
+    early = _Early(worker.pid if worker else None)
     try:
         signals.check()
         request = {"op": "add", "name": spec.name, "pid": me, "source": spec.policy_source,
@@ -103,12 +118,25 @@ def _join(spec: WorkloadSpec, prepare: Callable[[WorkloadSpec], WorkloadSpec],
         # on a state directory removed meanwhile.
         with ThreadPoolExecutor(1, thread_name_prefix="netfence-prepare") as aside:
             prepared = aside.submit(prepare, spec)
-            reply = ask(request)
+
+            def placed(message: Message) -> None:
+                # (waits for the checks, a few ms: their error leaves it to the late path)
+                if worker is not None and prepared.exception() is None:
+                    early.hand_over(lambda: _become_workload(
+                        prepared.result(), state_dir, message, ready, signals, gate,
+                        early=True))
+
+            reply = ask(request, placed)
             joined = True
         spec = prepared.result()
+        if early.done:
+            early.release(gate)
         signals.check()
-        _become_workload(spec, state_dir, reply, ready, signals)
+        gate.open()  # read by bwrap at once
+        _become_workload(spec, state_dir, reply, ready, signals, gate)
     except BaseException as exc:
+        if not isinstance(exc, Interrupted):  # (the run's process acts on a stop signal)
+            early.refuse()
         ready.failed(exc)
         if not joined:  # else the daemon removes it all once this process has exited
             shutil.rmtree(state_dir, ignore_errors=True)
@@ -118,8 +146,62 @@ def _join(spec: WorkloadSpec, prepare: Callable[[WorkloadSpec], WorkloadSpec],
     raise AssertionError("unreachable: the exec returns only by raising")
 
 
+class _Gate:
+    """A pipe bwrap reads one byte from before it runs the workload (--block-fd). Its end
+    lets the workload run too: the write end stays open until the byte is written, or
+    until the forwarder, and with it the sandbox, has gone (_Early.refuse)."""
+
+    def __init__(self) -> None:
+        read, self.write = os.pipe()
+        self.read = _high(read)
+
+    def open(self) -> None:
+        with contextlib.suppress(OSError):  # nothing reads it any more: the run has ended
+            os.write(self.write, b"\0")
+
+
+class _Early:
+    """A warm run's process exec'd into the forwarder before the fence is up, its sandbox
+    held at the gate."""
+
+    def __init__(self, run: int | None) -> None:
+        self.run = run
+        self.pidfd: int | None = None
+        self.done = False
+
+    def hand_over(self, become: Callable[[], None]) -> None:
+        """`become` sends the run's process the exec; an error leaves it to the late path
+        (the same steps once the daemon has answered, raising there)."""
+        assert self.run is not None
+        try:
+            self.pidfd = os.pidfd_open(self.run)
+            become()
+        except (OSError, ValueError, NetfenceError):
+            return
+        self.done = True
+
+    def release(self, gate: _Gate) -> NoReturn:
+        """The fence is up: the workload runs, and this worker's part is over."""
+        self.done = False
+        gate.open()
+        raise handoff.HandedOver
+
+    def refuse(self) -> None:
+        """The fence did not come up: the forwarder ends the held sandbox (exit status 1),
+        then this returns; a forwarder that does not end within a while is killed (bwrap
+        and the sandbox die with it)."""
+        if not self.done or self.pidfd is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGUSR1)
+            if not select.select([self.pidfd], [], [], REFUSE_WAIT_S)[0]:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                select.select([self.pidfd], [], [], REFUSE_WAIT_S)
+        self.done = False
+
+
 def _become_workload(spec: WorkloadSpec, state_dir: Path, reply: Message, ready: ReadyPipe,
-                     signals: StopSignals) -> None:
+                     signals: StopSignals, gate: _Gate, early: bool = False) -> None:
     from netfence.runtimes.namespace import forwarder, sandbox
     from netfence.runtimes.namespace.launch import resolv_conf, workload_argv, workload_env
 
@@ -129,7 +211,8 @@ def _become_workload(spec: WorkloadSpec, state_dir: Path, reply: Message, ready:
     info_path = state_dir / INFO_NAME
     info_fd = _high(os.open(info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     pinned = {path: _high(fd) for path, fd in sandbox.pin(spec.files).items()}
-    argv = workload_argv(spec, Path(str(reply["netns"])), user, env, resolv_r, info_fd, pinned)
+    argv = workload_argv(spec, Path(str(reply["netns"])), user, env, resolv_r, info_fd, pinned,
+                         gate=gate.read)
     if ready.detached:
         out = os.open(state_dir / "workload.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -142,11 +225,15 @@ def _become_workload(spec: WorkloadSpec, state_dir: Path, reply: Message, ready:
     if url and not ready.detached:  # detached: `netfence run` says it
         log.warning("%s: clients connect to %s", spec.name, url)
     ready.ok(str(url) if url else None)
+    keep = (resolv_r, info_fd, gate.read, *pinned.values())
+    if early:
+        forwarder.hand_over_early(argv, info_path, keep)
+        return
     # Blocked, a stop signal from here on stays pending across the exec and ends the
     # forwarder before the sandbox starts; one that came before is ours to act on.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     signals.check()
-    forwarder.exec_into(argv, info_path, (resolv_r, info_fd, *pinned.values()))
+    forwarder.exec_into(argv, info_path, keep)
 
 
 def _high(fd: int) -> int:
@@ -157,16 +244,18 @@ def _high(fd: int) -> int:
     return moved
 
 
-def ask(request: Message) -> Message:
+def ask(request: Message, placed: Callable[[Message], None] | None = None) -> Message:
     """A request to the gateway daemon, started first if none answers (or the one that
-    answers is exiting). Asked at once: a warm start need not connect twice."""
+    answers is exiting). Asked at once: a warm start need not connect twice. `placed`
+    gets what the daemon says once the workload's namespace is there (an add's)."""
     directory = gateway_dir()
     for attempt in range(4):
         if attempt:
             ensure_daemon(directory)
         try:
             reply = control.ask(directory, "the netfence gateway", request,
-                                socket_name=SOCKET_NAME, timeout=ADD_TIMEOUT)
+                                socket_name=SOCKET_NAME, timeout=ADD_TIMEOUT,
+                                progress=placed)
         except UsageError:
             raise
         except NetfenceError as exc:

@@ -55,7 +55,7 @@ from netfence.errors import NetfenceError, UsageError
 from netfence.handoff import STARTER_LOG
 from netfence.runtimes import netns, reload, state
 from netfence.runtimes.base import WORKLOAD_PROXY_PORT, WorkloadSpec
-from netfence.runtimes.control import PEER_PID, ControlServer, Message
+from netfence.runtimes.control import PEER_PID, PROGRESS, ControlServer, Message
 from netfence.runtimes.gateway import LOCK_NAME, PID_NAME, SOCKET_NAME, gateway_dir, spares
 from netfence.runtimes.gateway.member import MEMBER_NAME, Ingress, Member
 from netfence.runtimes.logs import tail
@@ -363,6 +363,14 @@ class Gateway:
                 with self.lock:
                     self.members[name] = member
                 self._wake()  # watch its pidfd from now on
+                url = (_url(str(request.get("transport")), member.ingress.port)
+                       if member.ingress is not None else None)
+                placed: Message = {"env": proxy_env(f"{LOOPBACK}:{WORKLOAD_PROXY_PORT}"),
+                                   "netns": str(member.nsfile), "url": url}
+                # Its namespace is there: its sandbox may be made meanwhile, held before
+                # the workload runs until the reply (client.py).
+                with contextlib.suppress(OSError):  # the asker is gone: its pidfd says so
+                    request.get(PROGRESS, lambda _placed: None)(placed)
                 self.publish()  # while its dnsmasq starts
                 member.ready()  # then the workload may start: both are up
             except BaseException:
@@ -371,12 +379,10 @@ class Gateway:
             assert member.resources is not None
             record.decision_logs = [str(p) for p in member.resources.decision_logs]
             record.policy = source
-            if member.ingress is not None:
-                record.url = _url(str(request.get("transport")), member.ingress.port)
+            record.url = url
             state.save(record)
             self._serve_updates(member, record, profile)
-            return {"env": proxy_env(f"{LOOPBACK}:{WORKLOAD_PROXY_PORT}"),
-                    "netns": str(member.nsfile), "url": record.url}
+            return placed
         finally:
             with self.lock:
                 self.pending -= 1

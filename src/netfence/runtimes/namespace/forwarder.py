@@ -104,6 +104,17 @@ def exec_into(sandbox: Sequence[str], info_file: Path, keep_fds: Iterable[int]) 
         raise
 
 
+def hand_over_early(sandbox: Sequence[str], info_file: Path, keep_fds: Iterable[int]) -> None:
+    """In a starter's worker: exec_into for the run's process, this worker going on (the
+    sandbox held at its gate, which this worker opens once the fence is up). SIGUSR1 to
+    the forwarder ends the held sandbox, and the forwarder with status 1 (forwarder.sh)."""
+    worker = handoff.worker()
+    if worker is None:
+        raise ValueError("only a starter's worker hands a run over early")
+    keep = sorted(set(keep_fds))
+    worker.send_exec(_checked(sandbox, info_file, keep), LAUNCH_ENV, keep)
+
+
 def _checked(sandbox: Sequence[str], info_file: Path, keep: list[int]) -> list[str]:
     """The forwarder's argv, once the descriptors and the info file are as exec_into
     needs them."""

@@ -7,6 +7,8 @@
 # the init (and so its whole PID namespace) and bwrap. INFO_FILE is the regular file that
 # bwrap's --info-fd writes ("child-pid": the init). The exit status is the sandbox's, shell
 # style (128+N for signal N; 128+N too when it was killed on account of stop signal N).
+# SIGUSR1 ends the sandbox and the forwarder with status 1: the fence of a sandbox held at
+# bwrap's --block-fd did not come up (whoever sends it says why).
 # No loop waits unbounded but the one for the sandbox; only the grace timer forks.
 # Under 8 KiB: dash reads it whole at once, so replacing the file (an upgrade) changes no
 # forwarder already running.
@@ -126,6 +128,15 @@ expire() { # CHLD: the sandbox is killed if the timer is done (reaped, or a zomb
 	end_sandbox
 }
 
+refused() { # USR1
+	[ -z "$over" ] || return 0
+	[ -n "$child" ] || child=$!
+	[ -z "$child" ] || end_sandbox
+	over=1
+	exit 1
+}
+
+trap refused USR1
 trap 'stop HUP 1' HUP
 trap 'stop INT 2' INT
 trap 'stop QUIT 3' QUIT

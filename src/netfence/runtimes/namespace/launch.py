@@ -55,12 +55,14 @@ def resolv_conf() -> int:
 
 def workload_argv(spec: WorkloadSpec, netns_file: Path, user: sandbox.SandboxUser,
                   env: Mapping[str, str], resolv_fd: int, info_fd: int,
-                  pinned: Mapping[str, int], holder: Holder | None = None) -> list[str]:
-    """The sandbox's argv for this workload, in the namespace at `netns_file`."""
+                  pinned: Mapping[str, int], holder: Holder | None = None,
+                  gate: int | None = None) -> list[str]:
+    """The sandbox's argv for this workload, in the namespace at `netns_file` (`gate`:
+    sandbox.sandbox_argv's)."""
     return sandbox.sandbox_argv(
         netns_file, user, spec.command, env, resolv_fd, info_fd,
         hidden=(*_private_roots(), netns.NETNS_DIR), files=spec.files, pinned=pinned,
-        holder=holder)
+        holder=holder, gate=gate)
 
 
 def _private_roots() -> tuple[Path, ...]:

@@ -232,6 +232,7 @@ def sandbox_argv(
     files: grants.FileGrants | None = None,
     pinned: Mapping[str, int] | None = None,
     holder: Holder | None = None,
+    gate: int | None = None,
 ) -> list[str]:
     """nsenter joins the namespace and drops to the user; bwrap builds the rest.
     Rootless (`holder`): nsenter joins the holder's user and network namespaces, where
@@ -243,7 +244,10 @@ def sandbox_argv(
     through bwrap: nsenter runs as root, where PATH or LD_PRELOAD would choose its code.
     Start the argv with LAUNCH_ENV as its environment. `files`: the view `prepare` decided
     (None: the system directories and nothing granted); `pinned`: its grants' descriptors
-    (`pin`), which the argv names: pass them to the process."""
+    (`pin`), which the argv names: pass them to the process. `gate`: a descriptor bwrap
+    reads one byte from, with the sandbox made, before the workload runs (--block-fd;
+    the end of the file lets it run too: keep a writer until the byte is written, or the
+    sandbox is ended)."""
     nsenter = shutil.which("nsenter", path=SYSTEM_PATH)
     if nsenter is None:
         raise NetfenceError("nsenter is not installed", remedy="apt-get install util-linux")
@@ -265,6 +269,7 @@ def sandbox_argv(
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--info-fd", str(info_fd),
+        *(["--block-fd", str(gate)] if gate is not None else []),
     ]
     return [*argv, "--", *command]
 
