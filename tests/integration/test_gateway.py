@@ -375,7 +375,7 @@ def test_a_warm_run_is_the_starters_and_imports_nothing_of_the_cli(
     assert gone("nf-gw-warm") and gone("nf-gw-warmsig") and gone("nf-gw-keep")
 
 
-def test_a_start_takes_the_namespace_made_ahead_and_the_checks_run_beside_the_add(
+def test_a_start_takes_the_namespace_made_ahead_and_a_failed_check_leaves_nothing(
         gateway: Path) -> None:
     first = netfence("run", "--gateway", "--detach", "--name", "nf-gw-ahead1", "--",
                      "sleep", "60")
@@ -437,6 +437,7 @@ def test_a_warm_start_whose_fence_fails_never_runs_the_workload(
     stand_in = tmp_path / "bin" / "dnsmasq"
     stand_in.parent.mkdir()
     real = shutil.which("dnsmasq")
+    assert real is not None, "dnsmasq is not installed (scripts/install installs it)"
     stand_in.write_text(f"#!/bin/sh\ncase \"$*\" in *nf-gw-held*)\n"
                         "  sleep 0.3; echo 'stand-in: no' >&2; exit 3 ;;\nesac\n"
                         f"exec {real} \"$@\"\n")

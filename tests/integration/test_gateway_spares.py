@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from netfence.runtimes import netns
+from netfence.runtimes import netns, state
 from netfence.runtimes.gateway import spares
 
 TAKEN = "netfence-nf-spare-test-1"
@@ -75,15 +75,20 @@ def test_the_spare_goes_at_close_and_a_dead_daemons_at_the_next_start(
     assert not spare.exists()
     made.refill(quiet=True)  # closed: no more
     assert _ours() == []
-    # A daemon that was killed left its spare: a process that has exited stands for it.
+    # A daemon that was killed left its spare: a process that has exited stands for it,
+    # and one whose PID a later process got (this one's, with another start time).
     dead = subprocess.Popen(["true"])
     dead.wait()
-    left = spares.make(f"{spares.PREFIX}{dead.pid}-1")
-    mine = spares.make(f"{spares.PREFIX}{os.getpid()}-9")
+    me = os.getpid()
+    started = state.process_start_time(me)
+    assert started
+    left = spares.make(f"{spares.PREFIX}{dead.pid}-{started}-1")
+    recycled = spares.make(f"{spares.PREFIX}{me}-{int(started) - 1}-1")
+    mine = spares.make(f"{spares.PREFIX}{me}-{started}-9")
     try:
         spares.remove_stale()
-        assert not left.exists()
+        assert not left.exists() and not recycled.exists()
         assert mine.exists()  # a live daemon's stays
     finally:
-        netns.remove(left.name)
-        netns.remove(mine.name)
+        for each in (left, recycled, mine):
+            netns.remove(each.name)

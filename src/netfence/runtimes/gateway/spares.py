@@ -5,9 +5,9 @@ starts.
 
 One spare at a time, made by the daemon's main loop once no start is in progress and
 none has come for REFILL_DELAY_S (making it takes CPU that the last start's sandbox, just
-starting, could use). Its name holds the daemon's
-PID and a character no workload name has: a daemon that was killed leaves its spare,
-which the next daemon removes (`remove_stale`).
+starting, could use). Its name holds the daemon's PID and start time (a recycled PID is
+another process) and a character no workload name has: a daemon that was killed leaves
+its spare, which the next daemon removes (`remove_stale`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from netfence.backends import DNS_PORT
 from netfence.errors import NetfenceError
-from netfence.runtimes import netns
+from netfence.runtimes import netns, state
 from netfence.runtimes.base import TRANSPARENT_PORT
 from netfence.runtimes.namespace import redirect
 
@@ -53,6 +53,8 @@ class Spares:
         self.made = 0
         self.due = time.monotonic() + REFILL_DELAY_S
         self.closed = False
+        me = os.getpid()
+        self.owner = f"{me}-{state.process_start_time(me) or 0}"  # see the module's doc
 
     def take(self, name: str) -> bool:
         """The spare renamed `name`; False when there is none (make one then)."""
@@ -85,7 +87,7 @@ class Spares:
             if time.monotonic() < self.due:
                 return
             self.made += 1
-            name = f"{PREFIX}{os.getpid()}-{self.made}"
+            name = f"{PREFIX}{self.owner}-{self.made}"
         try:
             make(name)
         except NetfenceError as exc:
@@ -108,19 +110,10 @@ class Spares:
 
 
 def remove_stale() -> None:
-    """Remove the spares of daemons that are gone."""
+    """Remove the spares of daemons that are gone (`<prefix><pid>-<start>-<n>`)."""
     for path in netns.NETNS_DIR.glob(f"{PREFIX}*"):
-        pid = path.name.removeprefix(PREFIX).partition("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        pid, _, rest = path.name.removeprefix(PREFIX).partition("-")
+        started = rest.partition("-")[0]
+        if pid.isdigit() and not state.is_running(int(pid), started):
             with contextlib.suppress(NetfenceError):
                 netns.remove(path.name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
