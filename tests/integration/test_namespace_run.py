@@ -4,6 +4,8 @@ marked `both_privileges` again rootless, as the session's unprivileged test user
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,7 +20,13 @@ import pytest
 
 from netfence.runtimes import state
 from tests.support.fakenet import FakeNet
-from tests.support.fence import both_privileges, netfence, netfence_argv, root_only, state_root
+from tests.support.fence import (
+    both_privileges,
+    netfence,
+    netfence_argv,
+    root_only,
+    state_root,
+)
 from tests.support.ingress import ECHO_BODY, echo_server, get, get_when_up
 
 pytestmark = [pytest.mark.integration,
@@ -409,6 +417,61 @@ def test_detach_ps_logs_stop(proxy: str, net_args: list[str]) -> None:
         stopped = netfence("stop", name)
     assert stopped.returncode == 0, stopped.stderr
     assert name not in netfence("ps", "--json").stdout.decode()
+
+
+@both_privileges
+def test_squid_itself_listens_on_the_workloads_proxy_port(net_args: list[str]) -> None:
+    # No relay between the workload and Squid (runtimes/namespace/bindshim.py): the socket
+    # listening on 127.0.0.1:3128 in the workload's namespace is one Squid holds.
+    assert _proxy_port_holder("nf-squid-listens", netfence_argv(), net_args) == "squid"
+
+
+def test_without_the_bind_shim_squid_is_reached_through_a_relay(net_args: list[str]) -> None:
+    # An install that could not build the shim (no C compiler) relays, as before it.
+    unbuilt = ("import sys; import netfence.runtimes.namespace.bindshim as b\n"
+               "b.library = lambda: None\n"
+               "sys.argv[0] = 'netfence'; from netfence.cli.main import main; main()")
+    holder = _proxy_port_holder("nf-squid-relayed", [sys.executable, "-c", unbuilt], net_args)
+    assert holder == "envoy"
+
+
+def _proxy_port_holder(name: str, argv: list[str], net_args: list[str]) -> str:
+    """Which fence process holds the socket listening on 127.0.0.1:3128 in the namespace
+    of a detached Squid fence started with `argv`, once its workload reached an allowed
+    host through it."""
+    started = subprocess.run(
+        [*argv, "run", "--proxy", "squid", *net_args, "--allow-host", "allowed.test",
+         "--name", name, "--detach", "--", "sh", "-c",
+         "curl -sS -m 10 http://allowed.test/hello; cat /proc/net/tcp; sleep 60"],
+        capture_output=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    try:
+        log = state_root() / name / "workload.log"
+        deadline = time.monotonic() + 15
+        while "local_address" not in _text(log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "fakenet ok" in _text(log), _text(log)
+        # /proc/net/tcp: "sl local rem st ... uid timeout inode"; 127.0.0.1:3128 listening.
+        listening = [line.split() for line in _text(log).splitlines() if ":" in line]
+        (inode,) = [f[9] for f in listening if f[1] == "0100007F:0C38" and f[3] == "0A"]
+        record = json.loads((state_root() / name / "workload.json").read_text())
+        for pid, _started in record["processes"]:
+            with contextlib.suppress(OSError):
+                fds = Path(f"/proc/{pid}/fd").iterdir()
+                if f"socket:[{inode}]" in (os.readlink(fd) for fd in fds):
+                    program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                    return Path(program.decode()).name
+        return "no fence process"  # rootless relays: the supervisor's own (Python)
+    finally:
+        stopped = netfence("stop", name)
+        assert stopped.returncode == 0, stopped.stderr
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 class TestUsers:

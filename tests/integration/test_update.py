@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakenet import FakeNet
-from tests.support.fence import netfence, netfence_argv, state_root
+from tests.support.fence import fence_process, netfence, netfence_argv
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.usefixtures("nothing_left_behind", "privilege")]
@@ -219,14 +219,14 @@ def test_update_changes_the_policy_of_a_running_workload(proxy: str, fakenet: Fa
         # A proxy that dies is started again, from the files of the policy now in force
         # (killed last: what it had not written of its log yet dies with it);
         # the workload never notices but for the refused connections meanwhile.
-        first = _fence_process(name, proxy)
+        first = fence_process(name, proxy)
         os.kill(first, signal.SIGKILL)  # recorded by the fence this test started
         deadline = time.monotonic() + 20
         while run.status("get http://other.test/") != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert run.status("get http://other.test/") == 200
         assert run.status("get http://allowed.test/") == 403
-        assert _fence_process(name, proxy) != first
+        assert fence_process(name, proxy) != first
         assert run.proc.poll() is None
     assert b"exited (status -9); starting it again" in run.stderr, run.stderr
 
@@ -236,16 +236,3 @@ def test_update_of_no_running_workload_is_one_line(fakenet: FakeNet) -> None:
     assert done.returncode == 2
     assert done.stderr.decode().strip().splitlines() == [
         "netfence: error: no running workload named 'nf-nobody' (see `netfence ps`)"]
-
-
-def _fence_process(name: str, program: str) -> int:
-    """The PID of the fence's `program` (envoy, squid), as its supervisor recorded it."""
-    record = json.loads((state_root() / name / "workload.json").read_text())
-    for pid, _started in record["processes"]:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if Path(argv[0].decode()).name == program and b"relay" not in b" ".join(argv):
-            return int(pid)
-    raise AssertionError(f"no {program} among {record['processes']}")

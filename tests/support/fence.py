@@ -8,6 +8,7 @@ own environment, and `state_root()` is the user's.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -140,3 +141,16 @@ def nothing_new(found: Callable[[], Iterable[str]], grace: float = 10) -> Iterat
     while (new := set(found()) - before) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert new == set(), f"left behind: {sorted(new)}"
+
+
+def fence_process(name: str, program: str) -> int:
+    """The PID of the fence's `program` (envoy, squid), as its supervisor recorded it."""
+    record = json.loads((state_root() / name / "workload.json").read_text())
+    for pid, _started in record["processes"]:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode()).name == program and b"relay" not in b" ".join(argv):
+            return int(pid)
+    raise AssertionError(f"no {program} among {record['processes']}")

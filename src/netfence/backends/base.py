@@ -231,6 +231,10 @@ class NetworkProxy(abc.ABC):
     # Whether its listeners can be created inside another network namespace while the
     # process itself runs (and dials out) in the host's. Envoy can; Squid cannot.
     listens_in_netns: bool = False
+    # Whether its process, unable to do that, can be handed a listening socket made there
+    # for an address it binds: it keeps inherited descriptors and binds with the C
+    # library's bind() (a runtime's shim answers that bind with the socket). Squid can.
+    takes_sockets: bool = False
     # Whether it decides redirected connections by the name they carry (SNI, Host), so
     # that programs ignoring the proxy variables get through (Placement.transparent_listen).
     transparent: bool = False

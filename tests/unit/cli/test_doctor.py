@@ -57,3 +57,17 @@ def test_doctor_without_a_container_engine_is_not_a_failure(tmp_path: Path) -> N
     assert line.startswith("none") and "only --runtime docker needs one" in line, err
     assert "fix: install docker.io or podman" in err
     assert ("MISSING" in err) == (done.returncode == 1), err
+
+
+def test_doctor_says_when_squid_is_relayed_for_want_of_the_bind_shim(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from netfence.cli import doctor
+    from netfence.runtimes.namespace import bindshim
+
+    built = doctor._bind_shim()
+    assert built.ok and built.detail == str(bindshim.library()), built
+    monkeypatch.setattr(bindshim, "library", lambda: None)
+    missing = doctor._bind_shim()
+    assert not missing.ok and missing.optional, missing
+    assert "relay carries Squid's egress" in missing.detail
+    assert missing.remedy == "install gcc, then reinstall netfence"

@@ -8,13 +8,15 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 
-from netfence.backends import ProcessSpec
+from netfence.backends import Endpoint, ProcessSpec
 from netfence.errors import NetfenceError
 from netfence.runtimes.logs import tail
+from netfence.runtimes.namespace import bindshim
 from netfence.runtimes.netfilter import program_path
 from netfence.runtimes.netns import accepts
 from netfence.runtimes.waiting import wait_for
@@ -33,9 +35,17 @@ def _die_with_supervisor() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def start(spec: ProcessSpec) -> subprocess.Popen[bytes]:
+def start(spec: ProcessSpec, handed: Mapping[Endpoint, socket.socket] | None = None
+          ) -> subprocess.Popen[bytes]:
+    """Start `spec`'s process. Of `handed` (listening sockets by the address a process
+    binds for them: bindshim.py), it inherits those for its ready endpoints."""
     search = program_path()  # for a wrapper's programs too (Squid's runs `squid`)
     program = shutil.which(spec.argv[0], path=search) or spec.argv[0]
+    env = {**os.environ, "PATH": search}
+    given = {at: sock for at, sock in (handed or {}).items() if at in spec.ready}
+    shim = bindshim.library() if given else None
+    if shim is not None:
+        env |= bindshim.environment(given, shim)
     with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
         # The hook makes each start a full fork of the supervisor (about 2.5 ms, where
         # Python uses vfork without one; 10 ms of the gateway daemon's), and is kept: the
@@ -45,9 +55,10 @@ def start(spec: ProcessSpec) -> subprocess.Popen[bytes]:
         hook = None if spec.drops_root and os.geteuid() == 0 else _die_with_supervisor
         try:
             return subprocess.Popen(
-                (program, *spec.argv[1:]), env={**os.environ, "PATH": search},
+                (program, *spec.argv[1:]), env=env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, preexec_fn=hook, close_fds=True,
+                pass_fds=tuple(sock.fileno() for sock in given.values()),
             )
         except FileNotFoundError:
             raise NetfenceError(f"{spec.name}: {spec.argv[0]} is not installed",
@@ -55,10 +66,13 @@ def start(spec: ProcessSpec) -> subprocess.Popen[bytes]:
 
 
 def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes],
-               check: Callable[[], None] = lambda: None, timeout: float = READY_TIMEOUT) -> None:
+               check: Callable[[], None] = lambda: None, timeout: float = READY_TIMEOUT,
+               handed: Collection[Endpoint] = ()) -> None:
     """Until every ready endpoint accepts connections; a process that exits is an error.
-    `check` runs each round: it raises to give up (a stop signal came)."""
-    pending = list(spec.ready)
+    `check` runs each round: it raises to give up (a stop signal came). A socket handed
+    to the process listens from the start: whether the process serves it is the
+    backend's to say (NetworkProxy.settled)."""
+    pending = [at for at in spec.ready if at not in handed]
 
     def listening() -> bool:
         if proc.poll() is not None:
@@ -150,8 +164,9 @@ class IdleWatch:
 
 
 def stop_all(started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]],
-             grace: float = FENCE_STOP_GRACE) -> None:
-    """Ask every process to stop at once, then kill what is still running after the grace."""
+             grace: float = FENCE_STOP_GRACE, held: frozenset[int] = frozenset()) -> None:
+    """Ask every process to stop at once, then kill what is still running after the grace.
+    `held`: the inodes of sockets handed to them, which they keep to the end (see _idle)."""
     for spec, proc in started:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -160,7 +175,7 @@ def stop_all(started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]],
     for spec, proc in started:
         own = grace if spec.stop_grace is None else min(grace, spec.stop_grace)
         # One that may be killed after its grace may be killed as soon as it is idle.
-        idle = spec.stop_grace is not None and _until_idle(proc, begun + own)
+        idle = spec.stop_grace is not None and _until_idle(proc, begun + own, held)
         if idle or not exits_within(proc, max(0.0, begun + own - time.monotonic())):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -192,22 +207,25 @@ IDLE_SAMPLES = 2
 IDLE_INTERVAL = 0.002
 
 
-def _until_idle(proc: subprocess.Popen[bytes], deadline: float) -> bool:
+def _until_idle(proc: subprocess.Popen[bytes], deadline: float,
+                held: frozenset[int] = frozenset()) -> bool:
     """Whether `proc` became idle (see _idle) before `deadline`; False once it exited."""
     seen = 0
     while proc.poll() is None and time.monotonic() < deadline:
-        seen = seen + 1 if _idle(proc.pid) else 0
+        seen = seen + 1 if _idle(proc.pid, held) else 0
         if seen == IDLE_SAMPLES:
             return True
         time.sleep(IDLE_INTERVAL)
     return False
 
 
-def _idle(pid: int) -> bool:
+def _idle(pid: int, held: frozenset[int] = frozenset()) -> bool:
     """Whether `pid` sleeps holding no TCP socket: it has taken its stop signal (closed
     its listeners) and every connection to it has ended. Squid logs a transaction within
     the event-loop round that ends it, before it sleeps again (it closes a socket only
-    after that socket's close handlers ran), so it has nothing left to write."""
+    after that socket's close handlers ran), so it has nothing left to write. A handed
+    listening socket (inode in `held`) stays open in it to the end and is not counted:
+    with no connection left, nothing is left to log whether or not it has stopped."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             if stat.read().rsplit(")", 1)[1].split()[0] != "S":
@@ -221,6 +239,13 @@ def _idle(pid: int) -> bool:
             kind = os.getxattr(f"/proc/{pid}/fd/{fd}", "system.sockprotoname")
         except OSError:
             continue  # not a socket (or closed meanwhile)
-        if kind.rstrip(b"\0").startswith(b"TCP"):
+        if kind.rstrip(b"\0").startswith(b"TCP") and not (
+                held and _inode(f"/proc/{pid}/fd/{fd}") in held):
             return False
     return True
+
+
+def _inode(link: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return os.stat(link).st_ino  # a socket's: the number in "socket:[N]"
+    return None

@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -49,7 +50,7 @@ from netfence.runtimes.base import (
     WorkloadSpec,
 )
 from netfence.runtimes.logs import tail
-from netfence.runtimes.namespace import holder, processes, redirect, sandbox
+from netfence.runtimes.namespace import bindshim, holder, processes, redirect, sandbox
 from netfence.runtimes.namespace.holder import Holder
 from netfence.runtimes.namespace.launch import (
     DEFAULT_PATH,
@@ -100,6 +101,9 @@ class NamespaceFence(Fence):
         self.forwarder: _Forwarder | None = None
         self.holder: Holder | None = None
         self.started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+        # Listening sockets in the namespace, handed to the proxy (bindshim.py), by the
+        # address it binds for each; kept open for the fence's life.
+        self.handed: dict[Endpoint, socket.socket] = {}
         self.placement: Placement | None = None
         self.host_addresses: tuple[IPAddress | IPNetwork, ...] = ()
         # What each generated file holds (digests), for an update to write only changes.
@@ -134,8 +138,13 @@ class NamespaceFence(Fence):
         if self.backend.listens_in_netns and not rootless:
             egress = inside
         else:
-            egress = Endpoint(LOOPBACK, free_port())
-            forwards.append(Forward(inside, egress))
+            egress = Endpoint(LOOPBACK, free_port())  # on the host's loopback
+            if self.backend.takes_sockets and bindshim.library() is not None:
+                self.handed[egress] = bindshim.listen(
+                    inside, self.holder.open_socket if self.holder else netns.open_socket)
+                self.undo.callback(self.handed[egress].close)
+            else:
+                forwards.append(Forward(inside, egress))
         dns = Endpoint(LOOPBACK, free_port())
         for loopback in LOOPBACKS:
             forwards += [Forward(Endpoint(loopback, DNS_PORT, nsfile), dns, "udp"),
@@ -190,7 +199,7 @@ class NamespaceFence(Fence):
         )
         self.placement = placement
         started = self.started
-        self.undo.callback(_stop_fence, relays, started)
+        self.undo.callback(_stop_fence, relays, started, self._held())
         # The proxy starts while the DNS config is generated (a long allowlist takes a
         # while to render, and the proxy a while to load it).
         parts: list[Callable[[], ProxySetup]] = [
@@ -212,18 +221,42 @@ class NamespaceFence(Fence):
                 log.info("starting %s", proc_spec.name)
                 self.report(f"starting {proc_spec.name}")
                 self.record.leftovers += proc_spec.leaves  # saved by _own
-                started.append((proc_spec, processes.start(proc_spec)))
+                started.append((proc_spec, processes.start(proc_spec, self.handed)))
                 self._own(started[-1][1].pid)
         # Relay threads start only after the last fork with a preexec hook.
         if relays is not None:
             relays.start()
         for proc_spec, proc in started:
             self.report(f"waiting for {proc_spec.name}")
-            processes.wait_ready(proc_spec, proc, self.signals.check)
+            processes.wait_ready(proc_spec, proc, self.signals.check, handed=self.handed)
         # A listener file the proxy refused leaves it running without that listener: said
         # now, with the reason, rather than found out by the workload.
         reload.settle(self.backend, written, [p.stderr for p in written.processes],
-                      "its configuration", self.signals.check)
+                      "its configuration", self._alive)
+        self._check_handed()
+
+    def _held(self) -> frozenset[int]:
+        return frozenset(map(bindshim.inode, self.handed.values()))
+
+    def _alive(self) -> None:
+        """Raises when a stop signal came or a fence process exited (a proxy that exits
+        on its configuration is said at once, not after the settle timeout)."""
+        self.signals.check()
+        for spec, proc in self.started:
+            if proc.poll() is not None:
+                raise NetfenceError(f"{spec.name} exited with status {proc.returncode} "
+                                    f"while starting: {tail(spec.stderr) or 'no output'}")
+
+    def _check_handed(self) -> None:
+        """A proxy that serves but did not take its handed socket (the shim not loaded)
+        listens where the workload cannot reach it: said, rather than a workload whose
+        connections wait forever."""
+        for spec, proc in self.started:
+            mine = [sock for at, sock in self.handed.items() if at in spec.ready]
+            if mine and not bindshim.taken(proc.pid, mine):
+                raise NetfenceError(
+                    f"{spec.name} did not take the listening socket made for it in the "
+                    "workload's namespace", remedy=f"see {spec.stderr}")
 
     def update(self, profile: Profile) -> None:
         with self.changing:
@@ -245,17 +278,17 @@ class NamespaceFence(Fence):
             self.started[running[spec.name]][1].send_signal(signum)
         for spec in steps.restarts:
             at = running[spec.name]
-            processes.stop_all([self.started[at]])
+            processes.stop_all([self.started[at]], held=self._held())
             state.remove_leftovers(list(spec.leaves))
             log.info("restarting %s", spec.name)
             self._restart(at, spec)
         reload.settle(self.backend, new, [p.stderr for p in new.processes])
 
     def _restart(self, at: int, spec: ProcessSpec) -> None:
-        proc = processes.start(spec)
+        proc = processes.start(spec, self.handed)
         self.started[at] = (spec, proc)
         self._own(proc.pid)
-        processes.wait_ready(spec, proc)
+        processes.wait_ready(spec, proc, handed=self.handed)
 
     def _revive(self) -> None:
         """Start again a fence process that died under the running workload (the fence
@@ -358,13 +391,14 @@ class NamespaceFence(Fence):
 
 
 def _stop_fence(relays: Relays | None,
-                started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]]) -> None:
+                started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]],
+                held: frozenset[int]) -> None:
     # The connections relayed to the proxies end first, so that their log lines are
     # written while the proxies still run (Squid is killed soon after its stop signal).
     if relays is not None:
         relays.close()
     processes.stop_all([s for s in started if s[0].role == "relay"])
-    processes.stop_all([s for s in started if s[0].role != "relay"])
+    processes.stop_all([s for s in started if s[0].role != "relay"], held=held)
     state.remove_leftovers([pattern for spec, _ in started for pattern in spec.leaves])
 
 
