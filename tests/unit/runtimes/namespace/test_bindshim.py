@@ -129,3 +129,40 @@ def test_a_held_handed_socket_does_not_keep_a_process_from_being_idle(
         proc.kill()
         proc.wait()
         handed.close()
+
+
+BIND_AND_SLEEP = ("import socket, sys, time\ns = socket.socket()\n"
+                  "s.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen(8)\ntime.sleep(30)\n")
+
+
+@pytest.mark.parametrize("preloaded", [True, False])
+def test_a_fence_whose_proxy_did_not_take_its_socket_does_not_start(
+        shim: Path, tmp_path: Path, preloaded: bool) -> None:
+    # Without the shim the proxy listens on the host's loopback, where the workload cannot
+    # reach it: the fence must say so rather than start a workload whose connections wait.
+    from netfence.errors import NetfenceError
+    from tests.unit.runtimes.namespace.test_revive import _fence
+
+    fence = _fence(tmp_path)
+    handed = bindshim.listen(Endpoint("127.0.0.1", 0))
+    marker = Endpoint("127.0.0.1", free_port())
+    spec = ProcessSpec("squid-egress", (sys.executable, "-c", BIND_AND_SLEEP, str(marker.port)),
+                       (marker,), tmp_path / "out", tmp_path / "err")
+    fence.handed[marker] = handed
+    proc = processes.start(spec, fence.handed) if preloaded else processes.start(spec)
+    fence.started.append((spec, proc))
+    try:
+        if preloaded:
+            deadline = time.monotonic() + 10
+            while not bindshim.taken(proc.pid, [handed]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            fence._check_handed()
+        else:
+            processes.wait_ready(spec, proc, timeout=10)  # it listens on the host's
+            with pytest.raises(NetfenceError, match="squid-egress did not take the listening "
+                                                    "socket made for it"):
+                fence._check_handed()
+    finally:
+        proc.kill()
+        proc.wait()
+        handed.close()

@@ -77,3 +77,17 @@ def test_an_update_in_progress_is_not_raced(tmp_path: Path) -> None:
     with fence.changing:
         fence._revive()  # would replace a process the update is replacing
     assert fence.started[0][1] is dead
+
+
+def test_a_proxy_that_exits_while_the_fence_settles_is_said_at_once(tmp_path: Path) -> None:
+    from netfence.errors import NetfenceError
+
+    fence = _fence(tmp_path)
+    spec = _dying(tmp_path)
+    spec.stderr.write_text("bad listener file\n")
+    dead = subprocess.Popen(["sh", "-c", "exit 3"])
+    dead.wait()
+    fence.started.append((spec, dead))
+    with pytest.raises(NetfenceError, match="proxy exited with status 3 while starting: "
+                                            "bad listener file"):
+        fence._alive()
