@@ -364,7 +364,10 @@ def _stop_fence(relays: Relays | None,
     if relays is not None:
         relays.close()
     processes.stop_all([s for s in started if s[0].role == "relay"])
-    processes.stop_all([s for s in started if s[0].role != "relay"])
+    fence = [s for s in started if s[0].role != "relay"]
+    for directory in (d for spec, _ in fence for d in spec.watches):
+        shutil.rmtree(directory, ignore_errors=True)
+    processes.stop_all(fence)
     state.remove_leftovers([pattern for spec, _ in started for pattern in spec.leaves])
 
 
