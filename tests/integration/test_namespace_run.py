@@ -344,6 +344,58 @@ class TestProcessContract:
         assert proc.returncode in (130, 128 + signal.SIGTERM, -signal.SIGTERM), proc.returncode
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("failure", ["stop signal", "Envoy exits"])
+def test_a_fence_that_fails_ends_its_held_sandbox_unrun(net_args: list[str], tmp_path: Path,
+                                                        failure: str) -> None:
+    """The sandbox is made while the proxies start, its workload held until the fence is
+    up: a fence that fails never runs it. Envoy with 100,000 names takes half a second
+    after the sandbox is held (a gate opened early has let the workload print by the time
+    the fence fails); Squid, which starts while the DNS config is written, is up within
+    a tenth of one, too soon to fail it there."""
+    profile = tmp_path / "long.json"
+    hosts = [f"h{i}.example{i % 97}.com" for i in range(100_000)]
+    profile.write_text(json.dumps({"name": "long", "network": {"outbound": {
+        "allow_host": hosts}}}))
+    proc = subprocess.Popen(netfence_argv("run", "--proxy", "envoy", *net_args, "--profile",
+                                          str(profile), "--", "echo", "ran"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(_comm(c) == "bwrap" for c in _children(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.002)
+        time.sleep(0.1)
+        if failure == "stop signal":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            (envoy,) = [c for c in _children(proc.pid) if _comm(c) == "envoy"]
+            os.kill(envoy, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out == b"", err
+    if failure == "stop signal":
+        assert proc.returncode == 128 + signal.SIGTERM, err
+    else:
+        assert proc.returncode == 1 and b"exited" in err, err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -152,6 +152,11 @@ class ProcessSpec:
     # Started as root, it gives root up at once (dnsmasq: to nobody), which clears a
     # parent-death signal (prctl(2)): arming one then only costs its start a full fork.
     drops_root: bool = False
+    # Directories it watches (inotify), removed by a runtime that stops it for good before
+    # its stop signal: a process that exits holding watches waits for one RCU grace period
+    # per watch, one after the other (Envoy's three: about 20 ms of every fence's end);
+    # watches whose directory went are released in one batch, while it is stopping.
+    watches: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,45 @@ def run_all_in(netns: str, commands: Sequence[tuple[Sequence[str], str]], where:
     """run_in for commands that do not depend on each other, run at the same time (each
     nsenter and its program costs a few ms); their outputs. All have ended when it
     returns; the first that failed, in the given order, is the error."""
+    return begin_all_in(netns, commands, where, pass_fds, enter).result()
+
+
+class Running:
+    """Commands begun by begin_all_in."""
+
+    def __init__(self, commands: Sequence[tuple[Sequence[str], str]], where: str,
+                 procs: list[subprocess.Popen[str]]) -> None:
+        self.commands = commands
+        self.where = where
+        self.procs = procs
+
+    def result(self) -> list[str]:
+        """Their outputs, once all have ended (run_all_in's)."""
+        done: list[tuple[int, str, str]] = []
+        try:
+            for proc in self.procs:
+                out, err = proc.communicate(timeout=10)
+                done.append((proc.returncode, out, err))
+        finally:
+            self.close()
+        for (argv, _stdin), (code, _out, err) in zip(self.commands, done, strict=True):
+            if code != 0:
+                program = argv[0]
+                if "No such file" in err and program in _REMEDIES:
+                    raise NetfenceError(f"{program} is not installed",
+                                        remedy=_REMEDIES[program])
+                raise NetfenceError(f"{program} in {self.where} network namespace: "
+                                    f"{err.strip() or code}")
+        return [out for _code, out, _err in done]
+
+    def close(self) -> None:
+        """Kill and wait for whichever still runs (nothing once `result` returned)."""
+        _reap(self.procs)
+
+
+def begin_all_in(netns: str, commands: Sequence[tuple[Sequence[str], str]], where: str,
+                 pass_fds: Sequence[int] = (), enter: Sequence[str] = ()) -> Running:
+    """run_all_in's commands started, for the caller to do other work while they run."""
     procs: list[subprocess.Popen[str]] = []
     try:
         for argv, stdin in commands:
@@ -57,21 +96,10 @@ def run_all_in(netns: str, commands: Sequence[tuple[Sequence[str], str]], where:
     except FileNotFoundError:
         _reap(procs)
         raise NetfenceError("nsenter is not installed", remedy=_REMEDIES["nsenter"]) from None
-    done: list[tuple[int, str, str]] = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=10)
-            done.append((proc.returncode, out, err))
-    finally:
+    except BaseException:
         _reap(procs)
-    for (argv, _stdin), (code, _out, err) in zip(commands, done, strict=True):
-        if code != 0:
-            program = argv[0]
-            if "No such file" in err and program in _REMEDIES:
-                raise NetfenceError(f"{program} is not installed", remedy=_REMEDIES[program])
-            raise NetfenceError(f"{program} in {where} network namespace: "
-                                f"{err.strip() or code}")
-    return [out for _code, out, _err in done]
+        raise
+    return Running(commands, where, procs)
 
 
 def _reap(procs: list[subprocess.Popen[str]]) -> None:

@@ -135,6 +135,7 @@ class EnvoyProxy(NetworkProxy):
             # It re-reads the listener and route files when they are renamed into place;
             # the bootstrap depends on the placement alone, which an update keeps.
             reload=Reload(signal=None, restart_for=(config_path,)),
+            watches=(directory,),
         )
         return ProxySetup(
             files=tuple(files),

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from netfence.runtimes.netfilter import NAT_PRIORITY, run_all_in
+from netfence.runtimes.netfilter import NAT_PRIORITY, Running, begin_all_in
 from netfence.runtimes.netns import HAS_IPV6
 
 
@@ -49,10 +49,16 @@ def install(netns: Path, dns_port: int, transparent_port: int | None,
             enter: Sequence[str] = ()) -> None:
     """Routes and rules into the network namespace at `netns` (entered with nsenter's
     arguments `enter` when given: netfilter.run_in)."""
+    begin(netns, dns_port, transparent_port, enter).result()
+
+
+def begin(netns: Path, dns_port: int, transparent_port: int | None,
+          enter: Sequence[str] = ()) -> Running:
+    """install's programs started: they are in once `result()` returns (without an error)."""
     routes = "route add default dev lo src 127.0.0.1\n"
     if HAS_IPV6:
         routes += "route add ::/0 dev lo\n"
     # Routes and rules are independent of each other: set at the same time.
-    run_all_in(str(netns), [(["ip", "-batch", "-"], routes),
-                            (["nft", "-f", "-"], ruleset(dns_port, transparent_port))],
-               "the workload's", enter=enter)
+    return begin_all_in(str(netns), [(["ip", "-batch", "-"], routes),
+                                     (["nft", "-f", "-"], ruleset(dns_port, transparent_port))],
+                        "the workload's", enter=enter)

@@ -99,6 +99,9 @@ class NamespaceFence(Fence):
         self.url: str | None = None
         self.setup = ProxySetup(files=(), processes=())
         self.forwarder: _Forwarder | None = None
+        # The write end of the held sandbox's gate (bwrap's --block-fd), until launch.
+        self.gate: int | None = None
+        self.held_detached = False
         self.holder: Holder | None = None
         self.started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
         # Listening sockets in the namespace, handed to the proxy (bindshim.py), by the
@@ -117,8 +120,11 @@ class NamespaceFence(Fence):
         self.report("creating the network namespace")
         nsfile = self._namespaces()
         transparent = self.backend.transparent
-        redirect.install(nsfile, DNS_PORT, TRANSPARENT_PORT if transparent else None,
-                         enter=self.holder.nsenter() if self.holder else ())
+        # The routes and rules go in while the fence is built (their programs: about 6 ms),
+        # in place before start returns.
+        redirecting = redirect.begin(nsfile, DNS_PORT, TRANSPARENT_PORT if transparent else None,
+                                     enter=self.holder.nsenter() if self.holder else ())
+        self.undo.callback(redirecting.close)
         if not transparent:
             log.warning("%s: programs that ignore the proxy variables cannot connect (the "
                         "%s proxy has no transparent path; --proxy envoy has one)",
@@ -226,6 +232,10 @@ class NamespaceFence(Fence):
         # Relay threads start only after the last fork with a preexec hook.
         if relays is not None:
             relays.start()
+        redirecting.result()
+        # bwrap makes the sandbox while the proxies start (about 8 ms), and holds the
+        # workload at its gate until launch.
+        self._hold(self.spec.detach)
         for proc_spec, proc in started:
             self.report(f"waiting for {proc_spec.name}")
             processes.wait_ready(proc_spec, proc, self.signals.check, handed=self.handed)
@@ -336,7 +346,22 @@ class NamespaceFence(Fence):
         return workload_env(self.spec, user, self.setup.env)
 
     def launch(self, detached: bool) -> None:
+        # start held it (a detached supervisor's spec says detach, as its ReadyPipe does).
+        assert self.gate is not None and self.held_detached == detached
+        self.signals.check()
+        # The fence is up and settled (start returned): the workload runs. (A sandbox that
+        # failed has closed its end: its exit status is wait's.)
+        with contextlib.suppress(BrokenPipeError):
+            os.write(self.gate, b"\0")
+
+    def _hold(self, detached: bool) -> None:
+        """The sandbox made, the workload held at the gate that launch opens. The gate's
+        write end closes only once the sandbox is gone (undo's order): bwrap takes the
+        pipe's end for a go. (A supervisor killed outright closes it while bwrap, whose
+        parent it is, dies with it: a workload could start for that moment, in a namespace
+        whose only interface is loopback.)"""
         spec = self.spec
+        self.held_detached = detached
         stdio = (0, 1, 2)
         if detached:
             # The workload's output is kept in its state dir; nothing reads its stdin.
@@ -350,30 +375,35 @@ class NamespaceFence(Fence):
         user = sandbox.resolve_user(spec.user)
         resolv_r = resolv_conf()
         info_r, info_w = os.pipe()
+        gate_r, self.gate = os.pipe()
+        self.undo.callback(os.close, self.gate)  # after the forwarder's close, below
         pinned = sandbox.pin(spec.files)
         try:
             argv = workload_argv(
                 spec, self.holder.netns if self.holder else netns.netns_path(ns_name(spec.name)),
-                user, self.workload_env(user), resolv_r, info_w, pinned, self.holder)
+                user, self.workload_env(user), resolv_r, info_w, pinned, self.holder,
+                gate=gate_r)
             self.signals.check()
             leave_session_keyring()  # this thread's: the one that starts it
             # A signal that arrives from here on waits in the queue until the forwarder
             # passes it to the workload.
             proc = subprocess.Popen(
-                argv, env=sandbox.LAUNCH_ENV, pass_fds=(resolv_r, info_w, *pinned.values()),
+                argv, env=sandbox.LAUNCH_ENV,
+                pass_fds=(resolv_r, info_w, gate_r, *pinned.values()),
                 stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], process_group=0,
             )
         finally:
             for fd in pinned.values():
                 os.close(fd)
+            os.close(gate_r)
         os.close(resolv_r)
         os.close(info_w)
         init_pid = sandbox.read_child_pid(info_r)
         os.close(info_r)
-        self._own(proc.pid, *([init_pid] if init_pid else []))
         self.forwarder = _Forwarder(proc, init_pid, self.signals)
         # Stops the sandbox if the supervisor gives up before waiting for it.
         self.undo.callback(self.forwarder.close)
+        self._own(proc.pid, *([init_pid] if init_pid else []))
 
     def wait(self) -> int:
         assert self.forwarder is not None
@@ -398,7 +428,10 @@ def _stop_fence(relays: Relays | None,
     if relays is not None:
         relays.close()
     processes.stop_all([s for s in started if s[0].role == "relay"])
-    processes.stop_all([s for s in started if s[0].role != "relay"], held=held)
+    fence = [s for s in started if s[0].role != "relay"]
+    for directory in (d for spec, _ in fence for d in spec.watches):
+        shutil.rmtree(directory, ignore_errors=True)
+    processes.stop_all(fence, held=held)
     state.remove_leftovers([pattern for spec, _ in started for pattern in spec.leaves])
 
 

@@ -11,7 +11,7 @@ from netfence.backends import proxy_env
 from netfence.backends.base import Endpoint, Reload, write_setup
 from netfence.backends.envoy import ADMIN_SOCKET_NAME, BOOTSTRAP_NAME, EGRESS_LOG_NAME, EnvoyProxy
 from netfence.policy import Policy
-from tests.support.envoy_config import ENVOY, STATE, placement
+from tests.support.envoy_config import ENVOY, STATE, placement, walk
 
 
 def test_setup_files_processes_env_and_logs() -> None:
@@ -32,6 +32,10 @@ def test_setup_files_processes_env_and_logs() -> None:
     # only for a new bootstrap (which no policy change makes).
     assert process.reads == tuple(f.path for f in setup.files)
     assert process.reload == Reload(signal=None, restart_for=(STATE / BOOTSTRAP_NAME,))
+    # Every directory it watches, for a runtime to remove before it stops it for good.
+    watched = {Path(n["watched_directory"]["path"]) for f in setup.files
+               for n in walk(json.loads(f.content)) if "watched_directory" in n}
+    assert watched == set(process.watches) == {xds}
     assert process.ready == (Endpoint("127.0.0.1", 3128), Endpoint("127.0.0.1", 8080))
     assert process.stdout.parent == STATE and process.stderr.parent == STATE
     assert setup.decision_logs == (STATE / EGRESS_LOG_NAME,)
