@@ -656,7 +656,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10, help="rounds of start and stop")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each data case")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each data case")
     parser.add_argument("--seconds", type=int, default=3, help="per wrk run")
     parser.add_argument("--bulk-mib", type=int, default=200, help="size of each download")
     # An idle fence pages out what only its start used after 2 s of next to no CPU
