@@ -34,7 +34,7 @@ def test_watched_directories_go_before_the_stop_signal(tmp_path: Path) -> None:
             if out.read_text():
                 break
             time.sleep(0.01)
-        runtime._stop_fence(None, [(spec, proc)])
+        runtime._stop_fence(None, [(spec, proc)], frozenset())
     finally:
         processes.stop_all([(spec, proc)])
     assert out.read_text().split() == ["up", "gone"]
