@@ -51,6 +51,7 @@ from netfence.backends.dnsmasq import dns_setup
 from netfence.policy import compile_policy
 from netfence.profile.loader import parse_profile
 from netfence.runtimes.namespace import processes
+from netfence.runtimes.state import remove_leftovers
 from tests.support.fakenet import FakeNet, fakenet
 from tests.support.fakenet_server import SERVER_IPS
 
@@ -433,6 +434,9 @@ class DataPath:
         policy = compile_policy(profile)
         setup = get_backend(proxy).setup(policy, placement) + dns_setup(policy, placement)
         write_setup(setup, state)
+        # Squid's shared memory segments outlive a stop (ProcessSpec.leaves): removed after.
+        self.stack.callback(remove_leftovers,
+                            [pattern for spec in setup.processes for pattern in spec.leaves])
         started = [(spec, processes.start(spec)) for spec in setup.processes]
         self.stack.callback(processes.stop_all, started)
         for spec, proc in started:
