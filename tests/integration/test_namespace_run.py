@@ -513,7 +513,7 @@ def _proxy_port_holder(name: str, argv: list[str], net_args: list[str]) -> str:
                 if f"socket:[{inode}]" in (os.readlink(fd) for fd in fds):
                     program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
                     return Path(program.decode()).name
-        return "no fence process"  # rootless relays: the supervisor's own (Python)
+        return "none of the fence's processes"
     finally:
         stopped = netfence("stop", name)
         assert stopped.returncode == 0, stopped.stderr

@@ -44,7 +44,6 @@ def listen(at: Endpoint, opener: SocketOpener = netns.open_socket) -> socket.soc
     """A TCP socket listening on `at`, in its namespace."""
     sock = opener(at.host, socket.SOCK_STREAM, at.netns)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((at.host, at.port))
         sock.listen(socket.SOMAXCONN)  # the process's own listen() sets its backlog
     except OSError:
@@ -53,9 +52,12 @@ def listen(at: Endpoint, opener: SocketOpener = netns.open_socket) -> socket.soc
     return sock
 
 
-def environment(handed: Mapping[Endpoint, socket.socket], shim: Path) -> dict[str, str]:
+def environment(handed: Mapping[Endpoint, socket.socket]) -> dict[str, str]:
     """What a process started with `handed` (by the address it binds) needs in its
-    environment; the sockets themselves are inherited at their descriptor numbers."""
+    environment; the sockets themselves are inherited at their descriptor numbers. Only
+    for a built shim (the runtime hands nothing otherwise)."""
+    shim = library()
+    assert shim is not None
     preload = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
     entries = ",".join(f"{sock.fileno()}/{at.host}/{at.port}" for at, sock in handed.items())
     return {"LD_PRELOAD": preload, VARIABLE: entries}
@@ -65,14 +67,19 @@ def inode(sock: socket.socket) -> int:
     return os.fstat(sock.fileno()).st_ino
 
 
+def inode_at(path: str) -> int | None:
+    """The inode of what a /proc/PID/fd/N link names (a socket's: the N of socket:[N]);
+    None once it is closed."""
+    with contextlib.suppress(OSError):
+        return os.stat(path).st_ino
+    return None
+
+
 def taken(pid: int, sockets: Iterable[socket.socket]) -> bool:
     """Whether process `pid` listens on each of `sockets` (it holds the inherited
     descriptor and a copy of its own: the shim took it at its bind())."""
-    links = []
     try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):  # closed meanwhile
-                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        held = [inode_at(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     except OSError:
         return False
-    return all(links.count(f"socket:[{inode(s)}]") >= 2 for s in sockets)
+    return all(held.count(inode(s)) >= 2 for s in sockets)

@@ -82,8 +82,7 @@ def exec_into(sandbox: Sequence[str], info_file: Path, keep_fds: Iterable[int]) 
 
     In a starter's worker (handoff.py), the run's process is the one that execs (and
     leaves its keyring): it gets the argv and these descriptors."""
-    keep = sorted(set(keep_fds))
-    argv = _checked(sandbox, info_file, keep)
+    argv, keep = _checked(sandbox, info_file, keep_fds)
     worker = handoff.worker()
     if worker is not None:
         worker.hand_over(argv, LAUNCH_ENV, keep)
@@ -111,13 +110,15 @@ def hand_over_early(sandbox: Sequence[str], info_file: Path, keep_fds: Iterable[
     worker = handoff.worker()
     if worker is None:
         raise ValueError("only a starter's worker hands a run over early")
+    argv, keep = _checked(sandbox, info_file, keep_fds)
+    worker.send_exec(argv, LAUNCH_ENV, keep)
+
+
+def _checked(sandbox: Sequence[str], info_file: Path, keep_fds: Iterable[int]
+             ) -> tuple[list[str], list[int]]:
+    """The forwarder's argv and the descriptors it keeps, once they and the info file are
+    as exec_into needs them."""
     keep = sorted(set(keep_fds))
-    worker.send_exec(_checked(sandbox, info_file, keep), LAUNCH_ENV, keep)
-
-
-def _checked(sandbox: Sequence[str], info_file: Path, keep: list[int]) -> list[str]:
-    """The forwarder's argv, once the descriptors and the info file are as exec_into
-    needs them."""
     if not set(keep).isdisjoint((0, 1, 2)):
         raise ValueError(f"stdin, stdout and stderr are inherited anyway: {keep}")
     if set(keep).issuperset(range(3, 10)):
@@ -131,7 +132,7 @@ def _checked(sandbox: Sequence[str], info_file: Path, keep: list[int]) -> list[s
         # An earlier run's child-pid: the forwarder would find it is not bwrap's child, and
         # could only kill this sandbox, never stop it gracefully.
         raise NetfenceError(f"{info_file} is not empty", remedy="open it with O_TRUNC")
-    return forwarder_argv(sandbox, info_file)
+    return forwarder_argv(sandbox, info_file), keep
 
 
 def _open_fds() -> list[int]:

@@ -42,10 +42,9 @@ def start(spec: ProcessSpec, handed: Mapping[Endpoint, socket.socket] | None = N
     search = program_path()  # for a wrapper's programs too (Squid's runs `squid`)
     program = shutil.which(spec.argv[0], path=search) or spec.argv[0]
     env = {**os.environ, "PATH": search}
-    given = {at: sock for at, sock in (handed or {}).items() if at in spec.ready}
-    shim = bindshim.library() if given else None
-    if shim is not None:
-        env |= bindshim.environment(given, shim)
+    given = handed_to(spec, handed or {})
+    if given:
+        env |= bindshim.environment(given)
     with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
         # The hook makes each start a full fork of the supervisor (about 2.5 ms, where
         # Python uses vfork without one; 10 ms of the gateway daemon's), and is kept: the
@@ -65,6 +64,21 @@ def start(spec: ProcessSpec, handed: Mapping[Endpoint, socket.socket] | None = N
                                 remedy="run `netfence doctor`") from None
 
 
+def handed_to(spec: ProcessSpec, handed: Mapping[Endpoint, socket.socket]
+              ) -> dict[Endpoint, socket.socket]:
+    """Those of `handed` that are `spec`'s process's: for its ready endpoints."""
+    return {at: sock for at, sock in handed.items() if at in spec.ready}
+
+
+def check_running(spec: ProcessSpec, proc: subprocess.Popen[bytes]) -> None:
+    """Raises, with what it printed, if the process has exited."""
+    if proc.poll() is not None:
+        raise NetfenceError(
+            f"{spec.name} exited with status {proc.returncode} while starting: "
+            f"{tail(spec.stderr) or tail(spec.stdout) or 'no output'}"
+        )
+
+
 def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes],
                check: Callable[[], None] = lambda: None, timeout: float = READY_TIMEOUT,
                handed: Collection[Endpoint] = ()) -> None:
@@ -75,11 +89,7 @@ def wait_ready(spec: ProcessSpec, proc: subprocess.Popen[bytes],
     pending = [at for at in spec.ready if at not in handed]
 
     def listening() -> bool:
-        if proc.poll() is not None:
-            raise NetfenceError(
-                f"{spec.name} exited with status {proc.returncode} while starting: "
-                f"{tail(spec.stderr) or tail(spec.stdout) or 'no output'}"
-            )
+        check_running(spec, proc)
         pending[:] = [e for e in pending if not accepts(e, e.netns)]
         return not pending
 
@@ -240,12 +250,6 @@ def _idle(pid: int, held: frozenset[int] = frozenset()) -> bool:
         except OSError:
             continue  # not a socket (or closed meanwhile)
         if kind.rstrip(b"\0").startswith(b"TCP") and not (
-                held and _inode(f"/proc/{pid}/fd/{fd}") in held):
+                held and bindshim.inode_at(f"/proc/{pid}/fd/{fd}") in held):
             return False
     return True
-
-
-def _inode(link: str) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return os.stat(link).st_ino  # a socket's: the number in "socket:[N]"
-    return None

@@ -101,7 +101,6 @@ class NamespaceFence(Fence):
         self.forwarder: _Forwarder | None = None
         # The write end of the held sandbox's gate (bwrap's --block-fd), until launch.
         self.gate: int | None = None
-        self.held_detached = False
         self.holder: Holder | None = None
         self.started: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
         # Listening sockets in the namespace, handed to the proxy (bindshim.py), by the
@@ -235,7 +234,7 @@ class NamespaceFence(Fence):
         redirecting.result()
         # bwrap makes the sandbox while the proxies start (about 8 ms), and holds the
         # workload at its gate until launch.
-        self._hold(self.spec.detach)
+        self._hold()
         for proc_spec, proc in started:
             self.report(f"waiting for {proc_spec.name}")
             processes.wait_ready(proc_spec, proc, self.signals.check, handed=self.handed)
@@ -253,17 +252,15 @@ class NamespaceFence(Fence):
         on its configuration is said at once, not after the settle timeout)."""
         self.signals.check()
         for spec, proc in self.started:
-            if proc.poll() is not None:
-                raise NetfenceError(f"{spec.name} exited with status {proc.returncode} "
-                                    f"while starting: {tail(spec.stderr) or 'no output'}")
+            processes.check_running(spec, proc)
 
     def _check_handed(self) -> None:
         """A proxy that serves but did not take its handed socket (the shim not loaded)
         listens where the workload cannot reach it: said, rather than a workload whose
         connections wait forever."""
         for spec, proc in self.started:
-            mine = [sock for at, sock in self.handed.items() if at in spec.ready]
-            if mine and not bindshim.taken(proc.pid, mine):
+            mine = processes.handed_to(spec, self.handed)
+            if mine and not bindshim.taken(proc.pid, mine.values()):
                 raise NetfenceError(
                     f"{spec.name} did not take the listening socket made for it in the "
                     "workload's namespace", remedy=f"see {spec.stderr}")
@@ -346,24 +343,23 @@ class NamespaceFence(Fence):
         return workload_env(self.spec, user, self.setup.env)
 
     def launch(self, detached: bool) -> None:
-        # start held it (a detached supervisor's spec says detach, as its ReadyPipe does).
-        assert self.gate is not None and self.held_detached == detached
+        # start held it, detached as the spec says (a detached supervisor's ReadyPipe too).
+        assert self.gate is not None and detached == self.spec.detach
         self.signals.check()
         # The fence is up and settled (start returned): the workload runs. (A sandbox that
         # failed has closed its end: its exit status is wait's.)
         with contextlib.suppress(BrokenPipeError):
             os.write(self.gate, b"\0")
 
-    def _hold(self, detached: bool) -> None:
+    def _hold(self) -> None:
         """The sandbox made, the workload held at the gate that launch opens. The gate's
         write end closes only once the sandbox is gone (undo's order): bwrap takes the
         pipe's end for a go. (A supervisor killed outright closes it while bwrap, whose
         parent it is, dies with it: a workload could start for that moment, in a namespace
         whose only interface is loopback.)"""
         spec = self.spec
-        self.held_detached = detached
         stdio = (0, 1, 2)
-        if detached:
+        if spec.detach:
             # The workload's output is kept in its state dir; nothing reads its stdin.
             log_path = self.state_dir / WORKLOAD_LOG
             out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
